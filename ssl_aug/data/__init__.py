@@ -1,0 +1,108 @@
+"""Data sources -> uint8 image tensors, one registry, plus device-resident batch sources.
+
+Every source returns an `ImageDataset`: images (N, 3, H, W) uint8 on CPU, labels (N,) int64
+(-1 = unlabeled), class names. `load_dataset(name, split, root, download, **opts)` dispatches by
+name; source modules are imported lazily so `import ssl_aug.data` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ssl_aug.errors import SslAugError
+
+__all__ = [
+    "ImageDataset",
+    "DATASETS",
+    "load_dataset",
+    "default_root",
+    "BatchSource",
+    "ShardStream",
+    "pack_imagefolder",
+    "pack_main",
+    "PackReport",
+]
+
+
+@dataclass
+class ImageDataset:
+    """A labelled image set held in memory.
+
+    images: (N, 3, H, W) uint8, CPU, contiguous. labels: (N,) int64, -1 for unlabeled.
+    classes: class names, index = label. name: e.g. "cifar10/train".
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    name: str
+
+    def __post_init__(self):
+        x, y = self.images, self.labels
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"ImageDataset.images must be (N,3,H,W) uint8, got {tuple(x.shape)} {x.dtype}")
+        if y.dtype != torch.int64 or y.shape != (x.shape[0],):
+            raise ValueError(f"ImageDataset.labels must be ({x.shape[0]},) int64, got {tuple(y.shape)} {y.dtype}")
+        if not x.is_contiguous():
+            self.images = x.contiguous()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def class_counts(self) -> torch.Tensor:
+        """(C,) int64 number of images per class (unlabeled -1 entries not counted)."""
+        y = self.labels[self.labels >= 0]
+        return torch.bincount(y, minlength=len(self.classes))
+
+
+# name -> (module, function, splits or None = any). Loader signature:
+# fn(split, root, download=False, **opts) -> ImageDataset
+DATASETS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
+    "cifar10": ("ssl_aug.data.cifar", "load_cifar10", ("train", "test")),
+    "cifar100": ("ssl_aug.data.cifar", "load_cifar100", ("train", "test")),
+    "stl10": ("ssl_aug.data.stl10", "load_stl10", ("train", "test", "unlabeled", "train+unlabeled")),
+    "imagefolder": ("ssl_aug.data.imagefolder", "load_imagefolder", None),
+    "npz": ("ssl_aug.data.npz", "load_npz", None),
+    "embedded": ("ssl_aug.data.embedded", "load_embedded", None),
+}
+
+
+def default_root() -> Path:
+    """Root for standard data sets: $SSL_AUG_DATA if set, else ~/.cache/ssl_aug."""
+    env = os.environ.get("SSL_AUG_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ssl_aug"
+
+
+def load_dataset(
+    name: str, split: str = "train", root: str | os.PathLike | None = None, download: bool = False, **opts
+) -> ImageDataset:
+    """Load data set `name` (see DATASETS) split `split` as an in-memory ImageDataset."""
+    if name not in DATASETS:
+        raise SslAugError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    module, fn, splits = DATASETS[name]
+    if splits is not None and split not in splits:
+        raise SslAugError(f"unknown split {split!r} for dataset {name!r}; allowed: {', '.join(splits)}")
+    loader = getattr(importlib.import_module(module), fn)
+    if name == "embedded":  # owned elsewhere: load_embedded(split, root=None, **opts)
+        return loader(split, root=root, **opts)
+    return loader(split, root, download=download, **opts)
+
+
+_LAZY = {
+    "BatchSource": "ssl_aug.data.batch",
+    "ShardStream": "ssl_aug.data.batch",
+    "pack_imagefolder": "ssl_aug.data.imagefolder",
+    "pack_main": "ssl_aug.data.imagefolder",
+    "PackReport": "ssl_aug.data.imagefolder",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ssl_aug.data' has no attribute {name!r}")
