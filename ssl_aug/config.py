@@ -1,0 +1,239 @@
+"""Typed recipe configs: load a TOML recipe, apply dotted `key=value` overrides, validate.
+
+A recipe has the sections [data], [model], [method], [augment], [train], [eval] plus a few top-level
+keys. Sections with a fixed schema are dataclasses; [method] and [augment] are validated by the
+method builder and by `ViewSpec.from_dict` respectively, so their allowed keys live in one place.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from ssl_aug.errors import SslAugError
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass
+class DataConfig:
+    name: str = "embedded"
+    root: Optional[str] = None  # None: $SSL_AUG_DATA, then ~/.cache/ssl_aug
+    download: bool = False
+    subset: int = 0  # >0: a seeded, class-balanced subset of the training split
+    options: dict = field(default_factory=dict)  # extra keyword arguments for load_dataset
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "small_cnn"
+    backbone_args: dict = field(default_factory=dict)
+    sync_batchnorm: bool = False
+
+
+@dataclass
+class MultiCropConfig:
+    local_views: int = 0
+    size: int = 16
+    scale: list = field(default_factory=lambda: [0.05, 0.14])
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int = 0  # >0 stops after this many optimiser steps (for smoke runs)
+    batch_size: int = 256
+    optimizer: str = "sgd"
+    lr: float = 0.3  # base learning rate, scaled by batch_size/256 when lr_scaling = "linear"
+    lr_scaling: str = "linear"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0
+    amp: str = "none"
+    channels_last: bool = False
+    grad_clip: float = 0.0
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
+    keep_checkpoints: int = 2
+    threads: int = 0  # 0 = torch default
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_every: int = 0  # epochs between online kNN checks; 0 = only at the end
+    monitor_train: int = 5000  # images of the train split used as the monitor's bank
+    monitor_test: int = 1000
+    final_knn: bool = True
+    test_split: str = "test"
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "runs/default"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: dict = field(default_factory=lambda: {"name": "simclr"})
+    augment: dict = field(default_factory=dict)  # ViewSpec keys + mode, views, multicrop
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "train.optimizer": ("sgd", "lars", "adam", "adamw"),
+    "train.lr_scaling": ("linear", "none"),
+    "train.amp": ("none", "bf16", "fp16"),
+}
+AUGMENT_EXTRA_KEYS = {"mode": "exact", "views": 2, "multicrop": None}
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        annotation = [a for a in typing.get_args(annotation) if a is not type(None)][0]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = annotation if isinstance(annotation, type) else None
+    if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+        raise SslAugError(f"recipe key '{key}' must be {expected.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise SslAugError(f"recipe section '{prefix.rstrip('.')}' must be a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise SslAugError(f"unknown recipe key '{prefix}{unknown[0]}'; allowed keys in "
+                          f"[{prefix.rstrip('.') or 'top level'}]: {', '.join(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key + ".")
+        else:
+            kwargs[name] = _check_type(key, value, hint)
+            if key in CHOICES and kwargs[name] not in CHOICES[key]:
+                raise SslAugError(f"recipe key '{key}' = {value!r} is not allowed; choose one of: "
+                                  f"{', '.join(CHOICES[key])}")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Validate a plain nested dict (e.g. a parsed recipe) into a Config."""
+    cfg = _build(Config, copy.deepcopy(data), "")
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    positive = {"train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
+                "train.log_every": cfg.train.log_every, "train.keep_checkpoints": cfg.train.keep_checkpoints,
+                "eval.knn_k": cfg.eval.knn_k}
+    for key, value in positive.items():
+        if value <= 0:
+            raise SslAugError(f"recipe key '{key}' must be > 0, got {value}")
+    if cfg.train.lr <= 0:
+        raise SslAugError(f"recipe key 'train.lr' must be > 0, got {cfg.train.lr}")
+    if cfg.eval.knn_temperature <= 0:
+        raise SslAugError(f"recipe key 'eval.knn_temperature' must be > 0, got {cfg.eval.knn_temperature}")
+    if not isinstance(cfg.method.get("name"), str):
+        raise SslAugError("recipe key 'method.name' is required; choose one of: simclr, swav")
+    extra = cfg.augment.get("multicrop")
+    if extra is not None:
+        _build(MultiCropConfig, extra, "augment.multicrop.")
+    mode = cfg.augment.get("mode", "exact")
+    if mode not in ("exact", "fast"):
+        raise SslAugError(f"recipe key 'augment.mode' = {mode!r} is not allowed; choose one of: exact, fast")
+    views = cfg.augment.get("views", 2)
+    if not isinstance(views, int) or isinstance(views, bool) or views < 1:
+        raise SslAugError(f"recipe key 'augment.views' must be an integer >= 1, got {views!r}")
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise SslAugError(f"recipe key 'device' = {cfg.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as TOML (numbers, booleans, lists, quoted strings); bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set data['a']['b']['c'] = value for key 'a.b.c', creating tables as needed."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SslAugError(f"override '{key}': '{part}' is a value, not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str] | dict) -> dict:
+    """Return a copy of `data` with `key=value` strings (or a {dotted key: value} dict) applied."""
+    data = copy.deepcopy(data)
+    items = overrides.items() if isinstance(overrides, dict) else []
+    if not isinstance(overrides, dict):
+        parsed = []
+        for item in overrides:
+            if "=" not in item:
+                raise SslAugError(f"override {item!r} must look like key=value, e.g. train.epochs=5")
+            key, text = item.split("=", 1)
+            parsed.append((key.strip(), parse_value(text.strip())))
+        items = parsed
+    for key, value in items:
+        set_dotted(data, key, value)
+    return data
+
+
+def resolve_recipe_path(recipe: str | Path) -> Path:
+    """A path to a TOML file, or the name of a shipped recipe (e.g. 'quickstart')."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    for candidate in (RECIPE_DIR / f"{recipe}.toml", RECIPE_DIR / str(recipe), Path("recipes") / f"{recipe}.toml"):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(p.stem for p in RECIPE_DIR.glob("*.toml")) if RECIPE_DIR.is_dir() else []
+    raise SslAugError(f"recipe {str(recipe)!r} not found: give a TOML file or one of: {', '.join(shipped)}")
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise SslAugError(f"recipe {path} is not valid TOML: {exc}") from None
+
+
+def load_recipe(recipe: str | Path, overrides: list[str] | dict = ()) -> Config:
+    """Load a TOML recipe (path or shipped name), apply overrides, validate."""
+    data = read_toml(resolve_recipe_path(recipe))
+    return config_from_dict(apply_overrides(data, overrides))
