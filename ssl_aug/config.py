@@ -77,6 +77,8 @@ class EvalConfig:
     monitor_train: int = 5000  # images of the train split used as the monitor's bank
     monitor_test: int = 1000
     final_knn: bool = True
+    linear: bool = False  # linear probe on frozen features after training
+    invariance: bool = False  # invariance probe after training
     test_split: str = "test"
 
 

@@ -63,6 +63,12 @@ def load_training_data(cfg: Config, split: str = "train") -> ImageDataset:
     return ds
 
 
+def normalization(cfg: Config) -> tuple[list[float], list[float]]:
+    """(mean, std) the views normalise with; evaluation and export use the same."""
+    spec = ViewSpec.from_dict({k: v for k, v in cfg.augment.items() if k not in ("mode", "views", "multicrop")})
+    return list(spec.mean), list(spec.std)
+
+
 def build_views(augment: dict, channels_last: bool = False) -> MultiView:
     """Recipe [augment] table -> MultiView: `views` global crops (+ multicrop.local_views local crops)."""
     spec_keys = {k: v for k, v in augment.items() if k not in ("mode", "views", "multicrop")}
@@ -212,12 +218,18 @@ class Trainer:
         directory, if any) or a checkpoint path."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fresh_epoch = True
+        existing = latest_checkpoint(self.run_dir)
         if resume:
-            path = latest_checkpoint(self.run_dir) if resume is True else Path(resume)
+            path = existing if resume is True else Path(resume)
             if path is not None:
                 self.load_state_dict(load_checkpoint(path, map_location=self.device), path)
                 fresh_epoch = False
                 self._trim_metrics()
+        elif existing is not None:
+            raise SslAugError(f"run directory {self.run_dir} already has checkpoints: pass --resume to continue it, "
+                              "or choose another output_dir")
+        elif self.is_main:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         if self.is_main:
             (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
 
