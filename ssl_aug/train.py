@@ -267,6 +267,27 @@ class Trainer:
                 f"loss became NaN/inf before step {self.step}: run stopped; last good checkpoint kept in "
                 f"{self.run_dir / 'checkpoints'} (try a lower train.lr, train.amp=none or train.grad_clip=1.0)")
 
+    def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """uint8 (B,3,H,W) on the device -> the recipe's views (list of (B,3,s,s) float tensors)."""
+        with torch.no_grad():
+            return self.views(images, generator=self.view_generator)
+
+    def optimize(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """One optimiser step on a list of views: forward (AMP), backward, clip, step, schedule."""
+        cfg = self.cfg.train
+        with _autocast(self.device, cfg.amp):
+            loss, stats = self.model(views, step=self.step, epoch=self.epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.method.after_backward(self.step)
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss, stats
+
     def _run_epoch(self, nonfinite: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg.train
         from tqdm.auto import tqdm
@@ -279,20 +300,9 @@ class Trainer:
         epoch_start = window_start = time.perf_counter()
         for _, images in self.source:
             t0 = time.perf_counter()
-            with torch.no_grad():
-                views = self.views(images, generator=self.view_generator)
+            views = self.make_views(images)
             t1 = time.perf_counter()
-            with _autocast(self.device, cfg.amp):
-                loss, stats = self.model(views, step=self.step, epoch=self.epoch)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.method.after_backward(self.step)
-            if cfg.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            loss, stats = self.optimize(views)
             detached = loss.detach().float()
             nonfinite = nonfinite | ~torch.isfinite(detached)
             loss_sum = loss_sum + detached
