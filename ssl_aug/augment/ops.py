@@ -1,0 +1,204 @@
+"""Batched view operations on float images in [0, 1], shape (M, 3, h, w), with per-image parameters.
+
+`exact` ops equal torchvision v2's functional ops applied image by image (resized_crop without
+antialias, adjust_brightness/contrast/saturation/hue with clamps between steps, rgb_to_grayscale,
+gaussian_blur, solarize) up to float rounding. `color_matrix` is the fast, approximate colour path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LUMA = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale weights
+
+
+def crop_grid(box: torch.Tensor, flip: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
+    """Sampling grid (M, size, size, 2) for grid_sample(align_corners=True) that reproduces
+    torchvision resized_crop(box, size, bilinear, antialias=False) followed by an optional h-flip.
+    box (M,4) int64 [top, left, h, w]; flip (M,) bool. Source coordinates follow PyTorch's
+    upsample_bilinear (half-pixel centres, clamped to the box)."""
+    b = box.to(torch.float64)
+    k = torch.arange(size, device=box.device, dtype=torch.float64) + 0.5
+
+    def axis(start, extent, full):
+        src = (extent / size)[:, None] * k - 0.5
+        src = torch.minimum(src.clamp_(min=0.0), (extent - 1)[:, None]) + start[:, None]
+        return src * (2.0 / max(full - 1, 1)) - 1.0
+
+    ys = axis(b[:, 0], b[:, 2], height).float()
+    xs = axis(b[:, 1], b[:, 3], width)
+    xs = torch.where(flip[:, None], xs.flip(1), xs).float()
+    m = box.shape[0]
+    return torch.stack([xs[:, None, :].expand(m, size, size), ys[:, :, None].expand(m, size, size)], -1)
+
+
+def resized_crops(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
+    """V crops of every image in one grid_sample. x (N,3,H,W) float; box (V*N,4), flip (V*N,) in
+    view-major order; returns (V*N, 3, size, size) contiguous, view-major."""
+    n, c, height, width = x.shape
+    v = box.shape[0] // n
+    grid = crop_grid(box, flip, size, height, width)  # (V*N, s, s, 2)
+    grid = grid.view(v, n, size, size, 2).transpose(0, 1).reshape(n, v * size, size, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    if v == 1:
+        return out
+    return out.view(n, c, v, size, size).permute(2, 0, 1, 3, 4).reshape(v * n, c, size, size)
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """(M,3,h,w) -> (M,1,h,w) with torchvision's weights and operation order."""
+    r, g, b = x.unbind(1)
+    return r.mul(LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2]).unsqueeze(1)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of each image by shift (M,) turns; equal to torchvision adjust_hue (via HSV)
+    up to rounding, with far fewer passes: max and min are kept and each channel is
+    max - (max - min) * clamp(min(k, 4 - k), 0, 1), k = (n + 6 * hue') mod 6, n = 5, 3, 1 for r, g, b."""
+    r, g, b = x.unbind(1)
+    maxc, minc = torch.aminmax(x, dim=1)
+    d = maxc - minc
+    is_r, is_g = maxc == r, maxc == g
+    num = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
+    off = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
+    h6 = num.div_(d.masked_fill(d == 0, 1.0)).add_(off).add_(shift.view(-1, 1, 1) * 6.0)
+    k = h6.unsqueeze(1) + torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    k = k.remainder_(6.0)
+    t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return torch.addcmul(maxc.unsqueeze(1), d.unsqueeze(1), t, value=-1.0)
+
+
+def color_jitter_(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+    """In place, torchvision ColorJitter per image with its own factors (M,4) [b, c, s, hue] and op
+    order (M,4), only where on (M,) is True. Brightness, contrast and saturation are one blend
+    x * a + t * (1 - a), clamped (t = 0, mean gray, gray); at each of the 4 positions every image
+    takes its own blend, and hue runs on the images whose hue op sits at that position.
+    Index sets are computed from CPU copies of the parameters (no device sync when they live there)."""
+    fc, oc, onc = factors.cpu(), order.cpu(), on.cpu()
+    dev = x.device
+    m = x.shape[0]
+    for pos in range(4):
+        op = oc[:, pos]
+        blend = onc & (op < 3)
+        if blend.any():
+            a = torch.where(blend, fc.gather(1, op.clamp(max=2)[:, None]).squeeze(1), 1.0)
+            w_c = (blend & (op == 1)).float()
+            w_s = (blend & (op == 2)).float()
+            a, w_c, w_s = (v.to(dev, non_blocking=True).view(m, 1, 1, 1) for v in (a, w_c, w_s))
+            gray = luma(x)
+            t = gray.mul(w_s).add_(gray.mean((2, 3), keepdim=True).mul_(w_c)).mul_(1.0 - a)
+            x.mul_(a).add_(t).clamp_(0.0, 1.0)
+        hue = onc & (op == 3) & (fc[:, 3] != 0)
+        if hue.any():
+            idx = hue.nonzero().squeeze(1)
+            idx_d = idx.to(dev, non_blocking=True)
+            x.index_copy_(0, idx_d, adjust_hue(x.index_select(0, idx_d), fc[idx, 3].to(dev, non_blocking=True)))
+    return x
+
+
+def grayscale_(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """In place: images where mask (M,) is True become 3-channel luma (torchvision rgb_to_grayscale)."""
+    idx = mask.cpu().nonzero().squeeze(1)
+    if idx.numel():
+        idx = idx.to(x.device, non_blocking=True)
+        x.index_copy_(0, idx, luma(x.index_select(0, idx)).expand(-1, 3, -1, -1))
+    return x
+
+
+def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """(M,) sigmas -> (M, k) normalised 1-D Gaussian kernels exactly as torchvision builds them."""
+    lim = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
+    pos = torch.linspace(-lim, lim, kernel_size, device=sigma.device)
+    return torch.softmax(-(pos[None, :] / sigma[:, None]).pow(2), dim=1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Per-image Gaussian blur (torchvision gaussian_blur, reflect padding) as two separable grouped
+    convolutions. x (M,3,h,w), sigma (M,) -> (M,3,h,w)."""
+    m, c, h, w = x.shape
+    p = kernel_size // 2
+    ker = gaussian_kernels(sigma.to(x.device, torch.float32), kernel_size).repeat_interleave(c, 0)  # (M*c, k)
+    y = F.pad(x, [p, p, p, p], mode="reflect").view(1, m * c, h + 2 * p, w + 2 * p)
+    y = F.conv2d(y, ker.view(m * c, 1, 1, kernel_size), groups=m * c)
+    y = F.conv2d(y, ker.view(m * c, 1, kernel_size, 1), groups=m * c)
+    return y.view(m, c, h, w)
+
+
+def blur_(x: torch.Tensor, on: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """In place: blur the images where on (M,) is True, each with its sigma (M,)."""
+    idx = on.cpu().nonzero().squeeze(1)
+    if idx.numel() and kernel_size > 1:
+        idx = idx.to(x.device, non_blocking=True)
+        x.index_copy_(0, idx, gaussian_blur(x.index_select(0, idx), sigma.to(x.device)[idx], kernel_size))
+    return x
+
+
+def solarize_(x: torch.Tensor, on: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """In place: where on (M,) and pixel >= threshold (M,), pixel -> 1 - pixel (torchvision solarize)."""
+    if on.cpu().any():
+        thr = torch.where(on, threshold, math.inf).to(x.device, torch.float32).view(-1, 1, 1, 1)
+        x.copy_(torch.where(x >= thr, 1.0 - x, x))
+    return x
+
+
+# ---- fast mode: one affine colour map per image --------------------------------------------------
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                        dtype=torch.float64)
+
+
+def _hue_matrices(shift: torch.Tensor) -> torch.Tensor:
+    """(M,) turns -> (M,3,3) RGB maps rotating the YIQ chroma plane (approximates an HSV hue shift)."""
+    t = _RGB2YIQ.to(shift.device)
+    theta = -2.0 * math.pi * shift.double()
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    rot = torch.zeros(shift.shape[0], 3, 3, dtype=torch.float64, device=shift.device)
+    rot[:, 0, 0] = 1.0
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    return torch.linalg.inv(t) @ rot @ t
+
+
+def color_matrix(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, on: torch.Tensor,
+                 gray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold jitter (in each image's order, no intermediate clamps; hue as a YIQ rotation) and grayscale
+    into one affine map per image: returns A (M,3,3), t (M,3) so that the view is clamp(A x + t, 0, 1).
+    Contrast uses the exact mean gray of the image at its position (linear in the channel means)."""
+    m = x.shape[0]
+    dev = x.device
+    mu = x.mean((2, 3)).double()  # (M,3)
+    w = torch.tensor(LUMA, dtype=torch.float64, device=dev)
+    eye = torch.eye(3, dtype=torch.float64, device=dev).expand(m, 3, 3)
+    f = factors.to(dev).double()
+    order = order.to(dev)
+    on = on.to(dev)
+    ones_w = torch.ones(3, 1, dtype=torch.float64, device=dev) * w[None, :]  # rows = luma weights
+    sat = f[:, 2, None, None] * eye + (1 - f[:, 2, None, None]) * ones_w
+    hue = _hue_matrices(f[:, 3])
+    a = eye.clone()
+    t = torch.zeros(m, 3, dtype=torch.float64, device=dev)
+    for pos in range(4):
+        op = torch.where(on, order[:, pos], -1)
+        # brightness
+        sb = torch.where(op == 0, f[:, 0], 1.0)
+        a, t = a * sb[:, None, None], t * sb[:, None]
+        # contrast: x * c + (1 - c) * mean gray of the current image
+        c = torch.where(op == 1, f[:, 1], 1.0)
+        mean_gray = ((a @ mu[:, :, None]).squeeze(2) + t) @ w
+        a, t = a * c[:, None, None], t * c[:, None] + ((1 - c) * mean_gray)[:, None]
+        # saturation and hue
+        mat = torch.where((op == 2)[:, None, None], sat, torch.where((op == 3)[:, None, None], hue, eye))
+        a, t = mat @ a, (mat @ t[:, :, None]).squeeze(2)
+    g = gray.to(dev)[:, None, None]
+    a = torch.where(g, ones_w @ a, a)
+    t = torch.where(g[:, :, 0], (ones_w @ t[:, :, None]).squeeze(2), t)
+    return a.float(), t.float()
+
+
+def apply_color_matrix_(x: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x (M,3,h,w) <- clamp(A x + t, 0, 1) per image, in place."""
+    m, c, h, w = x.shape
+    flat = x.view(m, c, h * w)
+    flat.copy_(torch.baddbmm(t[:, :, None], a, flat))
+    return x.clamp_(0.0, 1.0)
