@@ -21,6 +21,7 @@ __all__ = [
     "DATASETS",
     "load_dataset",
     "default_root",
+    "cache_root",
     "BatchSource",
     "ShardStream",
     "pack_imagefolder",
@@ -75,6 +76,12 @@ DATASETS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
 def default_root() -> Path:
     """Root for standard data sets: $SSL_AUG_DATA if set, else ~/.cache/ssl_aug."""
     env = os.environ.get("SSL_AUG_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ssl_aug"
+
+
+def cache_root() -> Path:
+    """Writable cache for packed image folders: $SSL_AUG_CACHE if set, else ~/.cache/ssl_aug."""
+    env = os.environ.get("SSL_AUG_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ssl_aug"
 
 

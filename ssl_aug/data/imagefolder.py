@@ -1,0 +1,334 @@
+"""Class-per-folder image trees -> decoded once, in parallel, into uint8 npz shards.
+
+`pack_imagefolder(src, dst, size)` walks SRC/<class>/**/<image>, decodes JPEG/PNG/WebP/BMP with
+PIL in a thread pool (PIL releases the GIL while decoding and resizing), converts to RGB,
+resizes the shorter side to `size` (bilinear, antialiased, torchvision's `Resize(size)` rule) and
+center-crops `size` x `size` (torchvision's `CenterCrop` rounding), and writes shard_00000.npz, ...
+(x (n, size, size, 3) uint8, y (n,) int64) plus classes.txt, meta.json and pack_report.json.
+
+Conversions: CMYK, palette, grayscale, 1-bit -> RGB; alpha (RGBA, LA, palette or RGB/L with a
+transparent colour) composited over white; 16-bit / 32-bit integer grayscale scaled to 8 bits
+(not clipped); EXIF orientation applied; JPEGs decoded at a reduced DCT scale when much larger
+than `size` (PIL draft). Images smaller than `size` (even 1x1) are upscaled and counted.
+Skipped, counted and listed (never a traceback, never a label from a wrong folder): 0-byte files,
+corrupt or truncated images, files without an image extension, files outside class folders;
+class folders without any image file are dropped before labels are assigned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ssl_aug.data import ImageDataset, cache_root
+from ssl_aug.errors import SslAugError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+SPLIT_DIRS = ("train", "val", "valid", "validation", "test")
+_16BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+@dataclass
+class PackReport:
+    """What pack_imagefolder did. skipped: reason -> list of "path: message" (paths relative to src)."""
+
+    src: str
+    dst: str
+    size: int
+    classes: list[str]
+    counts: list[int]
+    images: int = 0
+    shards: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    empty_classes: list[str] = field(default_factory=list)
+    classes_without_images: list[str] = field(default_factory=list)
+    upscaled: int = 0
+    converted: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def summary(self, max_list: int = 20) -> str:
+        """Human-readable report, one fact per line."""
+        lines = [f"packed {self.images} images of {len(self.classes)} classes at {self.size}x{self.size} into "
+                 f"{self.shards} shard(s) in {self.dst} ({self.seconds:.1f} s)"]
+        if self.converted:
+            lines.append("converted to RGB: " + ", ".join(f"{k} {v}" for k, v in sorted(self.converted.items())))
+        if self.upscaled:
+            lines.append(f"upscaled (shorter side < {self.size}): {self.upscaled}")
+        if self.empty_classes:
+            lines.append(f"empty class folders skipped: {len(self.empty_classes)} ({', '.join(self.empty_classes)})")
+        if self.classes_without_images:
+            lines.append("classes kept with 0 decodable images: " + ", ".join(self.classes_without_images))
+        lines.append(f"skipped files: {self.num_skipped}" + ("" if not self.skipped else " (" + ", ".join(
+            f"{k} {len(v)}" for k, v in sorted(self.skipped.items())) + ")"))
+        for reason, items in sorted(self.skipped.items()):
+            for item in items[:max_list]:
+                lines.append(f"  {reason}: {item}")
+            if len(items) > max_list:
+                lines.append(f"  {reason}: ... {len(items) - max_list} more in pack_report.json")
+        return "\n".join(lines)
+
+
+def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """torchvision Resize(size) rule: shorter side -> size, longer side int(size * long / short)."""
+    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+
+
+def to_rgb(im):
+    """Any PIL mode -> RGB image (see module docstring for the rules)."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode in _16BIT or mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        if mode in _16BIT or a.max(initial=0) > 255:
+            a = (a.clip(0, 65535) * 255 + 32767) // 65535
+        return Image.fromarray(a.clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = a * 255.0 if a.max(initial=0.0) <= 1.0 else a
+        return Image.fromarray(np.rint(a).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def resize_center_crop(im, size: int):
+    """RGB PIL image -> size x size: shorter side to size (bilinear, antialiased), center crop."""
+    from PIL import Image
+
+    w, h = im.size
+    nw, nh = resized_size(w, h, size)
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BILINEAR)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    return im.crop((left, top, left + size, top + size))
+
+
+def decode_image(path: str, size: int):
+    """Decode one file -> (array (size, size, 3) uint8 | None, reason, detail).
+
+    reason: "ok" (detail = (source mode, upscaled)), else a skip reason with a one-line message."""
+    from PIL import Image, ImageOps
+
+    try:
+        if os.path.getsize(path) == 0:
+            return None, "empty_file", "0 bytes"
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (size, size))  # DCT-domain downscale, keeps both sides >= size
+            im.load()
+            src_mode = im.mode
+            up = min(im.size) < size
+            im = ImageOps.exif_transpose(im)
+            out = np.asarray(resize_center_crop(to_rgb(im), size), dtype=np.uint8)
+        if out.shape != (size, size, 3):
+            return None, "corrupt", f"decoded to shape {out.shape}"
+        return out, "ok", (src_mode, up)
+    except Exception as e:  # any decoder failure is a skipped file, never a traceback
+        msg = " ".join(f"{type(e).__name__}: {e}".split())
+        return None, ("truncated" if "truncated" in msg.lower() else "corrupt"), msg
+
+
+def scan_tree(src: Path):
+    """-> (classes, files [(path, label)], empty_classes, stray [(relpath, reason)]). Sorted, deterministic."""
+    if not src.is_dir():
+        raise SslAugError(f"image folder {src} does not exist; pass a folder with one sub-folder per class")
+    classes, files, empty, stray = [], [], [], []
+    for entry in sorted(os.scandir(src), key=lambda e: e.name):
+        if not entry.is_dir():
+            stray.append((entry.name, "not_in_class_folder"))
+            continue
+        images = []
+        for dirpath, _, filenames in os.walk(entry.path):
+            for fn in filenames:
+                p = os.path.join(dirpath, fn)
+                if fn.lower().endswith(IMAGE_EXTS):
+                    images.append(p)
+                else:
+                    stray.append((os.path.relpath(p, src), "not_image"))
+        images.sort()  # by path: the order of images inside a class (and of the shards) is deterministic
+        if not images:
+            empty.append(entry.name)
+            continue
+        files.extend((p, len(classes)) for p in images)
+        classes.append(entry.name)
+    if not classes:
+        raise SslAugError(f"no class folders with images ({', '.join(IMAGE_EXTS)}) in {src}; "
+                          "expected SRC/<class>/<image>")
+    stray.sort()
+    return classes, files, empty, stray
+
+
+def tree_fingerprint(src: Path, size: int) -> str:
+    """sha1 over (relative path, byte size, mtime) of every file and the target size."""
+    h = hashlib.sha1(f"size={size}".encode())
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            st = os.stat(os.path.join(dirpath, fn))
+            h.update(f"{os.path.relpath(os.path.join(dirpath, fn), src)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard_size: int = 10000,
+                     verbose: bool = True, fingerprint: str | None = None) -> PackReport:
+    """Decode the class tree `src` once into `dst` (see module docstring) -> PackReport.
+
+    verbose: tqdm progress bar and the printed report. The report is also dst/pack_report.json."""
+    from tqdm import tqdm
+
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    if not isinstance(size, int) or size < 1:
+        raise SslAugError(f"--size must be a positive integer, got {size!r}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise SslAugError(f"--shard-size must be a positive integer, got {shard_size!r}")
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise SslAugError(f"--workers must be >= 1, got {workers!r}")
+    if dst.resolve().is_relative_to(src.resolve()):
+        raise SslAugError(f"destination {dst} is inside the source tree {src}; choose a folder outside it")
+    t0 = time.perf_counter()
+    fingerprint = fingerprint or tree_fingerprint(src, size)
+    classes, files, empty, stray = scan_tree(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    for old in list(dst.glob("shard_*.npz")) + [dst / "meta.json"]:
+        old.unlink(missing_ok=True)
+    rep = PackReport(str(src), str(dst), size, classes, [0] * len(classes), empty_classes=empty)
+    for rel, reason in stray:
+        rep.skipped.setdefault(reason, []).append(rel)
+    buf = np.empty((min(shard_size, len(files)), size, size, 3), dtype=np.uint8)
+    labels: list[int] = []
+    shard_names: list[str] = []
+
+    def flush():
+        name = f"shard_{len(shard_names):05d}.npz"
+        x, y = buf[:len(labels)], np.asarray(labels, dtype=np.int64)
+        _write_atomic(dst / name, lambda f: np.savez(f, x=x, y=y))
+        shard_names.append(name)
+        labels.clear()
+
+    chunk = max(256, 64 * workers)
+    bar = tqdm(total=len(files), unit="img", desc=f"pack {src.name}", disable=not verbose, file=sys.stderr)
+    with ThreadPoolExecutor(workers) as pool:
+        for lo in range(0, len(files), chunk):
+            part = files[lo:lo + chunk]
+            for (path, label), (arr, reason, detail) in zip(part, pool.map(decode_image, [p for p, _ in part],
+                                                                           [size] * len(part))):
+                if arr is None:
+                    rep.skipped.setdefault(reason, []).append(f"{os.path.relpath(path, src)}: {detail}")
+                    continue
+                mode, up = detail
+                if mode != "RGB":
+                    rep.converted[mode] = rep.converted.get(mode, 0) + 1
+                rep.upscaled += up
+                buf[len(labels)] = arr
+                labels.append(label)
+                rep.counts[label] += 1
+                if len(labels) == len(buf):
+                    flush()
+            bar.update(len(part))
+    bar.close()
+    if labels:
+        flush()
+    rep.images, rep.shards = sum(rep.counts), len(shard_names)
+    rep.classes_without_images = [c for c, n in zip(classes, rep.counts) if n == 0]
+    rep.seconds = time.perf_counter() - t0
+    _write_atomic(dst / "pack_report.json", lambda f: f.write(json.dumps(asdict(rep), indent=1).encode()))
+    if rep.images == 0:
+        raise SslAugError(f"no decodable images in {src} ({rep.num_skipped} files skipped); "
+                          f"see {dst / 'pack_report.json'}")
+    _write_atomic(dst / "classes.txt", lambda f: f.write("".join(c + "\n" for c in classes).encode()))
+    meta = {"format": "ssl_aug.imagefolder", "version": 1, "size": size, "classes": classes, "counts": rep.counts,
+            "images": rep.images, "shards": shard_names, "fingerprint": fingerprint, "source": str(src)}
+    _write_atomic(dst / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))  # written last
+    if verbose:
+        print(rep.summary(), file=sys.stderr)
+    return rep
+
+
+def read_packed(dst: Path) -> dict | None:
+    """meta.json of a completed pack in dst, or None."""
+    try:
+        meta = json.loads((dst / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == "ssl_aug.imagefolder" else None
+
+
+def resolve_tree(root: Path, split: str) -> Path:
+    """root/<split> if it exists; a plain class tree (no train/val/test sub-folders) serves as 'train'."""
+    if (root / split).is_dir():
+        return root / split
+    if not root.is_dir():
+        raise SslAugError(f"image folder {root} does not exist; pass a folder with one sub-folder per class")
+    present = [d for d in SPLIT_DIRS if (root / d).is_dir()]
+    if split in ("train", "all") and not present:
+        return root
+    raise SslAugError(f"no split {split!r} in {root}; found split folders: {present or 'none'} "
+                      "(a plain class tree is split 'train')")
+
+
+def load_imagefolder(split: str, root, download: bool = False, size: int = 96, cache=None,
+                     workers: int | None = None, shard_size: int = 10000, verbose: bool = True) -> ImageDataset:
+    """Data set `imagefolder`: pack root[/split] on first use into `cache` (default
+    <cache_root>/imagefolder/<name>-<hash>-<size>px) and load the shards; repack when files change."""
+    from ssl_aug.data.npz import load_shards
+
+    if root is None:
+        raise SslAugError("dataset 'imagefolder' needs root=<folder with one sub-folder per class> (CLI: --data-root)")
+    tree = resolve_tree(Path(root).expanduser(), split)
+    if cache is None:
+        key = hashlib.sha1(str(tree.resolve()).encode()).hexdigest()[:10]
+        cache = cache_root() / "imagefolder" / f"{tree.resolve().name}-{key}-{size}px"
+    cache = Path(cache).expanduser()
+    fp = tree_fingerprint(tree, size)
+    meta = read_packed(cache)
+    if meta is None or meta.get("fingerprint") != fp or meta.get("size") != size:
+        pack_imagefolder(tree, cache, size, workers, shard_size, verbose=verbose, fingerprint=fp)
+        meta = read_packed(cache)
+    return load_shards([cache / s for s in meta["shards"]], f"imagefolder/{split}", meta["classes"])
+
+
+def pack_main(argv: list[str] | None = None) -> int:
+    """`ssl-aug data pack SRC DST [--size 96] [--workers N] [--shard-size K]` -> exit code."""
+    ap = argparse.ArgumentParser(prog="ssl-aug data pack",
+                                 description="Decode a class-per-folder image tree once into uint8 npz shards.")
+    ap.add_argument("src", metavar="SRC", help="folder with one sub-folder per class")
+    ap.add_argument("dst", metavar="DST", help="output folder for shard_*.npz, classes.txt, pack_report.json")
+    ap.add_argument("--size", type=int, default=96, help="output side in pixels (shorter side resize + center crop)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding threads")
+    ap.add_argument("--shard-size", type=int, default=10000, help="images per shard")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar or report on stderr")
+    args = ap.parse_args(argv)
+    try:
+        rep = pack_imagefolder(args.src, args.dst, args.size, args.workers, args.shard_size, verbose=not args.quiet)
+    except SslAugError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{rep.images} images, {len(rep.classes)} classes, {rep.num_skipped} skipped -> {rep.dst}")
+    return 0
