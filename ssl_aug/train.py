@@ -153,6 +153,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.history: list[dict] = []
+        self._warned: set[str] = set()
+        self._last_loss: float | None = None
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -166,7 +168,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": rng, "batch_source": self.source.state_dict(), "step": self.step, "epoch": self.epoch,
                 "world_size": self.world_size, "metrics": self.history,
-                "versions": {"ssl_aug": __version__, "torch": torch.__version__}}
+                "versions": {"ssl_aug": __version__, "torch": str(torch.__version__)}}
 
     def load_state_dict(self, ckpt: dict, path: Path) -> None:
         if ckpt["config"]["model"]["backbone"] != self.cfg.model.backbone:
@@ -259,7 +261,7 @@ class Trainer:
         self._check_finite(nonfinite)
         if self._saved_step != self.step:
             self.save_checkpoint()  # the final state, when the run ended between checkpoints
-        return self.history[-1] if self.history else {}
+        return {"step": self.step, "epoch": self.epoch, "loss": self._last_loss}
 
     def _check_finite(self, nonfinite: torch.Tensor) -> None:
         if bool(nonfinite):
@@ -322,8 +324,12 @@ class Trainer:
                           **{k: float(v) for k, v in stats.items()},
                           "img_per_s": images_seen * self.world_size / max(now - window_start, 1e-9),
                           "view_time_share": view_time / max(step_time, 1e-9)}
-                record["loss"] = float(loss.detach())
+                record["loss"] = self._last_loss = float(loss.detach())
                 self._log(record)
+                for message in self.method.health_messages(stats) if self.is_main else ():
+                    if message[:40] not in self._warned:
+                        self._warned.add(message[:40])
+                        bar.write(f"warning (step {self.step}): {message}")
                 images_seen, window_start = 0, now
                 bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['img_per_s']:.0f}")
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:

@@ -1,0 +1,150 @@
+"""Trainer: learning on real data, exact resume, NaN handling, refusing wrong checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from ssl_aug.checkpoint import latest_checkpoint, load_checkpoint
+from ssl_aug.config import config_from_dict
+from ssl_aug.data import ImageDataset
+from ssl_aug.errors import SslAugError
+from ssl_aug.train import NonFiniteLossError, Trainer, balanced_subset
+
+pytest.importorskip("ssl_aug.models.small_cnn")
+
+
+def tiny_data(n=96, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 4
+    return ImageDataset(images=images, labels=labels, classes=list("abcd"), name="tiny")
+
+
+def tiny_config(tmp_path, method="simclr", **train):
+    method_cfg = {"name": "simclr", "proj_hidden_dim": 32, "proj_dim": 16, "temperature": 0.5}
+    augment = {"size": 16, "scale": [0.3, 1.0]}
+    if method == "swav":
+        method_cfg = {"name": "swav", "proj_hidden_dim": 32, "proj_dim": 16, "num_prototypes": 10,
+                      "freeze_prototypes_iters": 2, "queue_length": 0}
+        augment["multicrop"] = {"local_views": 2, "size": 8, "scale": [0.1, 0.3]}
+    return config_from_dict({
+        "seed": 3, "device": "cpu", "output_dir": str(tmp_path / "run"),
+        "model": {"backbone": "small_cnn"},
+        "method": method_cfg, "augment": augment,
+        "train": {"epochs": 3, "batch_size": 32, "optimizer": "sgd", "lr": 0.1, "log_every": 1,
+                  "checkpoint_every": 2, "keep_checkpoints": 10, "warmup_epochs": 1, **train},
+        "eval": {"final_knn": False},
+    })
+
+
+class StopAfter(Trainer):
+    """A trainer that dies (like kill -9 would, but in-process) after `limit` optimiser steps."""
+
+    limit = 0
+
+    def optimize(self, views):
+        if self.step >= self.limit:
+            raise KeyboardInterrupt
+        return super().optimize(views)
+
+
+@pytest.mark.parametrize("method", ["simclr", "swav"])
+@pytest.mark.parametrize("stop_at", [3, 6])
+def test_resume_is_bit_identical(tmp_path, method, stop_at):
+    data = tiny_data()
+    full = Trainer(tiny_config(tmp_path / "a", method), progress=False, train_data=data)
+    full.fit()
+    assert full.step == 9  # 3 epochs x 3 batches
+
+    interrupted = StopAfter(tiny_config(tmp_path / "b", method), progress=False, train_data=data)
+    interrupted.limit = stop_at
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "b" / "run"))
+    assert ckpt["step"] == (stop_at // 2) * 2  # the last checkpoint before the stop
+
+    resumed = Trainer(tiny_config(tmp_path / "b", method), progress=False, train_data=data)
+    resumed.fit(resume=True)
+    assert resumed.step == 9
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the metrics log of the resumed run matches the uninterrupted one line for line (timings aside)
+    def losses(run):
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["type"], r["step"], r.get("loss")) for r in lines]
+    assert losses(tmp_path / "a" / "run") == losses(tmp_path / "b" / "run")
+
+
+def test_loss_goes_down_on_structured_data(tmp_path):
+    # two-colour stripes of random orientation: contrastive learning separates them quickly
+    g = torch.Generator().manual_seed(0)
+    n, size = 128, 16
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    horizontal = torch.rand(n, generator=g) < 0.5
+    period = torch.randint(3, 6, (n,), generator=g)
+    stripes = torch.where(horizontal[:, None, None], yy, xx)[None].expand(n, -1, -1) // period[:, None, None] % 2
+    colours = torch.randint(0, 256, (n, 2, 3), generator=g)
+    images = torch.where(stripes[:, None].bool(), colours[:, 0, :, None, None], colours[:, 1, :, None, None])
+    data = ImageDataset(images=images.to(torch.uint8), labels=horizontal.long(), classes=["v", "h"], name="stripes")
+    cfg = tiny_config(tmp_path, epochs=12, optimizer="adam", lr=0.003, lr_scaling="none", checkpoint_every=0)
+    trainer = Trainer(cfg, progress=False, train_data=data)
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r["loss"] for r in records if r["type"] == "epoch"]
+    assert len(epochs) == 12
+    assert epochs[-1] < epochs[0] - 0.3, epochs
+    steps = [r for r in records if r["type"] == "step"]
+    assert all(0.0 <= r["view_time_share"] <= 1.0 and r["img_per_s"] > 0 for r in steps)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path), progress=False, train_data=tiny_data())
+    original = trainer.method.forward
+
+    def poisoned(views, step=0, epoch=0):
+        loss, stats = original(views, step=step, epoch=epoch)
+        return (loss * float("nan") if step >= 5 else loss), stats
+
+    trainer.method.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match="NaN/inf"):
+        trainer.fit()
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_refuses_to_overwrite_a_run_and_wrong_checkpoints(tmp_path):
+    data = tiny_data()
+    Trainer(tiny_config(tmp_path, epochs=1), progress=False, train_data=data).fit()
+    with pytest.raises(SslAugError, match="already has checkpoints"):
+        Trainer(tiny_config(tmp_path, epochs=1), progress=False, train_data=data).fit()
+    other = tiny_config(tmp_path, epochs=1)
+    other.model.backbone_args = {"width": 8} if "width" in _small_cnn_args() else {}
+    other.model.backbone = "cifar_resnet18"
+    with pytest.raises(SslAugError, match="backbone 'small_cnn'"):
+        Trainer(other, progress=False, train_data=data).fit(resume=True)
+
+
+def _small_cnn_args():
+    import inspect
+
+    from ssl_aug.models.small_cnn import SmallCNN
+
+    return inspect.signature(SmallCNN).parameters
+
+
+def test_batch_larger_than_data_is_a_clear_error(tmp_path):
+    with pytest.raises(SslAugError, match="larger than the training set"):
+        Trainer(tiny_config(tmp_path, batch_size=512), progress=False, train_data=tiny_data())
+
+
+def test_balanced_subset():
+    labels = torch.arange(1000) % 10
+    idx = balanced_subset(labels, 200, seed=1)
+    assert len(idx) == 200 and len(idx.unique()) == 200
+    assert torch.bincount(labels[idx], minlength=10).tolist() == [20] * 10
+    assert torch.equal(idx, balanced_subset(labels, 200, seed=1))
+    assert not torch.equal(idx, balanced_subset(labels, 200, seed=2))
