@@ -6,6 +6,7 @@ Losses compute in float32 (or float64 if given) whatever the autocast dtype of t
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -78,6 +79,14 @@ def nt_xent_multiview(z_views, temperature: float = 0.5, gather: bool = False) -
     return -lp[off_diag].mean()
 
 
+def _logsumexp(x: torch.Tensor, dim: int, across_ranks: bool) -> torch.Tensor:
+    """logsumexp over ``dim`` (keepdim), optionally also over the same dim of every rank's ``x``."""
+    if not across_ranks:
+        return torch.logsumexp(x, dim=dim, keepdim=True)
+    m = dist_utils.all_reduce_max(x.amax(dim=dim, keepdim=True))
+    return dist_utils.all_reduce_sum(torch.exp(x - m).sum(dim=dim, keepdim=True)).log() + m
+
+
 @torch.no_grad()
 def sinkhorn(
     scores: torch.Tensor,
@@ -86,34 +95,34 @@ def sinkhorn(
     dtype: torch.dtype = torch.float32,
     distributed: bool | None = None,
 ) -> torch.Tensor:
-    """Sinkhorn-Knopp codes for SwAV (as facebookresearch/swav ``distributed_sinkhorn``).
+    """Sinkhorn-Knopp codes for SwAV (the algorithm of facebookresearch/swav ``distributed_sinkhorn``).
 
     scores: (B, K) prototype scores of this rank's B rows (no gradient flows). The plan
     P = exp(scores / epsilon) / sum is alternately rescaled so each prototype (column) carries 1/K
     of the mass and each row 1/B_total, ``iterations`` times, the row step last; the codes are
     Q = B_total * P, so every row of Q sums to 1 and every prototype column sums to B_total / K at
-    convergence (after few iterations only approximately). With ``distributed`` (default: whenever a
-    process group with > 1 rank is up) the sums over rows are all-reduced so the B_total = world * B
+    convergence (after few iterations only approximately). Computed in the log domain (same result,
+    no overflow/underflow for large scores / epsilon). With ``distributed`` (default: whenever a
+    process group with > 1 rank is up) the column sums are all-reduced so the B_total = world * B
     rows of all ranks are solved jointly; every rank must pass the same B. ``dtype`` is the
-    computation dtype (float64 for extreme epsilon). Returns Q (B, K) in at least float32.
+    computation dtype. Returns Q (B, K) in at least float32.
     """
     _check_positive("epsilon", epsilon)
     if scores.dim() != 2:
         raise SslAugError(f"sinkhorn scores have shape {tuple(scores.shape)}: they must be (B, K)")
+    if iterations < 1:
+        raise SslAugError(f"sinkhorn iterations={iterations!r} is not allowed: use an integer >= 1")
     if distributed is None:
         distributed = dist_utils.world_size() > 1
-    reduce_sum = dist_utils.all_reduce_sum if distributed else (lambda t: t)
-    reduce_max = dist_utils.all_reduce_max if distributed else (lambda t: t)
-    s = scores.detach().to(dtype)
-    rows, k = s.shape
+    rows, k = scores.shape
     total_rows = rows * (dist_utils.world_size() if distributed else 1)
-    # A global shift cancels in the first normalisation and keeps exp() finite.
-    q = torch.exp((s - reduce_max(s.max().clone())) / epsilon)
-    q /= reduce_sum(q.sum())
+    # swav's first step (divide by the total) is a constant shift in the log domain that the first
+    # column step removes, so it is skipped.
+    log_q = scores.detach().to(dtype) / epsilon
     for _ in range(iterations):
-        q /= reduce_sum(q.sum(dim=0, keepdim=True)) * k  # each prototype: 1/K of the mass
-        q /= q.sum(dim=1, keepdim=True) * total_rows  # each row: 1/B_total
-    q *= total_rows
+        log_q = log_q - (_logsumexp(log_q, 0, distributed) + math.log(k))  # each prototype: 1/K
+        log_q = log_q - (_logsumexp(log_q, 1, False) + math.log(total_rows))  # each row: 1/B_total
+    q = torch.exp(log_q) * total_rows
     return q.to(torch.promote_types(scores.dtype, torch.float32))
 
 
