@@ -187,19 +187,13 @@ def _build_backbone(arch: str, args: dict) -> nn.Module:
     return build_backbone(arch, **args)
 
 
-def _to_torchvision_layout(state: dict, arch: str) -> dict:
-    """Rename a ResNet backbone state_dict to torchvision keys (fc excluded); checked strictly."""
-    reference = torchvision_backbone(arch).state_dict()
-    if state.keys() != reference.keys():
-        # backbones that wrap the torchvision module (e.g. "net.conv1.weight"): drop the wrapper prefix
-        prefixes = {k.split(".", 1)[0] + "." for k in state}
-        if len(prefixes) == 1:
-            prefix = prefixes.pop()
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    if state.keys() != reference.keys() or any(state[k].shape != v.shape for k, v in reference.items()):
-        raise SslAugError(f"backbone {arch!r} does not match torchvision's {_torchvision_name(arch)} layout: "
-                          + _first_mismatches(reference, state))
-    return {k: state[k] for k in reference}
+def _load_strict(module: nn.Module, state: dict, what: str) -> nn.Module:
+    """module.load_state_dict(state, strict=True), with a one-line error naming the first mismatches."""
+    expected = module.state_dict()
+    if state.keys() != expected.keys() or any(state[k].shape != v.shape for k, v in expected.items()):
+        raise SslAugError(f"{what} (architecture mismatch: {_first_mismatches(expected, state)})")
+    module.load_state_dict(state, strict=True)
+    return module
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -227,13 +221,7 @@ def _backbone_spec(config: dict) -> tuple[str, dict]:
 
 def _load_backbone(arch: str, args: dict, state: dict, source) -> nn.Module:
     """build_backbone(arch, **args) with `state` loaded strictly; one-line error on any mismatch."""
-    backbone = _build_backbone(arch, args)
-    expected = backbone.state_dict()
-    if state.keys() != expected.keys() or any(state[k].shape != v.shape for k, v in expected.items()):
-        raise SslAugError(f"{source} does not hold a {arch!r} backbone (architecture mismatch: "
-                          f"{_first_mismatches(expected, state)})")
-    backbone.load_state_dict(state, strict=True)
-    return backbone
+    return _load_strict(_build_backbone(arch, args), state, f"{source} does not hold a {arch!r} backbone")
 
 
 def _read_checkpoint(path: Path, device) -> dict:
@@ -266,41 +254,32 @@ def encoder_from_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
     return backbone.to(device).eval(), config
 
 
-def _normalisation(config: dict) -> tuple[list, list, int | None]:
-    """(mean, std, input size) from the recipe's [augment] section."""
+def _view_spec(config: dict):
+    """The recipe's [augment] view spec (ViewSpec defaults for keys it leaves out), as the trainer builds it."""
+    from ssl_aug.augment import ViewSpec
+    from ssl_aug.config import AUGMENT_EXTRA_KEYS
+
     augment = config.get("augment") or {}
-    mean, std = augment.get("mean"), augment.get("std")
-    if mean is None or std is None:
-        try:  # recipes that keep the ViewSpec defaults
-            import dataclasses
-
-            from ssl_aug.augment import ViewSpec
-
-            defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                        for f in dataclasses.fields(ViewSpec)}
-            mean = defaults.get("mean") if mean is None else mean
-            std = defaults.get("std") if std is None else std
-        except (ImportError, TypeError):
-            pass
-    ok = all(isinstance(v, (list, tuple)) and len(v) == 3 for v in (mean, std))
-    if not ok or any(float(s) <= 0 for s in std):
-        raise SslAugError(f"checkpoint config augment.mean/std must be 3 numbers each (std > 0), got {mean!r} / {std!r}")
-    size = augment.get("size")
-    if isinstance(size, (list, tuple)):
-        size = size[0] if size else None
-    return [float(v) for v in mean], [float(v) for v in std], size
+    return ViewSpec.from_dict({k: v for k, v in augment.items() if k not in AUGMENT_EXTRA_KEYS})
 
 
 def _eval_results(ckpt: dict, run_dir: Path | None) -> dict:
+    """Known results: run_dir/eval.json, the last epoch record and kNN-monitor records of the checkpoint."""
     results = {}
-    if ckpt.get("metrics"):
-        results["checkpoint_metrics"] = _jsonable(ckpt["metrics"])
     eval_file = run_dir / "eval.json" if run_dir is not None else None
     if eval_file is not None and eval_file.is_file():
         try:
             results["eval"] = json.loads(eval_file.read_text())
         except json.JSONDecodeError as exc:
             raise SslAugError(f"{eval_file} is not valid JSON ({exc}); fix or remove it") from None
+    metrics = ckpt.get("metrics")
+    if isinstance(metrics, dict) and metrics:
+        results["checkpoint_metrics"] = _jsonable(metrics)
+    elif isinstance(metrics, list) and metrics:  # the trainer's history: one record per epoch
+        results["last_epoch"] = _jsonable(metrics[-1])
+        monitor = [_jsonable(r) for r in metrics if isinstance(r, dict) and any(str(k).startswith("knn") for k in r)]
+        if monitor:
+            results["knn_monitor"] = monitor
     return results
 
 
@@ -334,14 +313,16 @@ def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False) -> Path:
     arch, args = _backbone_spec(config)
     state, head = _split_model_state(ckpt["model"])
     backbone = _load_backbone(arch, args, state, f"checkpoint {ckpt_path}").eval()
-    mean, std, size = _normalisation(config)
+    spec = _view_spec(config)
+    mean, std, size = list(spec.mean), list(spec.std), spec.size
     feature_dim = int(getattr(backbone, "feature_dim"))
     if with_head and not head:
         raise SslAugError(f"checkpoint {ckpt_path} has no projector/prototypes weights to export; drop --with-head")
 
     exported = backbone.state_dict()
-    if _torchvision_name(arch) is not None:
-        exported = _to_torchvision_layout(exported, arch)
+    if _torchvision_name(arch) is not None:  # the promise: torchvision's module loads it strictly (fc aside)
+        _load_strict(torchvision_backbone(arch), exported,
+                     f"backbone {arch!r} does not match torchvision's {_torchvision_name(arch)} layout")
     files = {BACKBONE_FILE: _torch_bytes(exported),
              SCRIPT_FILE: _script(Encoder(backbone, mean, std, feature_dim), size)}
     if with_head:
@@ -453,12 +434,8 @@ def load_encoder(path, device="cpu") -> Encoder:
     if not isinstance(arch, str):
         raise SslAugError(f"{folder / METADATA} has no architecture name; re-export the encoder")
     if _torchvision_name(arch) is not None:
-        backbone = torchvision_backbone(arch)
-        expected = backbone.state_dict()
-        if state.keys() != expected.keys() or any(state[k].shape != v.shape for k, v in expected.items()):
-            raise SslAugError(f"{folder / BACKBONE_FILE} does not hold a {arch!r} backbone (architecture "
-                              f"mismatch: {_first_mismatches(expected, state)})")
-        backbone.load_state_dict(state, strict=True)
+        backbone = _load_strict(torchvision_backbone(arch), state,
+                                f"{folder / BACKBONE_FILE} does not hold a {arch!r} backbone")
     else:
         backbone = _load_backbone(arch, dict(metadata.get("backbone_args") or {}), state, folder / BACKBONE_FILE)
     norm = metadata.get("normalization") or {}
