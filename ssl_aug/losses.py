@@ -57,6 +57,11 @@ def nt_xent_multiview(z_views, temperature: float = 0.5, gather: bool = False) -
         raise SslAugError(f"nt_xent_multiview got shape {tuple(z.shape)}: it needs (V, N, D) with V >= 2 views")
     if not z.is_floating_point() or z.dtype in (torch.float16, torch.bfloat16):
         z = z.float()
+    with torch.autocast(z.device.type, enabled=False):  # similarities in float32 even under AMP
+        return _nt_xent_full_precision(z, float(temperature), gather)
+
+
+def _nt_xent_full_precision(z: torch.Tensor, temperature: float, gather: bool) -> torch.Tensor:
     v, n, d = z.shape
     z = F.normalize(z, dim=-1)
     world, offset = 1, 0
@@ -118,11 +123,12 @@ def sinkhorn(
     total_rows = rows * (dist_utils.world_size() if distributed else 1)
     # swav's first step (divide by the total) is a constant shift in the log domain that the first
     # column step removes, so it is skipped.
-    log_q = scores.detach().to(dtype) / epsilon
-    for _ in range(iterations):
-        log_q = log_q - (_logsumexp(log_q, 0, distributed) + math.log(k))  # each prototype: 1/K
-        log_q = log_q - (_logsumexp(log_q, 1, False) + math.log(total_rows))  # each row: 1/B_total
-    q = torch.exp(log_q) * total_rows
+    with torch.autocast(scores.device.type, enabled=False):
+        log_q = scores.detach().to(dtype) / epsilon
+        for _ in range(iterations):
+            log_q = log_q - (_logsumexp(log_q, 0, distributed) + math.log(k))  # each prototype: 1/K
+            log_q = log_q - (_logsumexp(log_q, 1, False) + math.log(total_rows))  # each row: 1/B_total
+        q = torch.exp(log_q) * total_rows
     return q.to(torch.promote_types(scores.dtype, torch.float32))
 
 
@@ -162,7 +168,8 @@ def swav_loss(
     if any(s.dim() != 2 or s.shape != scores_per_crop[0].shape for s in scores_per_crop):
         shapes = [tuple(s.shape) for s in scores_per_crop]
         raise SslAugError(f"swav_loss crop scores have shapes {shapes}: all crops must be (B, K) with equal B and K")
-    log_p = [torch.log_softmax(s.float() / temperature, dim=1) for s in scores_per_crop]
+    with torch.autocast(scores_per_crop[0].device.type, enabled=False):
+        log_p = [torch.log_softmax(s.float() / temperature, dim=1) for s in scores_per_crop]
     loss = scores_per_crop[0].new_zeros((), dtype=torch.float32)
     codes = []
     for i, a in enumerate(crops_for_assign):

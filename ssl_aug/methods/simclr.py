@@ -1,0 +1,74 @@
+"""SimCLR: backbone + MLP projector + NT-Xent over 2 or more views."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssl_aug.losses import nt_xent_multiview
+from ssl_aug.methods.base import check_views, encode_views, require
+from ssl_aug.models.heads import ProjectionHead
+
+__all__ = ["SimCLR", "similarity_stats"]
+
+
+@torch.no_grad()
+def similarity_stats(z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean cosine similarity of positive pairs and of negative pairs, z (V, N, D), V >= 2.
+
+    Uses sums of unit vectors instead of the (VN)^2 matrix: sum over all ordered pairs = |sum z|^2,
+    over same-image pairs (self included) = sum_n |sum_v z_vn|^2.
+    """
+    v, n, _ = z.shape
+    z = F.normalize(z.float(), dim=-1)
+    all_pairs = z.sum(dim=(0, 1)).square().sum()
+    same_image = z.sum(dim=0).square().sum()
+    pos = (same_image - v * n) / (v * (v - 1) * n)
+    neg_count = (v * n) ** 2 - v * v * n
+    neg = (all_pairs - same_image) / neg_count if neg_count > 0 else torch.zeros_like(pos)
+    return {"pos_sim": pos, "neg_sim": neg}
+
+
+class SimCLR(nn.Module):
+    """SimCLR (Chen et al. 2020): views -> backbone -> projector -> NT-Xent.
+
+    forward(views: V x (N, 3, H, W), step, epoch) -> (loss, stats); V = 2 is the classic loss,
+    V > 2 the multi-view form (all views of an image are positives). Views of equal size share
+    one backbone forward; the projector sees all V * N rows in one batch. stats: loss, pos_sim,
+    neg_sim (detached 0-d tensors). ``gather``: negatives from all ranks (with gradient).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 128,
+        temperature: float = 0.5,
+        gather: bool = False,
+        proj_layers: int = 2,
+    ):
+        super().__init__()
+        require(temperature > 0, "temperature", temperature, "use a number > 0 (SimCLR: 0.5 CIFAR, 0.1 ImageNet)")
+        require(proj_dim >= 1 and proj_hidden_dim >= 1, "proj_dim", (proj_hidden_dim, proj_dim), "use integers >= 1")
+        self.backbone = backbone
+        self.projector = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim, num_layers=proj_layers)
+        self.temperature = float(temperature)
+        self.gather = bool(gather)
+
+    def forward(self, views, step: int = 0, epoch: int = 0):
+        n = check_views(views)
+        z = self.projector(encode_views(self.backbone, views)).view(len(views), n, -1)
+        loss = nt_xent_multiview(z, self.temperature, gather=self.gather)
+        return loss, {"loss": loss.detach(), **similarity_stats(z.detach())}
+
+    def after_backward(self, step: int) -> None:
+        """Nothing to do for SimCLR (kept for a uniform trainer loop)."""
+
+    @staticmethod
+    def health_messages(stats: dict) -> list[str]:
+        """Human warnings from (logged) stats: collapse when negatives look like positives."""
+        neg = float(stats["neg_sim"])
+        if neg > 0.95:
+            return [f"SimCLR negatives have mean cosine similarity {neg:.3f} > 0.95: the embeddings collapsed"]
+        return []
