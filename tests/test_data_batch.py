@@ -17,6 +17,18 @@ def _run(src):
     return [(i.clone(), x.clone()) for i, x in src]
 
 
+def _same(a, b):
+    return len(a) == len(b) and all(torch.equal(i, j) and torch.equal(x, y) for (i, x), (j, y) in zip(a, b))
+
+
+def _same_resume(resumed, rest, nxt, n_rest):
+    """The resumed source yields exactly `rest` (the rest of the saved epoch), then epoch `nxt`."""
+    assert len(rest) == n_rest
+    if rest:
+        assert _same(_run(resumed), rest)
+    assert _same(_run(resumed), nxt) and len(nxt) == len(resumed)
+
+
 # --- BatchSource ------------------------------------------------------------------------------
 
 def test_batchsource_covers_every_index_once():
@@ -56,8 +68,10 @@ def test_batchsource_seed_and_epoch_determinism():
     assert order(3, 0) != order(4, 0) and order(3, 0) != order(3, 1)
     s = BatchSource(imgs, 7, seed=3)
     e0 = torch.cat([i for i, _ in s]).tolist()
-    assert s.state_dict()["epoch"] == 1 and s.state_dict()["position"] == 0  # finished -> next epoch
-    assert torch.cat([i for i, _ in s]).tolist() == order(3, 1)  # without set_epoch: fresh shuffle
+    assert s.state_dict()["epoch"] == 0 and s.state_dict()["position"] == len(s) == 7  # finished epoch 0
+    assert torch.cat([i for i, _ in s]).tolist() == order(3, 1)  # again without set_epoch: next epoch
+    s.set_epoch(1)  # the current epoch: position kept (a finished epoch stays finished)
+    assert s.state_dict()["position"] == 7
     s.set_epoch(0)
     assert torch.cat([i for i, _ in s]).tolist() == e0
 
@@ -72,13 +86,12 @@ def test_batchsource_resume_mid_epoch(stop):
         next(it)
     state = a.state_dict()
     assert state["epoch"] == 4 and state["position"] == stop
-    rest = [(i.clone(), x.clone()) for i, x in it] + _run(a)  # rest of epoch 4, then epoch 5
+    rest = [(i.clone(), x.clone()) for i, x in it]  # rest of epoch 4
+    nxt = _run(a)  # epoch 5
     b = BatchSource(imgs, 8, seed=9, world_size=2, rank=1)
     b.load_state_dict(state)
     b.set_epoch(4)  # a resumed trainer calls set_epoch as usual: the position is kept
-    again = _run(b) + _run(b)
-    assert len(again) == len(rest) == (len(a) - stop) + len(a)
-    assert all(torch.equal(i, j) and torch.equal(x, y) for (i, x), (j, y) in zip(rest, again))
+    _same_resume(b, rest, nxt, len(a) - stop)
 
 
 def test_batchsource_bad_input_and_mismatched_resume():
@@ -159,13 +172,12 @@ def test_shardstream_resume_mid_epoch(shards, stop):
     for _ in range(stop):
         next(it)
     state = a.state_dict()
-    rest = [(i.clone(), x.clone()) for i, x in it] + _run(a)
+    rest = [(i.clone(), x.clone()) for i, x in it]
+    nxt = _run(a)
     b = ShardStream(folder, 4, seed=7, world_size=2, rank=0, drop_last=False)
     b.load_state_dict(state)
     b.set_epoch(2)
-    again = _run(b) + _run(b)
-    assert len(again) == len(rest) > 0
-    assert all(torch.equal(i, j) and torch.equal(x, y) for (i, x), (j, y) in zip(rest, again))
+    _same_resume(b, rest, nxt, len(a) - stop)
 
 
 def test_shardstream_bad_input(tmp_path):

@@ -8,9 +8,10 @@ Both follow one epoch protocol. The epoch's order comes only from (seed, epoch) 
 `torch.Generator`, so every rank and every resume sees the same order. Each rank takes a disjoint,
 equal slice (the tail that does not divide by world_size is dropped so all ranks step together).
 `position` counts the batches already handed out; `state_dict()` taken after a batch was yielded
-resumes at the next one. Finishing an epoch moves to (epoch + 1, position 0); `set_epoch(e)` with
-a different epoch restarts at position 0, with the current epoch it keeps the position (so a
-resumed run can call it as usual).
+resumes at the next one. After the last batch the state is (epoch, len(self)). `set_epoch(e)` with
+a different epoch restarts at position 0; with the current epoch it keeps the position (so a
+resumed run can call it as usual). Iterating a finished epoch again without `set_epoch` moves on
+to (epoch + 1, 0) rather than repeating its order or yielding nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class _Resumable:
 
     def _n_batches(self, n_local: int) -> int:
         return n_local // self.batch_size if self.drop_last else -(-n_local // self.batch_size)
+
+    def _begin(self) -> None:
+        if self.position >= len(self):  # finished epoch, no set_epoch: continue with the next one
+            self.epoch, self.position = self.epoch + 1, 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (its shuffle); a new epoch starts at position 0."""
@@ -97,13 +102,13 @@ class BatchSource(_Resumable):
         return perm[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
 
     def __iter__(self):
+        self._begin()
         idx = self.epoch_indices().to(self.device)
         b = self.batch_size
         for k in range(self.position, len(self)):
             sel = idx[k * b:(k + 1) * b]
             self.position = k + 1
             yield sel, self.images.index_select(0, sel)
-        self.epoch, self.position = self.epoch + 1, 0
 
 
 class ShardStream(_Resumable):
@@ -168,6 +173,7 @@ class ShardStream(_Resumable):
         return torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).contiguous()
 
     def __iter__(self):
+        self._begin()
         sids, rows = self.epoch_plan()
         n_batches, b = len(self), self.batch_size
         start, stop = self.position * b, min(n_batches * b, len(sids))
@@ -208,7 +214,6 @@ class ShardStream(_Resumable):
                 idx = (self.offsets[bs] + br).to(self.device)
                 self.position = k + 1
                 yield idx, images
-            self.epoch, self.position = self.epoch + 1, 0
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
