@@ -48,7 +48,8 @@ SCRIPT_FILE = "encoder.ts"
 HEAD_FILE = "head.pt"
 HEAD_PREFIXES = ("projector.", "prototypes.")
 CIFAR_STEM = "conv1 = Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False); maxpool = Identity()"
-TORCHVISION_STEM = "torchvision default: conv1 = Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False); maxpool = MaxPool2d(3, 2, 1)"
+TORCHVISION_STEM = ("torchvision default: conv1 = Conv2d(3, 64, kernel_size=7, stride=2, padding=3, "
+                    "bias=False); maxpool = MaxPool2d(3, 2, 1)")
 MIN_TORCH = (1, 13)  # first release with torch.load(weights_only=True)
 
 
@@ -70,13 +71,15 @@ class Encoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.size(1) != 3:
-            raise SslAugError("encoder input must be images (N, 3, H, W), got shape " + str(list(images.shape)))
+            raise SslAugError("encoder input must be images (N, 3, H, W), got shape "
+                              + str(list(images.shape)))
         if images.dtype == torch.uint8:
             x = images.to(self.norm_mean.dtype) / 255.0
         elif images.is_floating_point():
             x = images.to(self.norm_mean.dtype)
         else:
-            raise SslAugError("encoder input must be uint8 [0, 255] or float [0, 1] images, got an integer dtype")
+            raise SslAugError("encoder input must be uint8 [0, 255] or float [0, 1] images, "
+                              "got an integer dtype")
         return self.backbone((x - self.norm_mean) / self.norm_std)
 
 
@@ -255,7 +258,7 @@ def encoder_from_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
 
 
 def _view_spec(config: dict):
-    """The recipe's [augment] view spec (ViewSpec defaults for keys it leaves out), as the trainer builds it."""
+    """The recipe's [augment] ViewSpec (defaults for keys it leaves out), built as the trainer does."""
     from ssl_aug.augment import ViewSpec
     from ssl_aug.config import AUGMENT_EXTRA_KEYS
 
@@ -277,7 +280,8 @@ def _eval_results(ckpt: dict, run_dir: Path | None) -> dict:
         results["checkpoint_metrics"] = _jsonable(metrics)
     elif isinstance(metrics, list) and metrics:  # the trainer's history: one record per epoch
         results["last_epoch"] = _jsonable(metrics[-1])
-        monitor = [_jsonable(r) for r in metrics if isinstance(r, dict) and any(str(k).startswith("knn") for k in r)]
+        monitor = [_jsonable(r) for r in metrics
+                   if isinstance(r, dict) and any(str(k).startswith("knn") for k in r)]
         if monitor:
             results["knn_monitor"] = monitor
     return results
@@ -289,7 +293,7 @@ def _script(encoder: Encoder, input_size: int | None) -> bytes:
         warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit is deprecated in torch >= 2.9
         try:
             scripted = torch.jit.script(encoder)
-        except Exception:  # noqa: BLE001 - any TorchScript front-end failure: fall back to tracing the backbone
+        except Exception:  # noqa: BLE001 - any TorchScript front-end failure: trace the backbone instead
             size = input_size or 32
             example = torch.rand(2, 3, size, size, device=encoder.norm_mean.device)
             traced = torch.jit.trace(encoder.backbone, example)
@@ -317,7 +321,8 @@ def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False) -> Path:
     mean, std, size = list(spec.mean), list(spec.std), spec.size
     feature_dim = int(getattr(backbone, "feature_dim"))
     if with_head and not head:
-        raise SslAugError(f"checkpoint {ckpt_path} has no projector/prototypes weights to export; drop --with-head")
+        raise SslAugError(f"checkpoint {ckpt_path} has no projector/prototypes weights to export; "
+                          "drop --with-head")
 
     exported = backbone.state_dict()
     if _torchvision_name(arch) is not None:  # the promise: torchvision's module loads it strictly (fc aside)
@@ -341,7 +346,8 @@ def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False) -> Path:
             "excluded_keys": ["fc.weight", "fc.bias"],
             "features": "set model.fc = torch.nn.Identity()",
         },
-        "input": {"size": size, "layout": "(N, 3, H, W) RGB", "dtype": "uint8 in [0, 255] or float in [0, 1]"},
+        "input": {"size": size, "layout": "(N, 3, H, W) RGB",
+                  "dtype": "uint8 in [0, 255] or float in [0, 1]"},
         "normalization": {"mean": mean, "std": std},
         "feature_dim": feature_dim,
         "dataset": (config.get("data") or {}).get("name"),
@@ -350,7 +356,8 @@ def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False) -> Path:
         "eval": _eval_results(ckpt, run_dir),
         "recipe": _jsonable(config),
         "source_checkpoint": ckpt_path.name,
-        "versions": {"ssl_aug": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "versions": {"ssl_aug": __version__, "torch": torch.__version__,
+                     "torchvision": torchvision.__version__,
                      "python": platform.python_version()},
         "files": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in files.items()},
     }
@@ -392,7 +399,8 @@ def read_metadata(path) -> tuple[Path, dict]:
     norm = metadata.get("normalization") or {}
     if not all(isinstance(norm.get(k), list) and len(norm[k]) == 3 for k in ("mean", "std")) \
             or not isinstance(metadata.get("feature_dim"), int):
-        raise SslAugError(f"{meta_file} lacks normalization mean/std (3 numbers each) or feature_dim; re-export the encoder")
+        raise SslAugError(f"{meta_file} lacks normalization mean/std (3 numbers each) or feature_dim; "
+                          "re-export the encoder")
     return folder, metadata
 
 
@@ -408,7 +416,8 @@ def read_weights(folder: Path, metadata: dict, name: str, device="cpu") -> dict:
     data = path.read_bytes()
     actual = _sha256(data)
     if actual != expected:
-        raise SslAugError(f"weight file {path} was altered: sha256 {actual} != {expected} recorded in {METADATA}")
+        raise SslAugError(f"weight file {path} was altered: sha256 {actual} != {expected} "
+                          f"recorded in {METADATA}")
     try:
         state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -437,7 +446,8 @@ def load_encoder(path, device="cpu") -> Encoder:
         backbone = _load_strict(torchvision_backbone(arch), state,
                                 f"{folder / BACKBONE_FILE} does not hold a {arch!r} backbone")
     else:
-        backbone = _load_backbone(arch, dict(metadata.get("backbone_args") or {}), state, folder / BACKBONE_FILE)
+        args = dict(metadata.get("backbone_args") or {})
+        backbone = _load_backbone(arch, args, state, folder / BACKBONE_FILE)
     norm = metadata.get("normalization") or {}
     encoder = Encoder(backbone, norm.get("mean"), norm.get("std"), metadata.get("feature_dim"), metadata)
     return encoder.to(device).eval()

@@ -65,8 +65,9 @@ def _make_run(root, arch: str, augment=None, **backbone_args):
     _randomise_bn(backbone)
     method = _Method(backbone)
     augment = {"mean": MEAN, "std": STD, "size": 32} if augment is None else augment
-    config = config_from_dict({"model": {"backbone": arch, "backbone_args": backbone_args}, "augment": augment,
-                               "data": {"name": "cifar10"}, "train": {"epochs": 3}}).to_dict()
+    recipe = {"model": {"backbone": arch, "backbone_args": backbone_args}, "augment": augment,
+              "data": {"name": "cifar10"}, "train": {"epochs": 3}}
+    config = config_from_dict(recipe).to_dict()
     history = [{"type": "epoch", "epoch": 1, "step": 40, "loss": 5.1},  # the trainer's per-epoch records
                {"type": "epoch", "epoch": 2, "step": 80, "loss": 4.9, "knn_top1": 0.55},
                {"type": "epoch", "epoch": 3, "step": 120, "loss": torch.tensor(4.7), "knn_top1": 0.61}]
@@ -74,7 +75,7 @@ def _make_run(root, arch: str, augment=None, **backbone_args):
             "optimizer": {}, "step": 120, "epoch": 3, "metrics": history}
     run = root / "run"
     atomic_save(ckpt, run / "checkpoints" / "last.pt")
-    (run / "eval.json").write_text(json.dumps({"knn": {"top1": 0.625, "k": 200}}))
+    (run / "eval.json").write_text(json.dumps({"steps": 120, "knn_top1": 0.625, "knn_top5": 0.97}))
     return run, method.eval()
 
 
@@ -86,7 +87,8 @@ def _reference_features(backbone: nn.Module, images_uint8: torch.Tensor) -> torc
 
 
 def _images(n=6, size=32, seed=0):
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +133,9 @@ def test_files_and_metadata(exported):
     assert meta["normalization"] == {"mean": MEAN, "std": STD}
     assert meta["epoch"] == 3 and meta["step"] == 120 and meta["recipe"]["train"]["epochs"] == 3
     assert meta["recipe"]["method"]["name"] == "simclr"  # the whole recipe, defaults included
-    assert meta["eval"]["eval"]["knn"]["top1"] == 0.625
-    assert meta["eval"]["last_epoch"] == {"type": "epoch", "epoch": 3, "step": 120, "loss": pytest.approx(4.7),
-                                          "knn_top1": 0.61}
+    assert meta["eval"]["eval"]["knn_top1"] == 0.625
+    last = {"type": "epoch", "epoch": 3, "step": 120, "loss": pytest.approx(4.7), "knn_top1": 0.61}
+    assert meta["eval"]["last_epoch"] == last
     assert [r["knn_top1"] for r in meta["eval"]["knn_monitor"]] == [0.55, 0.61]
     assert meta["versions"]["torch"] == torch.__version__
     assert meta["versions"]["torchvision"] == torchvision.__version__
@@ -153,8 +155,8 @@ def test_strict_load_into_torchvision_resnet18_with_cifar_stem(exported):
     model.fc = nn.Identity()
     model.load_state_dict(state, strict=True)
     images = _images(seed=3)
-    torch.testing.assert_close(_reference_features(model, images), _reference_features(method.backbone, images),
-                               rtol=0, atol=0)
+    expected = _reference_features(method.backbone, images)
+    torch.testing.assert_close(_reference_features(model, images), expected, rtol=0, atol=0)
 
 
 def test_torchscript_equals_eager(exported):
@@ -186,12 +188,12 @@ def test_checkpoint_file_cli_and_encoder_from_checkpoint(exported, tmp_path, cap
     assert not (tmp_path / "cli" / "head.pt").exists()
     meta = json.loads((tmp_path / "cli" / "encoder.json").read_text())
     assert set(meta["files"]) == {"backbone.pt", "encoder.ts"}
-    assert meta["eval"]["eval"]["knn"]["top1"] == 0.625  # run dir found from checkpoints/last.pt
+    assert meta["eval"]["eval"]["knn_top1"] == 0.625  # run dir found from checkpoints/last.pt
     backbone, config = encoder_from_checkpoint(run)
     assert not backbone.training and config["model"]["backbone"] == "cifar_resnet18"
     images = _images(seed=7)
-    torch.testing.assert_close(_reference_features(backbone, images), _reference_features(method.backbone, images),
-                               rtol=0, atol=0)
+    expected = _reference_features(method.backbone, images)
+    torch.testing.assert_close(_reference_features(backbone, images), expected, rtol=0, atol=0)
 
 
 def test_imagenet_stem_resnet18_strict_torchvision(tmp_path):
@@ -202,11 +204,10 @@ def test_imagenet_stem_resnet18_strict_torchvision(tmp_path):
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and result.unexpected_keys == []
     model.fc = nn.Identity()
     images = _images(n=2, size=64)
+    expected = _reference_features(method.backbone, images)
     with torch.no_grad():
-        torch.testing.assert_close(load_encoder(out)(images), _reference_features(method.backbone, images),
-                                   rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(_reference_features(model, images), _reference_features(method.backbone, images),
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(load_encoder(out)(images), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_reference_features(model, images), expected, rtol=0, atol=0)
 
 
 def test_recipe_without_mean_std_uses_viewspec_defaults(tmp_path):
@@ -218,6 +219,38 @@ def test_recipe_without_mean_std_uses_viewspec_defaults(tmp_path):
     spec = ViewSpec()
     assert meta["normalization"] == {"mean": list(spec.mean), "std": list(spec.std)}
     assert meta["input"]["size"] == 24 and load_encoder(out).mean == spec.mean
+
+
+class _Unscriptable(nn.Module):
+    """A backbone TorchScript cannot compile (a lambda attribute): export must fall back to tracing."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.act = lambda x: x.clamp_min(0.0)
+        self.feature_dim = width
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x))).mean((2, 3))
+
+
+def test_unscriptable_backbone_is_traced(tmp_path, monkeypatch):
+    import ssl_aug.models
+
+    monkeypatch.setitem(ssl_aug.models.BACKBONES, "toy_unscriptable", _Unscriptable)
+    run, method = _make_run(tmp_path, "toy_unscriptable", width=6)
+    out = export_encoder(run, tmp_path / "export")
+    meta = json.loads((out / "encoder.json").read_text())
+    assert meta["torchvision"] is None and meta["stem"] == "ssl_aug" and meta["backbone_args"] == {"width": 6}
+    images = _images(seed=13)
+    expected = _reference_features(method.backbone, images)
+    assert expected.shape == (6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(load_encoder(out)(images), expected, rtol=1e-5, atol=1e-6)
+        scripted = torch.jit.load(str(out / "encoder.ts"))
+        torch.testing.assert_close(scripted(images), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(scripted(images.float() / 255.0), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_small_cnn_round_trip(tmp_path):
