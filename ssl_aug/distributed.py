@@ -11,6 +11,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 __all__ = [
     "is_initialized",
@@ -23,6 +24,9 @@ __all__ = [
     "all_reduce_sum",
     "all_reduce_max",
     "gather_with_grad",
+    "all_gather_object",
+    "GroupBatchNorm",
+    "convert_sync_batchnorm",
 ]
 
 
@@ -121,3 +125,68 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if not (is_initialized() and world_size() > 1):
         return x
     return _GatherWithGrad.apply(x)
+
+
+def all_gather_object(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] (picklable objects); [obj] in single-process runs."""
+    if not (is_initialized() and world_size() > 1):
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class GroupBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics cover the batches of all ranks, for any backend.
+
+    torch's ``nn.SyncBatchNorm`` runs on CUDA only; this one works with gloo on CPU (and anywhere):
+    two differentiable all-reduces (sum with count, then the centred sum of squares), so the output
+    and its gradient equal plain BatchNorm on the concatenated global batch. Input (N, C, *).
+    Outside training, or without a process group, it is ordinary BatchNorm.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_initialized() and world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = x.new_full((1,), x.numel() // x.shape[1])
+        sums = all_reduce(torch.cat([x.sum(dims), count]))
+        total = sums[-1]
+        mean = sums[:-1] / total
+        centred = x - mean.view(shape)
+        var = all_reduce(centred.square().sum(dims)) / total
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * total / (total - 1).clamp_min(1), momentum)
+        return y
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """Replace every BatchNorm*d by a cross-rank one: ``nn.SyncBatchNorm`` on CUDA, else
+    :class:`GroupBatchNorm` (weights, buffers and train/eval mode are kept)."""
+    if torch.device(device).type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GroupBatchNorm):
+        new = GroupBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                             module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new.to(next(iter(module.state_dict().values()), torch.empty(0)).device)
+    for name, child in module.named_children():
+        new_child = convert_sync_batchnorm(child, device)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    return module
