@@ -82,10 +82,15 @@ def build_views(augment: dict, channels_last: bool = False) -> MultiView:
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """Backbone + method head(s) from the recipe (seeded, so every rank starts identical)."""
+    """Backbone + method head(s) from the recipe (seeded, so every rank starts identical).
+
+    With more than one rank, SimCLR gathers the negatives of all ranks (gather=True) unless the
+    recipe sets method.gather explicitly."""
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.model.backbone, **cfg.model.backbone_args)
     method_args = {k: v for k, v in cfg.method.items() if k != "name"}
+    if cfg.method["name"] == "simclr" and dist.world_size() > 1:
+        method_args.setdefault("gather", True)
     return build_method(cfg.method["name"], backbone, **method_args)
 
 
@@ -130,13 +135,16 @@ class Trainer:
 
         self.method = build_model(cfg).to(self.device)
         if cfg.model.sync_batchnorm and self.world_size > 1:
-            self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+            self.method = dist.convert_sync_batchnorm(self.method, self.device)
         if cfg.train.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model = self.method
+        # A SwAV queue holds this rank's own embeddings: DDP must not overwrite it with rank 0's buffers.
+        self.rank_local_buffers = bool(getattr(self.method, "queue_length", 0))
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
+            self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids,
+                                                             broadcast_buffers=not self.rank_local_buffers)
 
         lr = cfg.train.lr * (cfg.train.batch_size / 256 if cfg.train.lr_scaling == "linear" else 1.0)
         self.base_lr = lr
@@ -163,12 +171,23 @@ class Trainer:
         rng = {"torch": torch.get_rng_state(), "views": self.view_generator.get_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"format": FORMAT, "version": VERSION, "config": self.cfg.to_dict(),
-                "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": rng, "batch_source": self.source.state_dict(), "step": self.step, "epoch": self.epoch,
-                "world_size": self.world_size, "metrics": self.history,
-                "versions": {"ssl_aug": __version__, "torch": str(torch.__version__)}}
+        state = {"format": FORMAT, "version": VERSION, "config": self.cfg.to_dict(),
+                 "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "rng": rng, "batch_source": self.source.state_dict(), "step": self.step, "epoch": self.epoch,
+                 "world_size": self.world_size, "metrics": self.history,
+                 "versions": {"ssl_aug": __version__, "torch": str(torch.__version__)}}
+        if self.world_size > 1:  # collective: every rank calls state_dict() through save_checkpoint()
+            state["ranks"] = dist.all_gather_object(self._rank_state())
+        return state
+
+    def _rank_state(self) -> dict:
+        """What differs between ranks: random generators, the data shard position, rank-local buffers."""
+        local = {"rng": {"torch": torch.get_rng_state(), "views": self.view_generator.get_state()},
+                 "batch_source": self.source.state_dict()}
+        if self.rank_local_buffers:
+            local["buffers"] = {k: v.detach().cpu() for k, v in self.method.named_buffers()}
+        return local
 
     def load_state_dict(self, ckpt: dict, path: Path) -> None:
         if ckpt["config"]["model"]["backbone"] != self.cfg.model.backbone:
@@ -177,26 +196,31 @@ class Trainer:
         if ckpt.get("world_size", 1) != self.world_size:
             raise SslAugError(f"checkpoint {path} was written with world size {ckpt.get('world_size', 1)}; resume "
                               f"with the same number of processes (now {self.world_size})")
+        local = ckpt["ranks"][self.rank] if "ranks" in ckpt else {}
+        model_state = dict(ckpt["model"], **local.get("buffers", {}))
         try:
-            self.method.load_state_dict(ckpt["model"])
+            self.method.load_state_dict(model_state)
         except RuntimeError as exc:
             raise SslAugError(f"checkpoint {path} does not fit this model: {str(exc).splitlines()[0]}") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        self.view_generator.set_state(ckpt["rng"]["views"])
+        rng = local.get("rng", ckpt["rng"])
+        torch.set_rng_state(rng["torch"])
+        self.view_generator.set_state(rng["views"])
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        self.source.load_state_dict(ckpt["batch_source"])
+        self.source.load_state_dict(local.get("batch_source", ckpt["batch_source"]))
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
         self.history = list(ckpt.get("metrics", []))
 
     def save_checkpoint(self) -> Path | None:
+        """Every rank calls this (the per-rank state is gathered); only rank 0 writes the file."""
         self._saved_step = self.step
+        state = self.state_dict()
         if not self.is_main:
             return None
-        return save_run_checkpoint(self.state_dict(), self.run_dir, self.step, self.cfg.train.keep_checkpoints)
+        return save_run_checkpoint(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints)
 
     # ----------------------------------------------------------------- logging
     def _log(self, record: dict) -> None:
