@@ -234,8 +234,13 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not self.is_main or not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        kept = []
+        for line in path.read_text().splitlines():
+            try:  # a run killed mid-write leaves a torn last line: drop it
+                if json.loads(line).get("step", 0) <= self.step:
+                    kept.append(line)
+            except ValueError:
+                continue
         path.write_text("".join(line + "\n" for line in kept))
 
     # ----------------------------------------------------------------- loop
