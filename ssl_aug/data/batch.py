@@ -208,7 +208,7 @@ class ShardStream(_Resumable):
                     for old in [o for o in loaded if o != s]:
                         del loaded[old]
                     fetch(nxt + 1)
-                    parts.append(x[br[j:j + c].to(self.device)])
+                    parts.append(x.index_select(0, br[j:j + c].to(self.device)))
                     j += c
                 images = parts[0] if len(parts) == 1 else torch.cat(parts)
                 idx = (self.offsets[bs] + br).to(self.device)
