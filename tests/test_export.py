@@ -15,12 +15,14 @@ from ssl_aug.checkpoint import atomic_save
 from ssl_aug.config import config_from_dict
 from ssl_aug.errors import SslAugError
 from ssl_aug.export import (encoder_from_checkpoint, export_encoder, export_main, load_encoder, load_head)
+from ssl_aug.methods import build_method
 from ssl_aug.models import build_backbone
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 MEAN = [0.4914, 0.4822, 0.4465]
 STD = [0.2470, 0.2435, 0.2616]
+SWAV = {"proj_hidden_dim": 32, "proj_dim": 16, "num_prototypes": 10, "queue_length": 64}  # small real head
 EXECUTED = []  # filled by _Payload if a pickle ever runs code during loading
 
 
@@ -34,17 +36,6 @@ class _Payload:
 
     def __reduce__(self):
         return (_record, ("pickle code ran",))
-
-
-class _Method(nn.Module):
-    """Method-like container: state_dict keys backbone.*, projector.*, prototypes.*."""
-
-    def __init__(self, backbone: nn.Module, with_prototypes: bool = True):
-        super().__init__()
-        self.backbone = backbone
-        self.projector = nn.Sequential(nn.Linear(backbone.feature_dim, 32), nn.ReLU(), nn.Linear(32, 16))
-        if with_prototypes:
-            self.prototypes = nn.Linear(16, 10, bias=False)
 
 
 def _randomise_bn(model: nn.Module) -> None:
@@ -63,9 +54,10 @@ def _make_run(root, arch: str, augment=None, **backbone_args):
     torch.manual_seed(0)
     backbone = build_backbone(arch, **backbone_args)
     _randomise_bn(backbone)
-    method = _Method(backbone)
+    method = build_method("swav", backbone, **SWAV)
     augment = {"mean": MEAN, "std": STD, "size": 32} if augment is None else augment
-    recipe = {"model": {"backbone": arch, "backbone_args": backbone_args}, "augment": augment,
+    recipe = {"model": {"backbone": arch, "backbone_args": backbone_args}, "method": {"name": "swav", **SWAV},
+              "augment": augment,
               "data": {"name": "cifar10"}, "train": {"epochs": 3}}
     config = config_from_dict(recipe).to_dict()
     history = [{"type": "epoch", "epoch": 1, "step": 40, "loss": 5.1},  # the trainer's per-epoch records
@@ -132,7 +124,7 @@ def test_files_and_metadata(exported):
     assert meta["input"]["size"] == 32 and meta["dataset"] == "cifar10"
     assert meta["normalization"] == {"mean": MEAN, "std": STD}
     assert meta["epoch"] == 3 and meta["step"] == 120 and meta["recipe"]["train"]["epochs"] == 3
-    assert meta["recipe"]["method"]["name"] == "simclr"  # the whole recipe, defaults included
+    assert meta["recipe"]["method"]["name"] == "swav" and meta["recipe"]["eval"]["knn_k"] == 200
     assert meta["eval"]["eval"]["knn_top1"] == 0.625
     last = {"type": "epoch", "epoch": 3, "step": 120, "loss": pytest.approx(4.7), "knn_top1": 0.61}
     assert meta["eval"]["last_epoch"] == last
@@ -175,7 +167,8 @@ def test_head_exported(exported):
     _, method, out = exported
     head = load_head(out)
     expected = {k: v for k, v in method.state_dict().items() if k.startswith(("projector.", "prototypes."))}
-    assert head.keys() == expected.keys() and len(head) == 5
+    assert "queue" in method.state_dict() and "prototypes.weight" in head  # SwAV's queue is training state
+    assert head.keys() == expected.keys() and len(head) == 9
     for key, value in expected.items():
         assert torch.equal(head[key], value)
 
