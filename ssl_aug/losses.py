@@ -6,7 +6,6 @@ Losses compute in float32 (or float64 if given) whatever the autocast dtype of t
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -106,11 +105,11 @@ def sinkhorn(
     P = exp(scores / epsilon) / sum is alternately rescaled so each prototype (column) carries 1/K
     of the mass and each row 1/B_total, ``iterations`` times, the row step last; the codes are
     Q = B_total * P, so every row of Q sums to 1 and every prototype column sums to B_total / K at
-    convergence (after few iterations only approximately). Computed in the log domain (same result,
-    no overflow/underflow for large scores / epsilon). With ``distributed`` (default: whenever a
-    process group with > 1 rank is up) the column sums are all-reduced so the B_total = world * B
-    rows of all ranks are solved jointly; every rank must pass the same B. ``dtype`` is the
-    computation dtype. Returns Q (B, K) in at least float32.
+    convergence (after few iterations only approximately). The first iteration runs in the log
+    domain (same result, no overflow/underflow for large scores / epsilon). With ``distributed``
+    (default: whenever a process group with > 1 rank is up) the column sums are all-reduced so the
+    B_total = world * B rows of all ranks are solved jointly; every rank must pass the same B.
+    ``dtype`` is the computation dtype. Returns Q (B, K) in at least float32.
     """
     _check_positive("epsilon", epsilon)
     if scores.dim() != 2:
@@ -121,14 +120,19 @@ def sinkhorn(
         distributed = dist_utils.world_size() > 1
     rows, k = scores.shape
     total_rows = rows * (dist_utils.world_size() if distributed else 1)
-    # swav's first step (divide by the total) is a constant shift in the log domain that the first
-    # column step removes, so it is skipped.
+    reduce_sum = dist_utils.all_reduce_sum if distributed else (lambda t: t)
     with torch.autocast(scores.device.type, enabled=False):
+        # Iteration 1 in the log domain: no exp() can overflow, and afterwards every row and every
+        # column holds mass >= 1 / (B_total * K), so the plain iterations below cannot divide by an
+        # underflowed zero. (swav's initial division by the total is a constant that the column
+        # step removes.)
         log_q = scores.detach().to(dtype) / epsilon
-        for _ in range(iterations):
-            log_q = log_q - (_logsumexp(log_q, 0, distributed) + math.log(k))  # each prototype: 1/K
-            log_q = log_q - (_logsumexp(log_q, 1, False) + math.log(total_rows))  # each row: 1/B_total
-        q = torch.exp(log_q) * total_rows
+        log_q = log_q - _logsumexp(log_q, 0, distributed)  # equal column mass (1/K cancels below)
+        q = torch.softmax(log_q, dim=1).div_(total_rows)  # each row: 1/B_total
+        for _ in range(iterations - 1):
+            q /= reduce_sum(q.sum(dim=0, keepdim=True)) * k
+            q /= q.sum(dim=1, keepdim=True) * total_rows
+        q *= total_rows
     return q.to(torch.promote_types(scores.dtype, torch.float32))
 
 
