@@ -143,6 +143,34 @@ def test_sinkhorn_stable_for_large_scores_and_row_equivariant():
     assert torch.allclose(sinkhorn(s[perm], 0.05, 3), sinkhorn(s, 0.05, 3)[perm], atol=1e-6)
 
 
+def test_sinkhorn_extreme_scores_match_float64_log_domain_reference():
+    # scores / epsilon up to ~400: exp() overflows float32 (and a dominated row underflows) in the
+    # plain algorithm; the result must still match an exact float64 log-domain reference.
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(12, 9, generator=g) * 5
+    log_q = scores.double().numpy() / 0.05
+    for _ in range(3):
+        m = log_q.max(axis=0, keepdims=True)
+        log_q = log_q - (m + np.log(np.exp(log_q - m).sum(axis=0, keepdims=True))) - np.log(9)
+        m = log_q.max(axis=1, keepdims=True)
+        log_q = log_q - (m + np.log(np.exp(log_q - m).sum(axis=1, keepdims=True))) - np.log(12)
+    ref = np.exp(log_q) * 12
+    for dtype in (torch.float32, torch.float64):
+        np.testing.assert_allclose(sinkhorn(scores, 0.05, 3, dtype=dtype).numpy(), ref, rtol=1e-3, atol=1e-6)
+
+
+def test_distributed_helpers_are_noops_without_a_group(monkeypatch):
+    from ssl_aug import distributed as d
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert d.init_from_env().type in ("cpu", "cuda")
+    assert (d.world_size(), d.rank(), d.is_main(), d.is_initialized()) == (1, 0, True, False)
+    x = torch.randn(3, 2)
+    assert d.gather_with_grad(x) is x and d.all_reduce_sum(x) is x and d.all_reduce_max(x) is x
+    d.barrier()
+    d.cleanup()
+
+
 def test_swav_loss_hand_built_case():
     # Symmetric 2x2 scores keep Sinkhorn's proportions: q0 = [[p, 1-p], [1-p, p]], p = sigmoid(a/eps).
     a, b, T, eps = 0.3, 0.7, 0.5, 0.25
