@@ -68,6 +68,12 @@ def tree(tmp_path_factory):
     exp[put("cat/photo.webp", Image.new("RGB", (30, 24), (90, 60, 30)), "WEBP", lossless=True)] = \
         ("ok", ("color", (90, 60, 30), 0))
     exp[put("cat/bitmap.bmp", _rgb(11, 18, 25))] = ("ok", "tv")
+    side = np.zeros((10, 20, 3), np.uint8)
+    side[:, :10], side[:, 10:] = (255, 0, 0), (0, 0, 255)
+    rot = Image.fromarray(side)
+    exif = rot.getexif()
+    exif[0x0112] = 6  # EXIF orientation "rotate 90 CW": the left (red) half ends on top
+    exp[put("cat/exif_rotated.png", rot, exif=exif)] = ("ok", ("rows", (255, 0, 0), (0, 0, 255)))
     exp[put("cat/zero.jpg", data=b"")] = ("empty_file",)
     exp[put("cat/garbage.jpg", data=os.urandom(500))] = ("corrupt",)
     full = _png_bytes(_rgb(3, 64, 64))
@@ -114,7 +120,8 @@ def test_report_counts_every_bad_input(tree, packed):
             assert skipped.get(rel) in e, (rel, skipped.get(rel))
     assert len(skipped) == sum(e[0] != "ok" for e in exp.values())
     assert rep.converted == {"CMYK": 1, "RGBA": 1, "P": 2, "I;16": 1, "L": 1}
-    assert rep.upscaled == 1 and rep.shards == -(-len(order) // 5)  # shard_size 5
+    assert rep.upscaled == 2  # tiny.png and exif_rotated.png (10 px side)
+    assert rep.shards == -(-len(order) // 5)  # shard_size 5
     on_disk = json.loads((dst / "pack_report.json").read_text())
     assert on_disk["skipped"] == rep.skipped and on_disk["images"] == rep.images
     text = rep.summary()
@@ -141,8 +148,9 @@ def test_packed_pixels_and_labels(tree, packed):
         elif kind[0] == "color":
             want = torch.tensor(kind[1], dtype=torch.int32).view(3, 1, 1)
             assert (got.int() - want).abs().max() <= kind[2], (rel, got[:, 0, 0])
-        else:  # halves: left blue, right composited over white
-            left, right = got[:, :, : S // 2 - 1], got[:, :, S // 2 + 1:]
+        else:  # halves: left / right (or top / bottom for "rows") of the output
+            cut = (slice(None), slice(None)) if kind[0] == "halves" else (slice(None),)
+            left, right = got[cut + (slice(0, S // 2 - 1),)], got[cut + (slice(S // 2 + 1, None),)]
             assert (left.int() - torch.tensor(kind[1]).view(3, 1, 1)).abs().max() == 0
             assert (right.int() - torch.tensor(kind[2]).view(3, 1, 1)).abs().max() == 0
 

@@ -135,7 +135,7 @@ def decode_image(path: str, size: int):
             im.load()
             src_mode = im.mode
             up = min(im.size) < size
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # rotate per EXIF orientation (no copy when absent)
             out = np.asarray(resize_center_crop(to_rgb(im), size), dtype=np.uint8)
         if out.shape != (size, size, 3):
             return None, "corrupt", f"decoded to shape {out.shape}"
