@@ -104,4 +104,6 @@ def save_run_checkpoint(state: dict, run_dir: str | os.PathLike, step: int, keep
         os.replace(tmp, folder / "last.pt")
     for old in step_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
+    for stale in folder.glob(".*.tmp"):  # left by a writer killed mid-write (one writer per run)
+        stale.unlink(missing_ok=True)
     return path
