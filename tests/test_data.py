@@ -86,7 +86,8 @@ def test_missing_cifar_says_where_and_how(tmp_path, monkeypatch):
     with pytest.raises(SslAugError) as e:
         load_dataset("cifar100", "test")
     msg = str(e.value)
-    assert str(tmp_path / "nothing") in msg and "download=True" in msg and "--download" in msg and "\n" not in msg
+    assert str(tmp_path / "nothing") in msg and "download=True" in msg and "--download" in msg
+    assert "\n" not in msg
     with pytest.raises(SslAugError, match="stl10_binary"):
         load_dataset("stl10", "train", root=tmp_path)
 
@@ -166,7 +167,8 @@ def _write_stl(root, n_train=7, n_test=4, n_unl=5):
             rng.integers(1, 11, n, dtype=np.uint8).tofile(d / f"{split}_y.bin")
     (d / "class_names.txt").write_text("\n".join(
         ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]) + "\n")
-    (d / "fold_indices.txt").write_text("\n".join(" ".join(map(str, rng.permutation(n_train)[:3])) for _ in range(10)))
+    folds = [" ".join(map(str, rng.permutation(n_train)[:3])) for _ in range(10)]
+    (d / "fold_indices.txt").write_text("\n".join(folds))
     return d
 
 
@@ -216,7 +218,8 @@ def test_npz_splits_order_and_classes(tmp_path):
     tr = load_dataset("npz", "train", root=tmp_path)
     order = [parts[2], parts[1], parts[0]]
     assert torch.equal(tr.images, torch.from_numpy(np.concatenate([p[0] for p in order])).permute(0, 3, 1, 2))
-    assert tr.labels.tolist() == np.concatenate([p[1] for p in order]).tolist() and tr.classes == ["a", "b", "c"]
+    assert tr.labels.tolist() == np.concatenate([p[1] for p in order]).tolist()
+    assert tr.classes == ["a", "b", "c"]
     te = load_dataset("npz", "test", root=tmp_path)
     assert torch.equal(te.images[1], torch.from_numpy(xt[1]).permute(2, 0, 1)) and len(te) == 4
     assert len(load_dataset("npz", "all", root=tmp_path)) == 16
@@ -233,13 +236,15 @@ def test_npz_splits_order_and_classes(tmp_path):
 
 
 @pytest.mark.parametrize("x,y,match", [
-    (np.zeros((4, 5, 6), np.uint8), np.zeros(4, np.int64), r"x has shape \(4, 5, 6\).*expected \(N,H,W,3\) uint8"),
+    (np.zeros((4, 5, 6), np.uint8), np.zeros(4, np.int64),
+     r"x has shape \(4, 5, 6\).*expected \(N,H,W,3\) uint8"),
     (np.zeros((4, 3, 5, 6), np.uint8), np.zeros(4, np.int64), r"x has shape \(4, 3, 5, 6\)"),
     (np.zeros((4, 5, 6, 3), np.float32), np.zeros(4, np.int64), "dtype float32"),
     (np.zeros((4, 5, 6, 3), np.uint8), np.zeros(3, np.int64), r"y has shape \(3,\).*expected \(4,\) integer"),
     (np.zeros((4, 5, 6, 3), np.uint8), np.zeros((4, 1), np.int64), r"y has shape \(4, 1\)"),
     (np.zeros((4, 5, 6, 3), np.uint8), np.zeros(4, np.float64), "dtype float64"),
-    (np.zeros((4, 5, 6, 3), np.uint8), np.array([0, 1, 3, 2]), r"labels span 0..3; allowed -1 \(unlabeled\) or 0..2"),
+    (np.zeros((4, 5, 6, 3), np.uint8), np.array([0, 1, 3, 2]),
+     r"labels span 0..3; allowed -1 \(unlabeled\) or 0..2"),
     (np.zeros((4, 5, 6, 3), np.uint8), np.array([0, -2, 1, 2]), "labels span -2..2"),
 ])
 def test_npz_bad_arrays_name_the_file(tmp_path, x, y, match):

@@ -174,7 +174,8 @@ def test_load_dataset_packs_once_then_reuses(tree, tmp_path, monkeypatch):
             _rgb(i + (10 if d == "b" else 0), 20, 20).save(src / d / f"{i}.png")
     cache = tmp_path / "cache"
     ds = load_dataset("imagefolder", root=src, size=S, cache=cache, verbose=False)
-    assert ds.images.shape == (6, 3, S, S) and ds.classes == ["a", "b"] and ds.labels.tolist() == [0] * 3 + [1] * 3
+    assert ds.images.shape == (6, 3, S, S) and ds.classes == ["a", "b"]
+    assert ds.labels.tolist() == [0] * 3 + [1] * 3
 
     def boom(*a, **k):
         raise AssertionError("decoded again")
@@ -218,7 +219,8 @@ def test_bad_trees_raise_one_line(tmp_path):
 def test_pack_main(tree, tmp_path, capsys):
     root, exp = tree
     n = sum(e[0] == "ok" for e in exp.values())
-    assert pack_main([str(root), str(tmp_path / "out"), "--size", "8", "--workers", "2", "--shard-size", "4"]) == 0
+    argv = [str(root), str(tmp_path / "out"), "--size", "8", "--workers", "2", "--shard-size", "4"]
+    assert pack_main(argv) == 0
     out, err = capsys.readouterr()
     assert f"{n} images, 3 classes" in out and "skipped files:" in err and "cat/zero.jpg" in err
     assert (tmp_path / "out" / "classes.txt").read_text().split() == ["broken", "cat", "dog"]

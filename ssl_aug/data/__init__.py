@@ -48,7 +48,8 @@ class ImageDataset:
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"ImageDataset.images must be (N,3,H,W) uint8, got {tuple(x.shape)} {x.dtype}")
         if y.dtype != torch.int64 or y.shape != (x.shape[0],):
-            raise ValueError(f"ImageDataset.labels must be ({x.shape[0]},) int64, got {tuple(y.shape)} {y.dtype}")
+            raise ValueError(f"ImageDataset.labels must be ({x.shape[0]},) int64, "
+                             f"got {tuple(y.shape)} {y.dtype}")
         if not x.is_contiguous():
             self.images = x.contiguous()
 

@@ -35,8 +35,10 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def _check_common(batch_size, rank, world_size):
     if not isinstance(batch_size, int) or batch_size < 1:
         raise SslAugError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise SslAugError(f"rank {rank!r} / world_size {world_size!r} invalid; allowed 0 <= rank < world_size")
+    ok = isinstance(world_size, int) and isinstance(rank, int) and 0 <= rank < world_size
+    if not ok:
+        raise SslAugError(f"rank {rank!r} / world_size {world_size!r} invalid; "
+                          "allowed 0 <= rank < world_size")
 
 
 class _Resumable:
@@ -81,8 +83,8 @@ class BatchSource(_Resumable):
                  world_size: int = 1, drop_last: bool = True, device=None):
         images = getattr(images, "images", images)
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-            raise SslAugError(f"BatchSource needs (N,3,H,W) uint8 images, got "
-                              f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+            got = f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
+            raise SslAugError(f"BatchSource needs (N,3,H,W) uint8 images, got {got}")
         _check_common(batch_size, rank, world_size)
         self.device = torch.device(device) if device is not None else images.device
         self.images = images.to(self.device).contiguous()
@@ -97,8 +99,8 @@ class BatchSource(_Resumable):
 
     def epoch_indices(self, epoch: int | None = None) -> torch.Tensor:
         """(per_rank,) int64 CPU: this rank's slice of the epoch's global permutation."""
-        perm = torch.randperm(self.num_samples, generator=epoch_generator(self.seed, self.epoch if epoch is None
-                                                                          else epoch))
+        g = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
+        perm = torch.randperm(self.num_samples, generator=g)
         return perm[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
 
     def __iter__(self):
@@ -129,11 +131,13 @@ class ShardStream(_Resumable):
         if isinstance(shards, (str, Path)):
             folder = Path(shards)
             if not folder.is_dir():
-                raise SslAugError(f"shard folder {folder} does not exist; pass a folder of .npz shards or a list")
+                raise SslAugError(f"shard folder {folder} does not exist; "
+                                  "pass a folder of .npz shards or a list")
             shards = sorted_shards(folder.glob("*.npz"))
         self.paths = [Path(p) for p in shards]
         if not self.paths:
-            raise SslAugError("ShardStream got no .npz shards; pass a folder with *.npz files or a list of paths")
+            raise SslAugError("ShardStream got no .npz shards; "
+                              "pass a folder with *.npz files or a list of paths")
         _check_common(batch_size, rank, world_size)
         sizes = []
         for p in self.paths:

@@ -35,7 +35,8 @@ def read_cifar_pickles(folder: Path, files: list[str], label_key: str) -> tuple[
     for name in files:
         path = folder / name
         if not path.is_file():
-            raise SslAugError(f"missing CIFAR batch file {path}; re-download with download=True (CLI --download)")
+            raise SslAugError(f"missing CIFAR batch file {path}; "
+                              "re-download with download=True (CLI --download)")
         try:
             with open(path, "rb") as f:
                 d = pickle.load(f, encoding="latin1")
@@ -66,7 +67,8 @@ def _load(name: str, split: str, root, download: bool, label_type: str = "fine")
         shards = sorted_shards(folder.glob(f"{name}_{split}*.npz"))
         if shards:
             if label_type == "coarse":
-                raise SslAugError(f"label_type 'coarse' needs the cifar-100-python pickles; {folder} has npz shards")
+                raise SslAugError(f"label_type 'coarse' needs the cifar-100-python pickles; "
+                                  f"{folder} has npz shards")
             classes = read_classes(folder) or (CIFAR10_CLASSES if name == "cifar10" else None)
             return load_shards(shards, f"{name}/{split}", classes)
         if (folder / lay["folder"]).is_dir():
@@ -75,8 +77,9 @@ def _load(name: str, split: str, root, download: bool, label_type: str = "fine")
         folder = base
         if not download:
             raise SslAugError(
-                f"{name} {split} not found: looked for {name}_{split}*.npz and {lay['folder']}/ in {base} and "
-                f"{base / name}; pass download=True (CLI --download) or root=<folder> (CLI --data-root)")
+                f"{name} {split} not found: looked for {name}_{split}*.npz and {lay['folder']}/ "
+                f"in {base} and {base / name}; pass download=True (CLI --download) "
+                "or root=<folder> (CLI --data-root)")
         _download(name, base, split)
     pk = folder / lay["folder"]
     images, labels = read_cifar_pickles(pk, lay[split], label_key)

@@ -61,14 +61,16 @@ class PackReport:
 
     def summary(self, max_list: int = 20) -> str:
         """Human-readable report, one fact per line."""
-        lines = [f"packed {self.images} images of {len(self.classes)} classes at {self.size}x{self.size} into "
-                 f"{self.shards} shard(s) in {self.dst} ({self.seconds:.1f} s)"]
+        lines = [f"packed {self.images} images of {len(self.classes)} classes at {self.size}x{self.size} "
+                 f"into {self.shards} shard(s) in {self.dst} ({self.seconds:.1f} s)"]
         if self.converted:
-            lines.append("converted to RGB: " + ", ".join(f"{k} {v}" for k, v in sorted(self.converted.items())))
+            modes = ", ".join(f"{k} {v}" for k, v in sorted(self.converted.items()))
+            lines.append(f"converted to RGB: {modes}")
         if self.upscaled:
             lines.append(f"upscaled (shorter side < {self.size}): {self.upscaled}")
         if self.empty_classes:
-            lines.append(f"empty class folders skipped: {len(self.empty_classes)} ({', '.join(self.empty_classes)})")
+            names = ", ".join(self.empty_classes)
+            lines.append(f"empty class folders skipped: {len(self.empty_classes)} ({names})")
         if self.classes_without_images:
             lines.append("classes kept with 0 decodable images: " + ", ".join(self.classes_without_images))
         lines.append(f"skipped files: {self.num_skipped}" + ("" if not self.skipped else " (" + ", ".join(
@@ -146,7 +148,7 @@ def decode_image(path: str, size: int):
 
 
 def scan_tree(src: Path):
-    """-> (classes, files [(path, label)], empty_classes, stray [(relpath, reason)]). Sorted, deterministic."""
+    """-> (classes, files [(path, label)], empty_classes, stray [(relpath, reason)]), all sorted."""
     if not src.is_dir():
         raise SslAugError(f"image folder {src} does not exist; pass a folder with one sub-folder per class")
     classes, files, empty, stray = [], [], [], []
@@ -181,8 +183,9 @@ def tree_fingerprint(src: Path, size: int) -> str:
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames.sort()
         for fn in sorted(filenames):
-            st = os.stat(os.path.join(dirpath, fn))
-            h.update(f"{os.path.relpath(os.path.join(dirpath, fn), src)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            p = os.path.join(dirpath, fn)
+            st = os.stat(p)
+            h.update(f"{os.path.relpath(p, src)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -263,8 +266,9 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
         raise SslAugError(f"no decodable images in {src} ({rep.num_skipped} files skipped); "
                           f"see {dst / 'pack_report.json'}")
     _write_atomic(dst / "classes.txt", lambda f: f.write("".join(c + "\n" for c in classes).encode()))
-    meta = {"format": "ssl_aug.imagefolder", "version": 1, "size": size, "classes": classes, "counts": rep.counts,
-            "images": rep.images, "shards": shard_names, "fingerprint": fingerprint, "source": str(src)}
+    meta = {"format": "ssl_aug.imagefolder", "version": 1, "size": size, "classes": classes,
+            "counts": rep.counts, "images": rep.images, "shards": shard_names, "fingerprint": fingerprint,
+            "source": str(src)}
     _write_atomic(dst / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))  # written last
     if verbose:
         print(rep.summary(), file=sys.stderr)
@@ -294,13 +298,15 @@ def resolve_tree(root: Path, split: str) -> Path:
 
 
 def load_imagefolder(split: str, root, download: bool = False, size: int = 96, cache=None,
-                     workers: int | None = None, shard_size: int = 10000, verbose: bool = True) -> ImageDataset:
+                     workers: int | None = None, shard_size: int = 10000,
+                     verbose: bool = True) -> ImageDataset:
     """Data set `imagefolder`: pack root[/split] on first use into `cache` (default
     <cache_root>/imagefolder/<name>-<hash>-<size>px) and load the shards; repack when files change."""
     from ssl_aug.data.npz import load_shards
 
     if root is None:
-        raise SslAugError("dataset 'imagefolder' needs root=<folder with one sub-folder per class> (CLI: --data-root)")
+        raise SslAugError("dataset 'imagefolder' needs root=<folder with one sub-folder per class> "
+                          "(CLI: --data-root)")
     tree = resolve_tree(Path(root).expanduser(), split)
     if cache is None:
         key = hashlib.sha1(str(tree.resolve()).encode()).hexdigest()[:10]
@@ -317,16 +323,18 @@ def load_imagefolder(split: str, root, download: bool = False, size: int = 96, c
 def pack_main(argv: list[str] | None = None) -> int:
     """`ssl-aug data pack SRC DST [--size 96] [--workers N] [--shard-size K]` -> exit code."""
     ap = argparse.ArgumentParser(prog="ssl-aug data pack",
-                                 description="Decode a class-per-folder image tree once into uint8 npz shards.")
+                                 description="Decode a class-per-folder image tree once into npz shards.")
     ap.add_argument("src", metavar="SRC", help="folder with one sub-folder per class")
     ap.add_argument("dst", metavar="DST", help="output folder for shard_*.npz, classes.txt, pack_report.json")
-    ap.add_argument("--size", type=int, default=96, help="output side in pixels (shorter side resize + center crop)")
+    ap.add_argument("--size", type=int, default=96,
+                    help="output side in pixels (shorter side resize + center crop)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding threads")
     ap.add_argument("--shard-size", type=int, default=10000, help="images per shard")
     ap.add_argument("--quiet", action="store_true", help="no progress bar or report on stderr")
     args = ap.parse_args(argv)
     try:
-        rep = pack_imagefolder(args.src, args.dst, args.size, args.workers, args.shard_size, verbose=not args.quiet)
+        rep = pack_imagefolder(args.src, args.dst, args.size, args.workers, args.shard_size,
+                               verbose=not args.quiet)
     except SslAugError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

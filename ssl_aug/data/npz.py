@@ -40,7 +40,8 @@ def npz_header(path: Path, key: str = "x") -> tuple[tuple[int, ...], np.dtype]:
             read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, _, dtype = read(f)
     except KeyError:
-        raise SslAugError(f"{path}: no array {key!r} in npz file; expected arrays x (N,H,W,3) uint8 and y (N,)")
+        raise SslAugError(f"{path}: no array {key!r} in npz file; "
+                          "expected arrays x (N,H,W,3) uint8 and y (N,)")
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise SslAugError(f"{path}: not a readable npz file ({e})")
     return shape, dtype
@@ -143,12 +144,14 @@ def load_npz(split: str, root, download: bool = False, classes: list[str] | None
         raise SslAugError("dataset 'npz' needs root=<folder of .npz shards> (CLI: --data-root)")
     folder = Path(root).expanduser()
     if not folder.is_dir():
-        raise SslAugError(f"npz folder {folder} does not exist; pass a folder of .npz shards with arrays x, y")
+        raise SslAugError(f"npz folder {folder} does not exist; "
+                          "pass a folder of .npz shards with arrays x, y")
     paths = find_split_shards(folder, split)
     if not paths:
         found = sorted(p.name for p in folder.glob("*.npz"))[:5]
-        raise SslAugError(f"no .npz shards for split {split!r} in {folder} (looked for {folder / split}/*.npz and "
-                          f"*{split}*.npz; found {found or 'none'}); use split='all' for every shard")
+        raise SslAugError(f"no .npz shards for split {split!r} in {folder} "
+                          f"(looked for {folder / split}/*.npz and *{split}*.npz; found {found or 'none'}); "
+                          "use split='all' for every shard")
     if classes is None:
         classes = read_classes(paths[0].parent) or read_classes(folder)
     return load_shards(paths, f"npz/{split}", classes)

@@ -28,7 +28,8 @@ def read_stl_images(path: Path, chunk: int = 4096) -> torch.Tensor:
         raise SslAugError(f"missing STL-10 file {path}; re-download with download=True (CLI --download)")
     size = path.stat().st_size
     if size == 0 or size % IMAGE_BYTES:
-        raise SslAugError(f"{path}: {size} bytes is not a multiple of one 3x96x96 image ({IMAGE_BYTES} bytes)")
+        raise SslAugError(f"{path}: {size} bytes is not a multiple of one 3x96x96 image "
+                          f"({IMAGE_BYTES} bytes)")
     raw = np.memmap(path, dtype=np.uint8, mode="c", shape=(size // IMAGE_BYTES, 3, 96, 96))
     out = torch.empty(raw.shape, dtype=torch.uint8)
     for i in range(0, len(raw), chunk):  # column-major on disk: swap H and W
@@ -64,8 +65,9 @@ def load_stl10(split: str, root=None, download: bool = False, fold: int | None =
     folder = _find(base)
     if folder is None:
         if not download:
-            raise SslAugError(f"stl10 {split} not found: looked for {FOLDER}/ in {base} and {base / 'stl10'}; "
-                              "pass download=True (CLI --download, 2.6 GB) or root=<folder> (CLI --data-root)")
+            where = f"{base} and {base / 'stl10'}"
+            raise SslAugError(f"stl10 {split} not found: looked for {FOLDER}/ in {where}; pass download=True "
+                              "(CLI --download, 2.6 GB) or root=<folder> (CLI --data-root)")
         _download(base)
         folder = base / FOLDER
     parts, labels = [], []
