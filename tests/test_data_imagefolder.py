@@ -189,6 +189,15 @@ def test_load_dataset_packs_once_then_reuses(tree, tmp_path, monkeypatch):
     assert len(grown) == 7 and grown.labels.tolist().count(1) == 4
 
 
+def test_default_cache_under_ssl_aug_cache(tmp_path, monkeypatch):
+    (tmp_path / "src" / "k").mkdir(parents=True)
+    _rgb(0, 12, 12).save(tmp_path / "src" / "k" / "a.png")
+    monkeypatch.setenv("SSL_AUG_CACHE", str(tmp_path / "cache"))
+    assert len(load_dataset("imagefolder", root=tmp_path / "src", size=8, verbose=False)) == 1
+    metas = list((tmp_path / "cache" / "imagefolder").glob("src-*-8px/meta.json"))
+    assert len(metas) == 1 and json.loads(metas[0].read_text())["images"] == 1
+
+
 def test_split_folders(tmp_path):
     for split, n in (("train", 2), ("val", 1)):
         for c in ("x", "y"):
