@@ -378,14 +378,15 @@ def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False) -> Path:
 
 # ------------------------------------------------------------------------------------- load
 def read_metadata(path) -> tuple[Path, dict]:
-    """(export directory, encoder.json contents) for an export directory or its encoder.json."""
+    """(export directory, encoder.json contents) for an export directory or a file inside it."""
     path = Path(path)
-    folder = path.parent if path.name == METADATA else path
-    meta_file = folder / METADATA
-    if not folder.is_dir():
+    if not path.exists():
         raise SslAugError(f"{path} does not exist; give a directory written by `ssl-aug export`")
+    folder = path.parent if path.is_file() else path
+    meta_file = folder / METADATA
     if not meta_file.is_file():
-        raise SslAugError(f"{folder} has no {METADATA}; give a directory written by `ssl-aug export`")
+        raise SslAugError(f"{folder} has no {METADATA}; give a directory written by `ssl-aug export` "
+                          "(export training runs first, or use encoder_from_checkpoint)")
     try:
         metadata = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

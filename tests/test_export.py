@@ -102,6 +102,8 @@ def test_export_load_identical_features_uint8_and_float(exported):
     _, method, out = exported
     encoder = load_encoder(out)
     assert not encoder.training and encoder.feature_dim == 512
+    assert load_encoder(out / "encoder.json").metadata == encoder.metadata  # the metadata file works too
+    assert encoder.metadata["architecture"] == "cifar_resnet18"
     assert encoder.mean == tuple(MEAN) and encoder.std == tuple(STD)
     images = _images()
     expected = _reference_features(method.backbone, images)
@@ -301,6 +303,8 @@ def test_directory_without_metadata_refused(tmp_path):
         load_encoder(tmp_path)
     with pytest.raises(SslAugError, match="does not exist"):
         load_encoder(tmp_path / "nowhere")
+    with pytest.raises(SslAugError, match="has no encoder.json"):
+        load_encoder(tmp_path / "backbone.pt")  # a file outside an export directory
 
 
 def test_newer_format_version_and_old_torch_refused(exported, tmp_path, monkeypatch):
