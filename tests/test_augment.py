@@ -232,6 +232,7 @@ def test_hue_kernel_matches_torchvision_on_edge_cases():
 @pytest.mark.parametrize("extra", [
     dict(grayscale_p=0.5),
     dict(blur=Blur(p=0.5, kernel_size=5, sigma=(0.1, 2.0))),
+    dict(blur=Blur(p=0.7, kernel_size=9, sigma=(0.5, 3.0))),  # the depthwise-conv path
     dict(solarize=Solarize(p=0.5, threshold=0.4)),
 ])
 def test_grayscale_blur_solarize_match(extra):

@@ -101,7 +101,7 @@ class MultiView:
             if s.auto_augment is not None:
                 y[v * n:(v + 1) * n] = self._policy(y[v * n:(v + 1) * n], s.auto_augment, params[v].policy_seed)
         if self.mode == "exact":
-            ops.color_jitter_(y, p.factors, p.order, p.jitter_on)
+            y = ops.color_jitter(y, p.factors, p.order, p.jitter_on)
             ops.grayscale_(y, p.gray)
         else:
             a, t = ops.color_matrix(y, p.factors, p.order, p.jitter_on, p.gray)
@@ -115,9 +115,9 @@ class MultiView:
 
     def _finish(self, y: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
         """Normalise (x - mean) / std in float32 and cast/lay out once."""
-        mean = torch.tensor(spec.mean, device=y.device).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std, device=y.device).view(1, 3, 1, 1)
-        z = y.sub_(mean).div_(std)
+        inv = torch.tensor([1.0 / s for s in spec.std], device=y.device).view(1, 3, 1, 1)
+        shift = torch.tensor([-m / s for m, s in zip(spec.mean, spec.std)], device=y.device).view(1, 3, 1, 1)
+        z = torch.addcmul(shift, y, inv)  # (y - mean) / std in one pass
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         if z.dtype == self.dtype and not self.channels_last:
             return z

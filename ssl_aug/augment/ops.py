@@ -76,8 +76,8 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(maxc.unsqueeze(1), d.unsqueeze(1), t, value=-1.0)
 
 
-def color_jitter_(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
-    """In place, torchvision ColorJitter per image with its own factors (M,4) [b, c, s, hue] and op
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+    """torchvision ColorJitter (may reuse x's memory) per image with its own factors (M,4) [b, c, s, hue] and op
     order (M,4), only where on (M,) is True. Brightness, contrast and saturation are one blend
     x * a + t * (1 - a), clamped (t = 0, mean gray, gray); at each of the 4 positions every image
     takes its own blend, and hue runs on the images whose hue op sits at that position.
@@ -90,12 +90,15 @@ def color_jitter_(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, o
         blend = onc & (op < 3)
         if blend.any():
             a = torch.where(blend, fc.gather(1, op.clamp(max=2)[:, None]).squeeze(1), 1.0)
-            w_c = (blend & (op == 1)).float()
-            w_s = (blend & (op == 2)).float()
-            a, w_c, w_s = (v.to(dev, non_blocking=True).view(m, 1, 1, 1) for v in (a, w_c, w_s))
-            gray = luma(x)
-            t = gray.mul(w_s).add_(gray.mean((2, 3), keepdim=True).mul_(w_c)).mul_(1.0 - a)
-            x.mul_(a).add_(t).clamp_(0.0, 1.0)
+            c_gray = (blend & (op == 2)).float() * (1.0 - a)  # saturation: t = gray * (1 - a)
+            c_mean = (blend & (op == 1)).float() * (1.0 - a)  # contrast: t = mean(gray) * (1 - a)
+            a, c_gray, c_mean = (v.to(dev, non_blocking=True).view(m, 1, 1, 1) for v in (a, c_gray, c_mean))
+            if bool((blend & (op > 0)).any()):
+                gray = luma(x)
+                t = torch.addcmul(gray.mean((2, 3), keepdim=True).mul_(c_mean), gray, c_gray)
+                x = torch.addcmul(t, x, a).clamp_(0.0, 1.0)  # x * a + t, as torchvision's _blend
+            else:
+                x.mul_(a).clamp_(0.0, 1.0)
         hue = onc & (op == 3) & (fc[:, 3] != 0)
         if hue.any():
             idx = hue.nonzero().squeeze(1)
@@ -121,12 +124,24 @@ def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Per-image Gaussian blur (torchvision gaussian_blur, reflect padding) as two separable grouped
-    convolutions. x (M,3,h,w), sigma (M,) -> (M,3,h,w)."""
+    """Per-image Gaussian blur (torchvision gaussian_blur, reflect padding), separable. x (M,3,h,w),
+    sigma (M,) -> (M,3,h,w). Small kernels: k shifted multiply-adds per axis; larger ones: two
+    depthwise convolutions (measured ~3x faster each way at k=3 vs k=23)."""
     m, c, h, w = x.shape
     p = kernel_size // 2
-    ker = gaussian_kernels(sigma.to(x.device, torch.float32), kernel_size).repeat_interleave(c, 0)  # (M*c, k)
-    y = F.pad(x, [p, p, p, p], mode="reflect").view(1, m * c, h + 2 * p, w + 2 * p)
+    ker = gaussian_kernels(sigma.to(x.device, torch.float32), kernel_size)  # (M, k)
+    y = F.pad(x, [p, p, p, p], mode="reflect")
+    if kernel_size <= 5:
+        k = [ker[:, i].view(m, 1, 1, 1) for i in range(kernel_size)]
+        acc = y[:, :, :, 0:w] * k[0]
+        for i in range(1, kernel_size):
+            acc.addcmul_(y[:, :, :, i:i + w], k[i])
+        out = acc[:, :, 0:h] * k[0]
+        for i in range(1, kernel_size):
+            out.addcmul_(acc[:, :, i:i + h], k[i])
+        return out
+    ker = ker.repeat_interleave(c, 0)  # (M*c, k)
+    y = y.view(1, m * c, h + 2 * p, w + 2 * p)
     y = F.conv2d(y, ker.view(m * c, 1, 1, kernel_size), groups=m * c)
     y = F.conv2d(y, ker.view(m * c, 1, kernel_size, 1), groups=m * c)
     return y.view(m, c, h, w)
