@@ -177,7 +177,7 @@ def torchvision_backbone(arch: str) -> nn.Module:
                           "resnet18, resnet34, resnet50, ... and their cifar_ variants")
     model = getattr(torchvision.models, name)(weights=None)
     if arch.startswith("cifar_"):
-        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     model.feature_dim = model.fc.in_features
     model.fc = nn.Identity()
@@ -267,14 +267,17 @@ def _view_spec(config: dict):
 
 
 def _eval_results(ckpt: dict, run_dir: Path | None) -> dict:
-    """Known results: run_dir/eval.json, the last epoch record and kNN-monitor records of the checkpoint."""
+    """Known results: run_dir/eval.json (when it evaluated this checkpoint's step), the last epoch record
+    and the kNN-monitor records of the checkpoint's history."""
     results = {}
     eval_file = run_dir / "eval.json" if run_dir is not None else None
     if eval_file is not None and eval_file.is_file():
         try:
-            results["eval"] = json.loads(eval_file.read_text())
+            evaluation = json.loads(eval_file.read_text())
         except json.JSONDecodeError as exc:
             raise SslAugError(f"{eval_file} is not valid JSON ({exc}); fix or remove it") from None
+        if not isinstance(evaluation, dict) or evaluation.get("steps", ckpt.get("step")) == ckpt.get("step"):
+            results["eval"] = evaluation  # an eval.json of a later step does not describe this checkpoint
     metrics = ckpt.get("metrics")
     if isinstance(metrics, dict) and metrics:
         results["checkpoint_metrics"] = _jsonable(metrics)
@@ -351,7 +354,7 @@ def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False) -> Path:
         "normalization": {"mean": mean, "std": std},
         "feature_dim": feature_dim,
         "dataset": (config.get("data") or {}).get("name"),
-        "epoch": _jsonable(ckpt.get("epoch")),
+        "epoch": _jsonable(ckpt.get("epoch")),  # completed epochs at the checkpoint
         "step": _jsonable(ckpt.get("step")),
         "eval": _eval_results(ckpt, run_dir),
         "recipe": _jsonable(config),
@@ -366,8 +369,7 @@ def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stale = out / METADATA
-    stale.unlink(missing_ok=True)  # a half-replaced directory must not look complete
+    (out / METADATA).unlink(missing_ok=True)  # a half-replaced directory must not look complete
     for name, data in files.items():
         _atomic_write(out / name, data)
     if not with_head:

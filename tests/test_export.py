@@ -184,6 +184,13 @@ def test_checkpoint_file_cli_and_encoder_from_checkpoint(exported, tmp_path, cap
     meta = json.loads((tmp_path / "cli" / "encoder.json").read_text())
     assert set(meta["files"]) == {"backbone.pt", "encoder.ts"}
     assert meta["eval"]["eval"]["knn_top1"] == 0.625  # run dir found from checkpoints/last.pt
+    older = torch.load(ckpt, weights_only=True)
+    older["step"] = 60
+    atomic_save(older, run / "checkpoints" / "step_00000060.pt")
+    export_encoder(run / "checkpoints" / "step_00000060.pt", tmp_path / "older")
+    meta = json.loads((tmp_path / "older" / "encoder.json").read_text())
+    assert meta["step"] == 60 and "eval" not in meta["eval"]  # eval.json describes step 120, not 60
+    (run / "checkpoints" / "step_00000060.pt").unlink()
     backbone, config = encoder_from_checkpoint(run)
     assert not backbone.training and config["model"]["backbone"] == "cifar_resnet18"
     images = _images(seed=7)
