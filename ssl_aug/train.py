@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -241,7 +242,9 @@ class Trainer:
                     kept.append(line)
             except ValueError:
                 continue
-        path.write_text("".join(line + "\n" for line in kept))
+        tmp = path.with_name(f".{path.name}.tmp")  # atomic: a kill during the rewrite loses no lines
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
 
     # ----------------------------------------------------------------- loop
     def fit(self, resume: bool | str | Path = False) -> dict:
