@@ -11,8 +11,9 @@ gap must exceed the largest change that rounding could cause, including neighbou
 2*delta of the k-th swapping in or out. Queries without a certificate (near-ties, including exact ties
 between duplicate training points) are re-solved exactly: float64 similarities, ties in similarity
 broken by the lower train index, float64 votes. Hence every backend returns the predictions of that
-exact definition (top-1); scores of certified rows differ across backends only within the bound, so
-top-5 can differ only where the 5th and 6th class scores are within that bound.
+exact definition (top-1). Scores of certified rows can differ across backends by the rounding bound and
+by swaps of near-tied neighbours at the k-th position (the certificate covers their effect on top-1);
+top-5 is not certified and can differ only on such near-ties.
 """
 
 from __future__ import annotations

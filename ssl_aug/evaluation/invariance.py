@@ -1,0 +1,104 @@
+"""Invariance probe: how similar are an encoder's embeddings of x and t(x), relative to random pairs?
+
+score(t) = (mean cos(f(x), f(t(x))) - sim_rand) / (1 - sim_rand), sim_rand = mean cos(f(x_i), f(x_j))
+over random pairs i != j. Identity -> 1; "as different as a random image" -> 0 (can go below 0).
+Transforms are fixed-strength torchvision.transforms.v2.functional ops on batched uint8 tensors; for
+the colour-jitter components the score is averaged over the two directions (factor 1-s and 1+s, hue -h
+and +h).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+
+from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.features import check_images, extract_features
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _crop(scale: float) -> Transform:
+    def f(x):
+        h, w = x.shape[-2:]
+        ch, cw = max(1, round(h * scale ** 0.5)), max(1, round(w * scale ** 0.5))
+        return TF.resized_crop(x, (h - ch) // 2, (w - cw) // 2, ch, cw, [h, w], antialias=True)
+    return f
+
+
+def _jitter(b: float, c: float, s: float, h: float) -> Transform:
+    def f(x):
+        x = TF.adjust_brightness(x, b)
+        x = TF.adjust_contrast(x, c)
+        x = TF.adjust_saturation(x, s)
+        return TF.adjust_hue(x, h)
+    return f
+
+
+def _blur(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    k = max(3, int(0.1 * x.shape[-1]) // 2 * 2 + 1)
+    return TF.gaussian_blur(x, [k, k], [sigma, sigma])
+
+
+def default_transforms(jitter=(0.4, 0.4, 0.4, 0.1), crop_scale: float = 0.25) -> dict[str, list[Transform]]:
+    """Family name -> list of uint8 (N,3,H,W) -> uint8 transforms (score = mean over the list).
+    Strengths: SimCLR CIFAR jitter (0.4, 0.4, 0.4, 0.1) at its extremes, centre crop of 25% area
+    resized back, grayscale, Gaussian blur (kernel ~10% of the size, sigma 1.5), solarize at 128."""
+    b, c, s, h = jitter
+    return {
+        "identity": [lambda x: x],
+        "crop_scale": [_crop(crop_scale)],
+        "flip": [TF.hflip],
+        "color_jitter": [_jitter(1 + b, 1 + c, 1 + s, h), _jitter(1 - b, 1 - c, 1 - s, -h)],
+        "brightness": [lambda x: TF.adjust_brightness(x, 1 + b), lambda x: TF.adjust_brightness(x, 1 - b)],
+        "contrast": [lambda x: TF.adjust_contrast(x, 1 + c), lambda x: TF.adjust_contrast(x, 1 - c)],
+        "saturation": [lambda x: TF.adjust_saturation(x, 1 + s), lambda x: TF.adjust_saturation(x, 1 - s)],
+        "hue": [lambda x: TF.adjust_hue(x, h), lambda x: TF.adjust_hue(x, -h)],
+        "grayscale": [lambda x: TF.rgb_to_grayscale(x, num_output_channels=3)],
+        "blur": [_blur],
+        "solarize": [lambda x: TF.solarize(x, 128)],
+    }
+
+
+def invariance_probe(encoder: nn.Module, images_uint8: torch.Tensor, mean, std,
+                     transforms: dict[str, list[Transform]] | None = None, batch_size: int = 512,
+                     seed: int = 0, amp: bool = False) -> dict:
+    """images_uint8 (N,3,H,W), N >= 2 -> {"sim_rand": float, "families": {name: {"sim": mean cos(x, t(x)),
+    "score": normalised score}}}."""
+    check_images(images_uint8, "images_uint8")
+    n = images_uint8.shape[0]
+    if n < 2:
+        raise SslAugError(f"invariance_probe needs at least 2 images, got {n}")
+    transforms = default_transforms() if transforms is None else transforms
+    feats = lambda x: extract_features(encoder, x, mean, std, batch_size=batch_size, progress=False, amp=amp)  # noqa: E731
+    f0 = feats(images_uint8).double()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    partner = torch.empty_like(perm)
+    partner[perm] = perm.roll(1)                       # a random derangement: i -> partner[i] != i
+    sim_rand = float((f0 * f0[partner]).sum(1).mean())
+    out = {}
+    for name, fns in transforms.items():
+        sim = sum(float((f0 * feats(fn(images_uint8)).double()).sum(1).mean()) for fn in fns) / len(fns)
+        out[name] = {"sim": sim, "score": (sim - sim_rand) / max(1e-12, 1 - sim_rand)}
+    return {"sim_rand": sim_rand, "families": out}
+
+
+def compare_invariance(encoders: dict[str, nn.Module], images_uint8: torch.Tensor, mean, std, **kw) -> tuple[dict, str]:
+    """Probe several encoders (e.g. {"trained": enc, "random init": baseline}) on the same images.
+    Returns ({name: invariance_probe result}, Markdown table: one row per family, one column per encoder)."""
+    results = {name: invariance_probe(enc, images_uint8, mean, std, **kw) for name, enc in encoders.items()}
+    return results, invariance_table(results)
+
+
+def invariance_table(results: dict[str, dict]) -> str:
+    """Markdown table of scores, families as rows and encoders as columns (plus the sim_rand row)."""
+    names = list(results)
+    families = list(next(iter(results.values()))["families"]) if results else []
+    lines = ["| transform | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for fam in families:
+        lines.append(f"| {fam} | " + " | ".join(f"{results[n]['families'][fam]['score']:.3f}" for n in names) + " |")
+    lines.append("| (sim of random pairs) | " + " | ".join(f"{results[n]['sim_rand']:.3f}" for n in names) + " |")
+    return "\n".join(lines)
