@@ -22,7 +22,9 @@ def _check_positive(name: str, value: float) -> None:
         raise SslAugError(f"{name}={value!r} is not allowed: it must be a number > 0")
 
 
-def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, gather: bool = False) -> torch.Tensor:
+def nt_xent(
+    z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, gather: bool = False
+) -> torch.Tensor:
     """SimCLR's NT-Xent loss for two views.
 
     z_a, z_b: (N, D) embeddings of the same N images (row i of both is one image); normalised inside.
@@ -33,7 +35,9 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, gath
     rows are the anchors against all 2 * world * N rows. Returns a 0-d tensor.
     """
     if z_a.shape != z_b.shape or z_a.dim() != 2:
-        raise SslAugError(f"nt_xent views have shapes {tuple(z_a.shape)} and {tuple(z_b.shape)}: both must be (N, D)")
+        raise SslAugError(
+            f"nt_xent views have shapes {tuple(z_a.shape)} and {tuple(z_b.shape)}: both must be (N, D)"
+        )
     return nt_xent_multiview(torch.stack([z_a, z_b]), temperature, gather)
 
 
@@ -53,7 +57,9 @@ def nt_xent_multiview(z_views, temperature: float = 0.5, gather: bool = False) -
     _check_positive("temperature", temperature)
     z = torch.stack(list(z_views)) if isinstance(z_views, (list, tuple)) else z_views
     if z.dim() != 3 or z.shape[0] < 2:
-        raise SslAugError(f"nt_xent_multiview got shape {tuple(z.shape)}: it needs (V, N, D) with V >= 2 views")
+        raise SslAugError(
+            f"nt_xent_multiview got shape {tuple(z.shape)}: it needs (V, N, D) with V >= 2 views"
+        )
     if not z.is_floating_point() or z.dtype in (torch.float16, torch.bfloat16):
         z = z.float()
     with torch.autocast(z.device.type, enabled=False):  # similarities in float32 even under AMP
@@ -72,7 +78,7 @@ def _nt_xent_full_precision(z: torch.Tensor, temperature: float, gather: bool) -
     anchors = z.reshape(v * n, d)
     logits = anchors @ keys.reshape(v * world * n, d).t() / temperature  # (V*N, V*world*N)
     # Each anchor (view a, image j) sits at key column a * world * N + offset + j.
-    cols = (torch.arange(v, device=z.device)[:, None] * (world * n) + offset + torch.arange(n, device=z.device))
+    cols = torch.arange(v, device=z.device)[:, None] * (world * n) + offset + torch.arange(n, device=z.device)
     self_mask = torch.zeros_like(logits, dtype=torch.bool)
     self_mask[torch.arange(v * n, device=z.device), cols.reshape(-1)] = True
     log_prob = torch.log_softmax(logits.masked_fill(self_mask, float("-inf")), dim=1)
@@ -166,12 +172,15 @@ def swav_loss(
     bad = [c for c in crops_for_assign if not (isinstance(c, int) and 0 <= c < n_crops)]
     if bad or len(crops_for_assign) == 0:
         raise SslAugError(
-            f"crops_for_assign={tuple(crops_for_assign)!r} is not allowed: use distinct crop indices in 0..{n_crops - 1}"
+            f"crops_for_assign={tuple(crops_for_assign)!r} is not allowed: "
+            f"use distinct crop indices in 0..{n_crops - 1}"
         )
     b = scores_per_crop[0].shape[0]
     if any(s.dim() != 2 or s.shape != scores_per_crop[0].shape for s in scores_per_crop):
         shapes = [tuple(s.shape) for s in scores_per_crop]
-        raise SslAugError(f"swav_loss crop scores have shapes {shapes}: all crops must be (B, K) with equal B and K")
+        raise SslAugError(
+            f"swav_loss crop scores have shapes {shapes}: all crops must be (B, K) with equal B and K"
+        )
     with torch.autocast(scores_per_crop[0].device.type, enabled=False):
         log_p = [torch.log_softmax(s.float() / temperature, dim=1) for s in scores_per_crop]
     loss = scores_per_crop[0].new_zeros((), dtype=torch.float32)

@@ -27,7 +27,8 @@ def ref_nt_xent(views, tau):
     total = 0.0
     for ai, a in enumerate(rows):
         denom = sum(math.exp(sim(a, b)) for bi, b in enumerate(rows) if bi != ai)
-        terms = [math.log(math.exp(sim(a, p)) / denom) for pi, p in enumerate(rows) if pi != ai and p[1] == a[1]]
+        positives = [p for pi, p in enumerate(rows) if pi != ai and p[1] == a[1]]
+        terms = [math.log(math.exp(sim(a, p)) / denom) for p in positives]
         total += -sum(terms) / len(terms)
     return total / len(rows)
 
@@ -87,7 +88,8 @@ def test_nt_xent_bfloat16_inputs_computed_in_float32():
     z_a, z_b = torch.randn(8, 4), torch.randn(8, 4)
     out = nt_xent(z_a.bfloat16(), z_b.bfloat16(), 0.5)
     assert out.dtype == torch.float32
-    assert out.item() == pytest.approx(nt_xent(z_a.bfloat16().float(), z_b.bfloat16().float(), 0.5).item(), rel=1e-6)
+    want = nt_xent(z_a.bfloat16().float(), z_b.bfloat16().float(), 0.5)
+    assert out.item() == pytest.approx(want.item(), rel=1e-6)
 
 
 def test_loss_errors_are_one_line():
@@ -215,13 +217,15 @@ def test_swav_loss_queue_rows_join_sinkhorn_only():
 
 def test_swav_loss_collapse_is_log_k_and_permutation_invariant():
     k = 7
-    assert swav_loss([torch.zeros(5, k)] * 4, 0.1, 0.05, 3, (0, 1)).item() == pytest.approx(math.log(k), rel=1e-6)
+    uniform = swav_loss([torch.zeros(5, k)] * 4, 0.1, 0.05, 3, (0, 1))
+    assert uniform.item() == pytest.approx(math.log(k), rel=1e-6)
     # Uniform predictions give ln K whatever the codes (code rows sum to 1).
     s = [torch.randn(5, k), torch.zeros(5, k)]
     assert swav_loss(s, 0.1, 0.05, 3, (0,)).item() == pytest.approx(math.log(k), rel=1e-6)
     s = [torch.randn(9, k) for _ in range(3)]
     perm = torch.randperm(9)
-    assert torch.allclose(swav_loss(s, 0.1, 0.05, 3), swav_loss([x[perm] for x in s], 0.1, 0.05, 3), atol=1e-6)
+    permuted = swav_loss([x[perm] for x in s], 0.1, 0.05, 3)
+    assert torch.allclose(swav_loss(s, 0.1, 0.05, 3), permuted, atol=1e-6)
 
 
 def test_swav_loss_gradient_is_softmax_minus_codes():
@@ -262,8 +266,8 @@ def _worker(rank, world, port, data, out_dir):
         scores = [s[rank * b : (rank + 1) * b] for s in data["scores"]]
         q = sinkhorn(scores[0], 0.05, 3, distributed=True)
         sw = swav_loss(scores, 0.1, 0.05, 3, (0, 1), distributed=True)
-        torch.save({"loss2": loss2.detach(), "g2": g2, "loss_m": loss_m.detach(), "gm": gm, "q": q, "swav": sw},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        out = {"loss2": loss2.detach(), "g2": g2, "loss_m": loss_m.detach(), "gm": gm, "q": q, "swav": sw}
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 

@@ -19,7 +19,9 @@ def test_registry_names_and_errors():
         build_backbone("resnet18", width=2)
 
 
-@pytest.mark.parametrize("name,size,dim", [("cifar_resnet18", 32, 512), ("resnet18", 64, 512), ("resnet50", 64, 2048)])
+@pytest.mark.parametrize(
+    "name,size,dim", [("cifar_resnet18", 32, 512), ("resnet18", 64, 512), ("resnet50", 64, 2048)]
+)
 def test_backbone_feature_shapes(name, size, dim):
     torch.manual_seed(0)
     model = build_backbone(name).eval()

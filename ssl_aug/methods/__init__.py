@@ -33,5 +33,7 @@ def build_method(name: str, backbone: nn.Module, **kw) -> nn.Module:
     allowed = method_options(name)
     unknown = sorted(set(kw) - set(allowed))
     if unknown:
-        raise SslAugError(f"unknown option(s) {', '.join(unknown)} for method {name!r}: allowed are {', '.join(allowed)}")
+        raise SslAugError(
+            f"unknown option(s) {', '.join(unknown)} for method {name!r}: allowed are {', '.join(allowed)}"
+        )
     return METHODS[name](backbone, **kw)

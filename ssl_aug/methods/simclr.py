@@ -49,10 +49,11 @@ class SimCLR(nn.Module):
         proj_layers: int = 2,
     ):
         super().__init__()
-        require(temperature > 0, "temperature", temperature, "use a number > 0 (SimCLR: 0.5 CIFAR, 0.1 ImageNet)")
-        require(proj_dim >= 1 and proj_hidden_dim >= 1, "proj_dim", (proj_hidden_dim, proj_dim), "use integers >= 1")
+        require(temperature > 0, "temperature", temperature, "use a number > 0 (0.5 CIFAR, 0.1 ImageNet)")
+        require(proj_hidden_dim >= 1, "proj_hidden_dim", proj_hidden_dim, "use an integer >= 1")
+        require(proj_dim >= 1, "proj_dim", proj_dim, "use an integer >= 1")
         self.backbone = backbone
-        self.projector = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim, num_layers=proj_layers)
+        self.projector = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim, proj_layers)
         self.temperature = float(temperature)
         self.gather = bool(gather)
 
@@ -70,5 +71,5 @@ class SimCLR(nn.Module):
         """Human warnings from (logged) stats: collapse when negatives look like positives."""
         neg = float(stats["neg_sim"])
         if neg > 0.95:
-            return [f"SimCLR negatives have mean cosine similarity {neg:.3f} > 0.95: the embeddings collapsed"]
+            return [f"SimCLR negatives have mean cosine similarity {neg:.3f} > 0.95: embeddings collapsed"]
         return []

@@ -57,16 +57,18 @@ class SwAV(nn.Module):
         super().__init__()
         require(temperature > 0, "temperature", temperature, "use a number > 0 (SwAV: 0.1)")
         require(epsilon > 0, "epsilon", epsilon, "use a number > 0 (SwAV: 0.05, 0.03 against collapse)")
-        require(sinkhorn_iterations >= 1, "sinkhorn_iterations", sinkhorn_iterations, "use an integer >= 1 (SwAV: 3)")
-        require(num_prototypes >= 2, "num_prototypes", num_prototypes, "use an integer >= 2 (100-3000 CIFAR, 3000 ImageNet)")
-        require(queue_length >= 0, "queue_length", queue_length, "use 0 (no queue) or a positive integer (SwAV: 3840)")
+        require(sinkhorn_iterations >= 1, "sinkhorn_iterations", sinkhorn_iterations, "use an integer >= 1")
+        require(num_prototypes >= 2, "num_prototypes", num_prototypes, "use an integer >= 2 (CIFAR 100-3000)")
+        require(queue_length >= 0, "queue_length", queue_length, "use 0 (no queue) or a positive integer")
         crops = tuple(crops_for_assign)
         require(
-            len(crops) >= 1 and len(set(crops)) == len(crops) and all(isinstance(c, int) and c >= 0 for c in crops),
+            len(crops) >= 1
+            and len(set(crops)) == len(crops)
+            and all(isinstance(c, int) and c >= 0 for c in crops),
             "crops_for_assign", crops_for_assign, "use distinct non-negative crop indices, e.g. [0, 1]",
         )
         self.backbone = backbone
-        self.projector = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim, num_layers=proj_layers)
+        self.projector = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim, proj_layers)
         self.prototypes = Prototypes(proj_dim, num_prototypes, freeze_iters=freeze_prototypes_iters)
         self.temperature, self.epsilon = float(temperature), float(epsilon)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
@@ -111,8 +113,8 @@ class SwAV(nn.Module):
         n = z.shape[1]
         if n > self.queue_length:
             raise SslAugError(
-                f"queue_length={self.queue_length * dist_utils.world_size()} is not allowed with {n} images per "
-                f"rank and {dist_utils.world_size()} rank(s): use 0 or at least batch size x world size"
+                f"queue_length={self.queue_length * dist_utils.world_size()} is not allowed with {n} images "
+                f"per rank and {dist_utils.world_size()} rank(s): use 0 or at least batch size x world size"
             )
         queue_scores = None
         if self._queue_filled >= self.queue_length:
@@ -148,7 +150,8 @@ class SwAV(nn.Module):
         if float(stats["collapse"]) > 0:
             k = self.prototypes.num_prototypes
             return [
-                f"SwAV loss {float(stats['loss']):.4f} sits at ln(K)={math.log(k):.4f} (K={k}): predictions are "
-                f"uniform (collapse); try epsilon 0.03, a longer prototype freeze, or a later/smaller queue"
+                f"SwAV loss {float(stats['loss']):.4f} sits at ln(K)={math.log(k):.4f} (K={k}): "
+                f"predictions are uniform (collapse); try epsilon 0.03, a longer prototype freeze, "
+                f"or a later/smaller queue"
             ]
         return []

@@ -52,7 +52,8 @@ def build_backbone(name: str, **kw) -> nn.Module:
         unknown = sorted(set(kw) - set(params))
         if unknown:
             raise SslAugError(
-                f"unknown option(s) {', '.join(unknown)} for backbone {name!r}: allowed are {', '.join(params) or 'none'}"
+                f"unknown option(s) {', '.join(unknown)} for backbone {name!r}: "
+                f"allowed are {', '.join(params) or 'none'}"
             )
     model = builder(**kw)
     if not isinstance(getattr(model, "feature_dim", None), int):

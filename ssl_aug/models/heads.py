@@ -18,7 +18,9 @@ class ProjectionHead(nn.Sequential):
     num_layers=1 is a single linear map. Linear layers followed by BN carry no bias.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, batch_norm: bool = True):
+    def __init__(
+        self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, batch_norm: bool = True
+    ):
         if num_layers < 1:
             raise SslAugError(f"projection num_layers={num_layers!r} is not allowed: use an integer >= 1")
         layers: list[nn.Module] = []
