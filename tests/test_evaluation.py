@@ -99,8 +99,10 @@ def test_knn_ties_in_similarity_follow_lower_index():
     for k in (1, 2, 4, 5):
         ref = knn_numpy(train, labels, test, k, 0.1, 3)
         for backend in ("faiss", "torch"):
-            s = knn_classify(train, labels, test, k=k, temperature=0.1, num_classes=3, backend=backend)
-            assert torch.equal(s.argmax(1), torch.from_numpy(ref.argmax(1))), (k, backend)
+            for margin in (1, 32):                # 1: too few candidates -> exact search over all rows
+                s = knn_classify(train, labels, test, k=k, temperature=0.1, num_classes=3, backend=backend,
+                                 margin=margin)
+                assert torch.equal(s.argmax(1), torch.from_numpy(ref.argmax(1))), (k, backend, margin)
 
 
 def test_knn_random_features_faiss_identical_to_bruteforce():
