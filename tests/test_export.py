@@ -5,16 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+import ssl_aug
 from ssl_aug.checkpoint import atomic_save
 from ssl_aug.config import config_from_dict
 from ssl_aug.errors import SslAugError
-from ssl_aug.export import (encoder_from_checkpoint, export_encoder, export_main, load_encoder, load_head)
+from ssl_aug.export import (encoder_from_checkpoint, export_encoder, export_main, load_encoder, load_head,
+                            read_metadata)
 from ssl_aug.methods import build_method
 from ssl_aug.models import build_backbone
 
@@ -36,6 +40,29 @@ class _Payload:
 
     def __reduce__(self):
         return (_record, ("pickle code ran",))
+
+
+class _Unscriptable(nn.Module):
+    """A backbone TorchScript cannot compile (a lambda attribute): export must fall back to tracing."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.act = lambda x: x.clamp_min(0.0)
+        self.feature_dim = width
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x))).mean((2, 3))
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    """Register the fast unscriptable toy backbone as "toy_unscriptable" for one test."""
+    import ssl_aug.models
+
+    monkeypatch.setitem(ssl_aug.models.BACKBONES, "toy_unscriptable", _Unscriptable)
+    return "toy_unscriptable"
 
 
 def _randomise_bn(model: nn.Module) -> None:
@@ -78,7 +105,7 @@ def _reference_features(backbone: nn.Module, images_uint8: torch.Tensor) -> torc
         return backbone.eval()((images_uint8.float() / 255.0 - mean) / std)
 
 
-def _images(n=6, size=32, seed=0):
+def _images(n=4, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
 
@@ -91,6 +118,11 @@ def exported(tmp_path_factory):
     return run, method, out
 
 
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return load_encoder(exported[2])
+
+
 def _copy_export(out, tmp_path):
     dst = tmp_path / "copy"
     shutil.copytree(out, dst)
@@ -98,11 +130,12 @@ def _copy_export(out, tmp_path):
 
 
 # ------------------------------------------------------------------------------ round trip
-def test_export_load_identical_features_uint8_and_float(exported):
+def test_export_load_identical_features_uint8_and_float(exported, loaded):
     _, method, out = exported
-    encoder = load_encoder(out)
+    encoder = loaded
     assert not encoder.training and encoder.feature_dim == 512
-    assert load_encoder(out / "encoder.json").metadata == encoder.metadata  # the metadata file works too
+    assert read_metadata(out / "encoder.json") == read_metadata(out) == (out, encoder.metadata)
+    assert ssl_aug.load_encoder is load_encoder
     assert encoder.metadata["architecture"] == "cifar_resnet18"
     assert encoder.mean == tuple(MEAN) and encoder.std == tuple(STD)
     images = _images()
@@ -110,7 +143,7 @@ def test_export_load_identical_features_uint8_and_float(exported):
     with torch.no_grad():
         from_uint8 = encoder(images)
         from_float = encoder(images.float() / 255.0)
-    assert from_uint8.shape == (6, 512)
+    assert from_uint8.shape == (4, 512)
     torch.testing.assert_close(from_uint8, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(from_float, expected, rtol=1e-5, atol=1e-5)
 
@@ -153,16 +186,27 @@ def test_strict_load_into_torchvision_resnet18_with_cifar_stem(exported):
     torch.testing.assert_close(_reference_features(model, images), expected, rtol=0, atol=0)
 
 
-def test_torchscript_equals_eager(exported):
+def test_torchscript_equals_eager(exported, loaded):
     _, _, out = exported
     scripted = torch.jit.load(str(out / "encoder.ts"))
-    encoder = load_encoder(out)
+    encoder = loaded
     images = _images(seed=5)
     with torch.no_grad():
         for batch in (images, images.float() / 255.0):
             torch.testing.assert_close(scripted(batch), encoder(batch), rtol=1e-6, atol=1e-6)
         with pytest.raises(Exception, match="uint8"):
             scripted(images.to(torch.int32))
+
+
+def test_torchscript_loads_without_ssl_aug(exported):
+    _, _, out = exported
+    code = ("import sys, warnings; sys.modules['ssl_aug'] = None; warnings.simplefilter('ignore'); "
+            "import torch; m = torch.jit.load(sys.argv[1]); "
+            "print(tuple(m(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape))")
+    done = subprocess.run([sys.executable, "-c", code, str(out / "encoder.ts")], capture_output=True,
+                          text=True, cwd=out, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(2, 512)"
 
 
 def test_head_exported(exported):
@@ -184,18 +228,23 @@ def test_checkpoint_file_cli_and_encoder_from_checkpoint(exported, tmp_path, cap
     meta = json.loads((tmp_path / "cli" / "encoder.json").read_text())
     assert set(meta["files"]) == {"backbone.pt", "encoder.ts"}
     assert meta["eval"]["eval"]["knn_top1"] == 0.625  # run dir found from checkpoints/last.pt
-    older = torch.load(ckpt, weights_only=True)
-    older["step"] = 60
-    atomic_save(older, run / "checkpoints" / "step_00000060.pt")
-    export_encoder(run / "checkpoints" / "step_00000060.pt", tmp_path / "older")
-    meta = json.loads((tmp_path / "older" / "encoder.json").read_text())
-    assert meta["step"] == 60 and "eval" not in meta["eval"]  # eval.json describes step 120, not 60
-    (run / "checkpoints" / "step_00000060.pt").unlink()
     backbone, config = encoder_from_checkpoint(run)
     assert not backbone.training and config["model"]["backbone"] == "cifar_resnet18"
     images = _images(seed=7)
     expected = _reference_features(method.backbone, images)
     torch.testing.assert_close(_reference_features(backbone, images), expected, rtol=0, atol=0)
+
+
+def test_eval_json_of_another_step_not_attached(tmp_path, toy):
+    run, _ = _make_run(tmp_path, toy)
+    older = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    older["step"] = 60
+    atomic_save(older, run / "checkpoints" / "step_00000060.pt")
+    out = export_encoder(run / "checkpoints" / "step_00000060.pt", tmp_path / "a")
+    meta = json.loads((out / "encoder.json").read_text())
+    assert meta["step"] == 60 and "eval" not in meta["eval"]  # eval.json describes step 120, not 60
+    meta = json.loads((export_encoder(run, tmp_path / "b") / "encoder.json").read_text())
+    assert meta["step"] == 120 and meta["eval"]["eval"]["knn_top1"] == 0.625
 
 
 def test_imagenet_stem_resnet18_strict_torchvision(tmp_path):
@@ -212,10 +261,10 @@ def test_imagenet_stem_resnet18_strict_torchvision(tmp_path):
     torch.testing.assert_close(_reference_features(model, images), expected, rtol=0, atol=0)
 
 
-def test_recipe_without_mean_std_uses_viewspec_defaults(tmp_path):
+def test_recipe_without_mean_std_uses_viewspec_defaults(tmp_path, toy):
     from ssl_aug.augment import ViewSpec
 
-    run, method = _make_run(tmp_path, "cifar_resnet18", augment={"size": 24})
+    run, method = _make_run(tmp_path, toy, augment={"size": 24})
     out = export_encoder(run, tmp_path / "export")
     meta = json.loads((out / "encoder.json").read_text())
     spec = ViewSpec()
@@ -223,31 +272,14 @@ def test_recipe_without_mean_std_uses_viewspec_defaults(tmp_path):
     assert meta["input"]["size"] == 24 and load_encoder(out).mean == spec.mean
 
 
-class _Unscriptable(nn.Module):
-    """A backbone TorchScript cannot compile (a lambda attribute): export must fall back to tracing."""
-
-    def __init__(self, width: int = 8):
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1)
-        self.bn = nn.BatchNorm2d(width)
-        self.act = lambda x: x.clamp_min(0.0)
-        self.feature_dim = width
-
-    def forward(self, x):
-        return self.act(self.bn(self.conv(x))).mean((2, 3))
-
-
-def test_unscriptable_backbone_is_traced(tmp_path, monkeypatch):
-    import ssl_aug.models
-
-    monkeypatch.setitem(ssl_aug.models.BACKBONES, "toy_unscriptable", _Unscriptable)
-    run, method = _make_run(tmp_path, "toy_unscriptable", width=6)
+def test_unscriptable_backbone_is_traced(tmp_path, toy):
+    run, method = _make_run(tmp_path, toy, width=6)
     out = export_encoder(run, tmp_path / "export")
     meta = json.loads((out / "encoder.json").read_text())
     assert meta["torchvision"] is None and meta["stem"] == "ssl_aug" and meta["backbone_args"] == {"width": 6}
     images = _images(seed=13)
     expected = _reference_features(method.backbone, images)
-    assert expected.shape == (6, 6)
+    assert expected.shape == (4, 6)
     with torch.no_grad():
         torch.testing.assert_close(load_encoder(out)(images), expected, rtol=1e-5, atol=1e-6)
         scripted = torch.jit.load(str(out / "encoder.ts"))
@@ -361,9 +393,8 @@ def test_truncated_and_foreign_checkpoints_refused(exported, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_encoder_input_checked(exported):
-    _, _, out = exported
-    encoder = load_encoder(out)
+def test_encoder_input_checked(loaded):
+    encoder = loaded
     with pytest.raises(SslAugError, match=r"\(N, 3, H, W\)"):
         encoder(torch.zeros(3, 32, 32))
     with pytest.raises(SslAugError, match="uint8"):
