@@ -183,7 +183,8 @@ def swav_loss(
         )
     with torch.autocast(scores_per_crop[0].device.type, enabled=False):
         log_p = [torch.log_softmax(s.float() / temperature, dim=1) for s in scores_per_crop]
-    loss = scores_per_crop[0].new_zeros((), dtype=torch.float32)
+    log_p_sum = sum(log_p)  # (B, K): "every other crop" is then one subtraction per assign crop
+    loss = log_p_sum.new_zeros(())
     codes = []
     for i, a in enumerate(crops_for_assign):
         s = scores_per_crop[a].detach()
@@ -191,7 +192,6 @@ def swav_loss(
             s = torch.cat([queue_scores[i].detach().to(s.dtype), s])
         q = sinkhorn(s, epsilon, iterations, dtype=sinkhorn_dtype, distributed=distributed)[-b:].float()
         codes.append(q)
-        sub = sum(-(q * log_p[v]).sum(dim=1).mean() for v in range(n_crops) if v != a)
-        loss = loss + sub / (n_crops - 1)
+        loss = loss - (q * (log_p_sum - log_p[a])).sum() / (b * (n_crops - 1))
     loss = loss / len(crops_for_assign)
     return (loss, codes) if return_codes else loss
