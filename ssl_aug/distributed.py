@@ -136,6 +136,22 @@ def all_gather_object(obj) -> list:
     return out
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradients over ranks (every rank's loss uses the sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 class GroupBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics cover the batches of all ranks, for any backend.
 
@@ -152,16 +168,14 @@ class GroupBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_initialized() and world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = x.new_full((1,), x.numel() // x.shape[1])
-        sums = all_reduce(torch.cat([x.sum(dims), count]))
+        sums = _AllReduceSum.apply(torch.cat([x.sum(dims), count]))
         total = sums[-1]
         mean = sums[:-1] / total
         centred = x - mean.view(shape)
-        var = all_reduce(centred.square().sum(dims)) / total
+        var = _AllReduceSum.apply(centred.square().sum(dims)) / total
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
