@@ -79,14 +79,13 @@ def _nt_xent_full_precision(z: torch.Tensor, temperature: float, gather: bool) -
     logits = anchors @ keys.reshape(v * world * n, d).t() / temperature  # (V*N, V*world*N)
     # Each anchor (view a, image j) sits at key column a * world * N + offset + j.
     cols = torch.arange(v, device=z.device)[:, None] * (world * n) + offset + torch.arange(n, device=z.device)
-    self_mask = torch.zeros_like(logits, dtype=torch.bool)
-    self_mask[torch.arange(v * n, device=z.device), cols.reshape(-1)] = True
-    log_prob = torch.log_softmax(logits.masked_fill(self_mask, float("-inf")), dim=1)
+    log_prob = torch.log_softmax(logits.scatter(1, cols.reshape(-1, 1), float("-inf")), dim=1)
     # Positives of (a, j): columns (b, offset + j) for b != a.
     lp = log_prob.view(v, n, v, world * n)[..., offset : offset + n]  # (V, N, V, N)
     lp = torch.diagonal(lp, dim1=1, dim2=3)  # (V_anchor, V_key, N)
-    off_diag = ~torch.eye(v, dtype=torch.bool, device=z.device)
-    return -lp[off_diag].mean()
+    # Integer (not boolean) indexing: no device-to-host sync on CUDA.
+    a_idx, b_idx = zip(*[(a, b) for a in range(v) for b in range(v) if a != b])
+    return -lp[torch.tensor(a_idx, device=z.device), torch.tensor(b_idx, device=z.device)].mean()
 
 
 def _logsumexp(x: torch.Tensor, dim: int, across_ranks: bool) -> torch.Tensor:
