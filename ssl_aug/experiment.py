@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ssl_aug.config import Config
-from ssl_aug.evaluation import KnnMonitor, extract_features, invariance_probe, knn_evaluate, linear_probe
+from ssl_aug.evaluation import KnnMonitor, evaluate_encoder
 from ssl_aug.train import Trainer, balanced_subset, load_training_data, normalization
 
 
@@ -21,25 +21,27 @@ def write_json_atomic(data: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def flat_results(report: dict) -> dict:
+    """evaluate_encoder's nested report -> the flat scalar metrics tables are made of
+    (knn_top1, knn_top5, linear_top1, linear_top5, linear_ece, invariance_<family>)."""
+    flat = {}
+    for section in ("knn", "linear", "tta"):
+        for key, value in (report.get(section) or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                flat[f"{section}_{key}"] = value
+    for family, values in ((report.get("invariance") or {}).get("families") or {}).items():
+        flat[f"invariance_{family}"] = values["score"]
+    return flat
+
+
 def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, device, progress: bool = True) -> dict:
-    """Final evaluation of a trained backbone: kNN (always), linear probe and invariance on request."""
+    """Final evaluation of a trained backbone: kNN, plus the linear probe / invariance probe on request."""
     mean, std = normalization(cfg)
-    results = {}
-    train_f = extract_features(backbone, train.images, mean, std, device=device, progress=progress)
-    test_f = extract_features(backbone, test.images, mean, std, device=device, progress=progress)
-    knn = knn_evaluate(train_f, train.labels, test_f, test.labels, ks=(cfg.eval.knn_k,),
-                       temperature=cfg.eval.knn_temperature)
-    results.update({f"knn_{key}": value for key, value in knn.items() if not isinstance(value, (list, dict))})
-    results["knn_top1"] = knn["top1"]
-    if cfg.eval.linear:
-        lin = linear_probe(train_f, train.labels, test_f, test.labels, seed=cfg.seed)
-        results.update({f"linear_{key}": value for key, value in lin.items() if not isinstance(value, (list, dict))})
-    if cfg.eval.invariance:
-        count = min(len(test.labels), 1000)
-        probe_images = test.images[balanced_subset(test.labels, count, cfg.seed)]
-        scores = invariance_probe(backbone, probe_images, mean, std, device=device, seed=cfg.seed)
-        results.update({f"invariance_{key}": value for key, value in scores.items()})
-    return results
+    report = evaluate_encoder(backbone.to(device), mean, std, (train.images, train.labels), (test.images, test.labels),
+                              knn=True, linear=cfg.eval.linear, invariance=cfg.eval.invariance,
+                              ks=(cfg.eval.knn_k,), temperature=cfg.eval.knn_temperature, progress=progress,
+                              seed=cfg.seed)
+    return flat_results(report)
 
 
 def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool = True, progress: bool = True) -> dict:
@@ -50,9 +52,10 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
     test = load_training_data(cfg, split=cfg.eval.test_split)
     callbacks = []
     if cfg.eval.knn_every:
-        monitor = KnnMonitor(train.images, train.labels, test.images, test.labels, *normalization(cfg),
-                             k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature,
-                             train_size=cfg.eval.monitor_train, test_size=cfg.eval.monitor_test, seed=cfg.seed)
+        bank = balanced_subset(train.labels, min(cfg.eval.monitor_train, len(train.labels)), cfg.seed)
+        query = balanced_subset(test.labels, min(cfg.eval.monitor_test, len(test.labels)), cfg.seed)
+        monitor = KnnMonitor(train.images[bank], train.labels[bank], test.images[query], test.labels[query],
+                             *normalization(cfg), k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
         callbacks.append(lambda trainer, epoch: monitor(trainer.method.backbone))
     trainer = Trainer(cfg, run_dir, callbacks=callbacks, progress=progress, train_data=train)
     start = time.perf_counter()
