@@ -102,14 +102,14 @@ def test_simclr_forward_backward(sizes):
     assert {k.split(".")[0] for k in method.state_dict()} == {"backbone", "projector"}
 
 
-def test_simclr_learns_on_cifar_resnet18_and_reports_collapse():
+def test_simclr_learns_and_reports_collapse():
     torch.manual_seed(0)
-    method = build_method("simclr", build_backbone("cifar_resnet18"), proj_hidden_dim=32, proj_dim=16)
-    opt = torch.optim.SGD(method.parameters(), lr=0.05)
-    x = torch.randn(8, 3, 16, 16)
+    method = build_method("simclr", Tiny(), proj_hidden_dim=32, proj_dim=16)
+    opt = torch.optim.SGD(method.parameters(), lr=0.1)
+    x = torch.randn(16, 3, 8, 8)
     vs = [x + 0.1 * torch.randn_like(x), x + 0.1 * torch.randn_like(x)]
     losses = []
-    for step in range(4):
+    for step in range(5):
         loss, _ = method(vs, step=step)
         opt.zero_grad()
         loss.backward()
@@ -119,6 +119,16 @@ def test_simclr_learns_on_cifar_resnet18_and_reports_collapse():
     assert losses[-1] < losses[0]
     assert SimCLR.health_messages({"neg_sim": torch.tensor(0.99)})
     assert SimCLR.health_messages({"neg_sim": torch.tensor(0.1)}) == []
+
+
+@pytest.mark.parametrize("name", ["simclr", "swav"])
+def test_methods_on_cifar_resnet18(name):
+    torch.manual_seed(0)
+    kw = {"num_prototypes": 10} if name == "swav" else {}
+    method = build_method(name, build_backbone("cifar_resnet18"), proj_hidden_dim=32, proj_dim=16, **kw)
+    loss, stats = method(views(n=4, sizes=(8, 8) if name == "simclr" else (8, 8, 4, 4)))
+    loss.backward()
+    assert torch.isfinite(loss) and method.backbone.conv1.weight.grad.abs().sum() > 0
 
 
 def test_simclr_bf16_autocast():
