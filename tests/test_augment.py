@@ -368,3 +368,14 @@ def test_params_cat_and_to():
     q = ViewParams.cat([p, p])
     assert len(q) == 10 and torch.equal(q.box[5:], p.box)
     assert torch.equal(p.to("cpu").factors, p.factors)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_chunking_does_not_change_views(mode):
+    x = (images(20, 32, 32) * 255).to(torch.uint8)
+    specs, counts = get_preset("swav_multicrop")
+    whole = MultiView(specs, counts, mode=mode)
+    chunked = MultiView(specs, counts, mode=mode, chunk_elements=3 * 16 * 16 * 3)  # 1-3 images per chunk
+    params = whole.sample(x, torch.Generator().manual_seed(0))
+    for a, b in zip(whole.apply(x, params), chunked.apply(x, params)):
+        assert (a - b).abs().max() <= 1e-5

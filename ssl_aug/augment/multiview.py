@@ -1,6 +1,7 @@
-"""`MultiView`: all views of a uint8 batch as batched tensor ops on its device. Views of the same
-output size are made together (one grid_sample for all their crops); parameters are sampled on the CPU
-from a seeded generator (`sample`) and applied separately (`apply`), so views replay exactly."""
+"""`MultiView`: all views of a uint8 batch as batched tensor ops on its device. Each view is made in
+chunks of images sized so the working tensors stay in cache (one grid_sample per chunk, then the colour
+ops, then normalisation written straight into the output); parameters are sampled on the CPU from a
+seeded generator (`sample`) and applied separately (`apply`), so views replay exactly."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ssl_aug.errors import SslAugError
 
 MODES = ("exact", "fast")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CHUNK_ELEMENTS = 1 << 22  # floats per working tensor (16 MB): the ~30 colour passes stay in cache
 
 
 class MultiView:
@@ -27,7 +29,8 @@ class MultiView:
     """
 
     def __init__(self, specs: Sequence[ViewSpec] | ViewSpec, counts: Sequence[int] | int = 2,
-                 mode: str = "exact", channels_last: bool = False, dtype: torch.dtype = torch.float32):
+                 mode: str = "exact", channels_last: bool = False, dtype: torch.dtype = torch.float32,
+                 chunk_elements: int = CHUNK_ELEMENTS):
         specs = [specs] if isinstance(specs, ViewSpec) else list(specs)
         counts = [counts] * len(specs) if isinstance(counts, int) else list(counts)
         if not specs or len(specs) != len(counts) or any(not isinstance(s, ViewSpec) for s in specs):
@@ -40,6 +43,7 @@ class MultiView:
             raise SslAugError(f"MultiView: dtype={dtype} is not allowed; use one of {', '.join(map(str, DTYPES))}")
         self.specs, self.counts, self.mode = specs, counts, mode
         self.channels_last, self.dtype = channels_last, dtype
+        self.chunk_elements = int(chunk_elements)
         self.view_specs = [s for s, c in zip(specs, counts) for _ in range(c)]
         self._policies: dict[str, torch.nn.Module] = {}
 
@@ -74,61 +78,58 @@ class MultiView:
     def apply(self, images: torch.Tensor, params: list[ViewParams], normalize: bool = True) -> list[torch.Tensor]:
         """Make the views from given parameters (replay). normalize=False returns float32 views in [0, 1]."""
         self._check(images)
-        if len(params) != len(self.view_specs) or any(len(p) != images.shape[0] for p in params):
+        n = images.shape[0]
+        if len(params) != len(self.view_specs) or any(len(p) != n for p in params):
             raise SslAugError(f"MultiView.apply: got {len(params)} parameter sets for {len(self.view_specs)} "
-                              f"views of {images.shape[0]} images; use the output of sample() on this batch")
-        if images.dtype == torch.uint8:
-            x = images.float().mul_(1.0 / 255.0)
-        else:
-            x = images.float()
-        out: list[Optional[torch.Tensor]] = [None] * len(self.view_specs)
-        groups: dict[int, list[int]] = {}
-        for i, s in enumerate(self.view_specs):
-            groups.setdefault(s.size, []).append(i)
-        for size, idx in groups.items():
-            y = self._group(x, [self.view_specs[i] for i in idx], [params[i] for i in idx], size)
-            for j, i in enumerate(y.chunk(len(idx))):
-                out[idx[j]] = self._finish(i, self.view_specs[idx[j]]) if normalize else i
+                              f"views of {n} images; use the output of sample() on this batch")
+        x = images.float().mul_(1.0 / 255.0) if images.dtype == torch.uint8 else images.float()
+        fmt = torch.channels_last if (self.channels_last and normalize) else torch.contiguous_format
+        out = []
+        for spec, p in zip(self.view_specs, params):
+            s = spec.size
+            view = torch.empty((n, 3, s, s), dtype=self.dtype if normalize else torch.float32, device=x.device,
+                               memory_format=fmt)
+            inv = torch.tensor([1.0 / v for v in spec.std], device=x.device).view(1, 3, 1, 1)
+            shift = torch.tensor([-m / v for m, v in zip(spec.mean, spec.std)], device=x.device).view(1, 3, 1, 1)
+            step = max(1, self.chunk_elements // (3 * s * s))
+            for k, n0 in enumerate(range(0, n, step)):
+                rows = slice(n0, min(n, n0 + step))
+                y = self._view(x[rows], spec, p[rows], k)
+                dst = view[rows]
+                if not normalize:
+                    dst.copy_(y)
+                elif dst.dtype == torch.float32 and dst.is_contiguous():
+                    torch.mul(y, inv, out=dst).add_(shift)  # (y - mean) / std
+                else:
+                    dst.copy_(y.mul_(inv).add_(shift))  # cast / channels_last in the same copy
+            out.append(view)
         return out
 
-    def _group(self, x: torch.Tensor, specs: list[ViewSpec], params: list[ViewParams], size: int) -> torch.Tensor:
-        """Views of one output size as one (V*N, 3, size, size) float32 batch in [0, 1]."""
-        n = x.shape[0]
-        p = ViewParams.cat(params)  # CPU: index sets below need no device sync
+    def _view(self, x: torch.Tensor, spec: ViewSpec, p: ViewParams, chunk: int) -> torch.Tensor:
+        """One view of a chunk of images: (n,3,H,W) float in [0, 1] -> (n,3,size,size) float32 in [0, 1].
+        Parameters stay on the CPU: index sets need no device sync; tensors move as needed."""
         dev = x.device
-        y = ops.resized_crops(x, p.box.to(dev, non_blocking=True), p.flip.to(dev, non_blocking=True), size)
-        for v, s in enumerate(specs):
-            if s.auto_augment is not None:
-                y[v * n:(v + 1) * n] = self._policy(y[v * n:(v + 1) * n], s.auto_augment, params[v].policy_seed)
+        y = ops.resized_crops(x, p.box.to(dev, non_blocking=True), p.flip.to(dev, non_blocking=True), spec.size)
+        if spec.auto_augment is not None:
+            y = self._policy(y, spec.auto_augment, int(p.policy_seed[0]) + chunk)
         if self.mode == "exact":
-            y = ops.color_jitter(y, p.factors, p.order, p.jitter_on)
+            ops.color_jitter_(y, p.factors, p.order, p.jitter_on)
             ops.grayscale_(y, p.gray)
         else:
             a, t = ops.color_matrix(y, p.factors, p.order, p.jitter_on, p.gray)
             ops.apply_color_matrix_(y, a, t)
-        for k in sorted({s.blur.kernel_size for s in specs}):
-            on = p.blur_on & torch.cat([torch.full((n,), s.blur.kernel_size == k) for s in specs])
-            ops.blur_(y, on, p.sigma, k)
-        thr = torch.cat([torch.full((n,), s.solarize.threshold) for s in specs])
-        ops.solarize_(y, p.solarize, thr)
+        if spec.blur.p > 0:
+            ops.blur_(y, p.blur_on, p.sigma, spec.blur.kernel_size)
+        if spec.solarize.p > 0:
+            ops.solarize_(y, p.solarize, torch.full((len(p),), spec.solarize.threshold))
         return y
 
-    def _finish(self, y: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
-        """Normalise (x - mean) / std in float32 and cast/lay out once."""
-        inv = torch.tensor([1.0 / s for s in spec.std], device=y.device).view(1, 3, 1, 1)
-        shift = torch.tensor([-m / s for m, s in zip(spec.mean, spec.std)], device=y.device).view(1, 3, 1, 1)
-        z = torch.addcmul(shift, y, inv)  # (y - mean) / std in one pass
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        if z.dtype == self.dtype and not self.channels_last:
-            return z
-        return z.to(dtype=self.dtype, memory_format=fmt)
-
-    def _policy(self, y: torch.Tensor, name: str, seed: torch.Tensor) -> torch.Tensor:
+    def _policy(self, y: torch.Tensor, name: str, seed: int) -> torch.Tensor:
         """kornia RandAugment / AutoAugment on (n,3,s,s) in [0, 1], its randomness seeded from `seed`."""
         if name not in self._policies:
             from kornia.augmentation import auto
             self._policies[name] = auto.RandAugment(n=2, m=10) if name == "randaugment" else auto.AutoAugment("cifar10")
         devices = [y.device] if y.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(seed[0]))
+            torch.manual_seed(seed)
             return self._policies[name](y).clamp_(0.0, 1.0)

@@ -41,6 +41,10 @@ class ViewParams:
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    def __getitem__(self, rows) -> "ViewParams":
+        """Parameters of a subset of the images (slice or index tensor)."""
+        return ViewParams(**{k: v[rows] for k, v in self.as_dict().items()})
+
     def __len__(self) -> int:
         return self.box.shape[0]
 
