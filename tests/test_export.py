@@ -292,12 +292,17 @@ def test_small_cnn_round_trip(tmp_path):
         build_backbone("small_cnn")
     except SslAugError as exc:
         pytest.skip(f"small_cnn backbone not available: {exc}")
-    run, method = _make_run(tmp_path, "small_cnn")
+    run, method = _make_run(tmp_path, "small_cnn", widths=[8, 16, 24])
     out = export_encoder(run, tmp_path / "export")
+    meta = json.loads((out / "encoder.json").read_text())
+    assert meta["backbone_args"] == {"widths": [8, 16, 24]} and meta["feature_dim"] == 24
+    assert meta["torchvision"] is None and meta["stem"] == "ssl_aug"
     images = _images(seed=11)
     expected = _reference_features(method.backbone, images)
     with torch.no_grad():
-        torch.testing.assert_close(load_encoder(out)(images), expected, rtol=1e-5, atol=1e-5)
+        encoder = load_encoder(out)
+        assert encoder.feature_dim == 24
+        torch.testing.assert_close(encoder(images), expected, rtol=1e-5, atol=1e-5)
         scripted = torch.jit.load(str(out / "encoder.ts"))
         torch.testing.assert_close(scripted(images), expected, rtol=1e-5, atol=1e-5)
 
