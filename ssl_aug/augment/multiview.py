@@ -117,7 +117,7 @@ class MultiView:
             ops.grayscale_(y, p.gray)
         else:
             a, t = ops.color_matrix(y, p.factors, p.order, p.jitter_on, p.gray)
-            ops.apply_color_matrix_(y, a, t)
+            y = ops.apply_color_matrix(y, a, t)
         if spec.blur.p > 0:
             ops.blur_(y, p.blur_on, p.sigma, spec.blur.kernel_size)
         if spec.solarize.p > 0:

@@ -216,9 +216,7 @@ def color_matrix(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, on
     return a.float(), t.float()
 
 
-def apply_color_matrix_(x: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x (M,3,h,w) <- clamp(A x + t, 0, 1) per image, in place."""
+def apply_color_matrix(x: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """clamp(A x + t, 0, 1) per image: x (M,3,h,w), A (M,3,3), t (M,3) -> new (M,3,h,w)."""
     m, c, h, w = x.shape
-    flat = x.view(m, c, h * w)
-    flat.copy_(torch.baddbmm(t[:, :, None], a, flat))
-    return x.clamp_(0.0, 1.0)
+    return torch.baddbmm(t[:, :, None], a, x.reshape(m, c, h * w)).clamp_(0.0, 1.0).view(m, c, h, w)
