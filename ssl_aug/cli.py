@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from ssl_aug.errors import SslAugError
+from ssl_aug.errors import SslAugError, one_line_parser
 
 
 def _cmd_train(args) -> int:
@@ -24,11 +24,12 @@ def _cmd_train(args) -> int:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")
     cfg = load_recipe(args.recipe, overrides)
     dist.init_from_env()
+    main_process = dist.is_main()
     try:
         results = run_experiment(cfg, resume=args.resume, progress=not args.no_progress)
     finally:
         dist.cleanup()
-    if dist.is_main():
+    if main_process:
         print(json.dumps(results, indent=2))
     return 0
 
@@ -86,9 +87,10 @@ def _cmd_data_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ssl_aug import __version__
 
-    parser = argparse.ArgumentParser(prog="ssl-aug", description=__doc__.splitlines()[0])
+    parser = one_line_parser(prog="ssl-aug", description=__doc__.splitlines()[0])
+    OneLineParser = type(parser)
     parser.add_argument("--version", action="version", version=f"ssl_aug {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
     p = sub.add_parser("quickstart", help="train on the embedded data set, kNN-evaluate, and run the colour "
                                           "ablation (offline, about 3 minutes on 2 CPU cores)")
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_passthrough("ssl_aug.export", "export_main"))
 
     p = sub.add_parser("bench", help="benchmarks: views | knn | train (print a table, update BENCHMARKS.md)")
-    bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True, parser_class=OneLineParser)
     for name, module in (("views", "ssl_aug.benchmarks.views"), ("knn", "ssl_aug.benchmarks.knn"),
                          ("train", "ssl_aug.benchmarks.train")):
         b = bench.add_parser(name, add_help=False, help=f"the {name} benchmark (--help for its options)")
@@ -145,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         b.set_defaults(func=_passthrough(module, "main"))
 
     p = sub.add_parser("data", help="data tools: pack an image folder, inspect a data set")
-    data = p.add_subparsers(dest="data", metavar="ACTION", required=True)
+    data = p.add_subparsers(dest="data", metavar="ACTION", required=True, parser_class=OneLineParser)
     b = data.add_parser("pack", add_help=False, help="decode an image folder once into uint8 npz shards")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=_passthrough("ssl_aug.data.imagefolder", "pack_main"))

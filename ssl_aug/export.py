@@ -21,7 +21,6 @@ and returns an eval-mode `Encoder` (uint8/float images -> features) carrying the
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
 import io
@@ -38,7 +37,7 @@ from torch import nn
 
 from ssl_aug import __version__
 from ssl_aug.checkpoint import latest_checkpoint, load_checkpoint
-from ssl_aug.errors import SslAugError
+from ssl_aug.errors import SslAugError, one_line_parser
 
 FORMAT = "ssl_aug.encoder"
 FORMAT_VERSION = 1
@@ -467,9 +466,9 @@ def load_head(path, device="cpu") -> dict:
 # -------------------------------------------------------------------------------------- CLI
 def export_main(argv=None) -> int:
     """`ssl-aug export RUN_OR_CHECKPOINT --out DIR [--with-head]`; SslAugError propagates to the CLI."""
-    parser = argparse.ArgumentParser(prog="ssl-aug export",
-                                     description="Export a trained encoder (torchvision state_dict, "
-                                                 "TorchScript, encoder.json metadata).")
+    parser = one_line_parser(prog="ssl-aug export",
+                             description="Export a trained encoder (torchvision state_dict, "
+                                         "TorchScript, encoder.json metadata).")
     parser.add_argument("run_or_checkpoint", metavar="RUN_OR_CHECKPOINT",
                         help="run directory (uses checkpoints/last.pt) or checkpoint file")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")

@@ -120,8 +120,6 @@ ARGPARSE_CASES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py (lead): argparse errors print a usage block and "
-                                       "'ssl-aug train: error:'; needs ArgumentParser.error -> one line")
 @pytest.mark.parametrize("case", sorted(ARGPARSE_CASES))
 def test_bad_cli_arguments(case, capsys):
     argv, words = ARGPARSE_CASES[case]

@@ -243,8 +243,6 @@ def test_torchrun_two_ranks_trains_checkpoints_and_resumes_exactly(torchrun_run,
     assert code == 2 and len(err) == 1 and "world size 2" in err[0] and "now 1" in err[0], err
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py (lead): _cmd_train calls dist.cleanup() before `if dist.is_main()`, "
-                                       "so every rank prints the results")
 def test_torchrun_prints_results_once(torchrun_run):
     proc = torchrun_run[0]
     assert proc.stdout.count('"steps"') == 1

@@ -17,7 +17,6 @@ class folders without any image file are dropped before labels are assigned.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl_aug.data import ImageDataset, cache_root
-from ssl_aug.errors import SslAugError
+from ssl_aug.errors import SslAugError, one_line_parser
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SPLIT_DIRS = ("train", "val", "valid", "validation", "test")
@@ -322,8 +321,8 @@ def load_imagefolder(split: str, root, download: bool = False, size: int = 96, c
 
 def pack_main(argv: list[str] | None = None) -> int:
     """`ssl-aug data pack SRC DST [--size 96] [--workers N] [--shard-size K]` -> exit code."""
-    ap = argparse.ArgumentParser(prog="ssl-aug data pack",
-                                 description="Decode a class-per-folder image tree once into npz shards.")
+    ap = one_line_parser(prog="ssl-aug data pack",
+                         description="Decode a class-per-folder image tree once into npz shards.")
     ap.add_argument("src", metavar="SRC", help="folder with one sub-folder per class")
     ap.add_argument("dst", metavar="DST", help="output folder for shard_*.npz, classes.txt, pack_report.json")
     ap.add_argument("--size", type=int, default=96,
@@ -336,7 +335,7 @@ def pack_main(argv: list[str] | None = None) -> int:
         rep = pack_imagefolder(args.src, args.dst, args.size, args.workers, args.shard_size,
                                verbose=not args.quiet)
     except SslAugError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"ssl-aug: error: {e}", file=sys.stderr)
         return 2
     print(f"{rep.images} images, {len(rep.classes)} classes, {rep.num_skipped} skipped -> {rep.dst}")
     return 0
