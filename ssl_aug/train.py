@@ -164,8 +164,12 @@ class Trainer:
         self.history: list[dict] = []
         self._warned: set[str] = set()
         self._last_loss: float | None = None
+        self._epoch_loss = self._new_epoch_loss()  # running sum/count of this epoch's losses (checkpointed)
 
     # ----------------------------------------------------------------- state
+    def _new_epoch_loss(self) -> dict:
+        return {"sum": torch.zeros((), dtype=torch.float64, device=self.device), "count": 0}
+
     def state_dict(self) -> dict:
         from ssl_aug import __version__
 
@@ -176,7 +180,7 @@ class Trainer:
                  "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "rng": rng, "batch_source": self.source.state_dict(), "step": self.step, "epoch": self.epoch,
-                 "world_size": self.world_size, "metrics": self.history,
+                 "world_size": self.world_size, "metrics": self.history, "epoch_loss": dict(self._epoch_loss),
                  "versions": {"ssl_aug": __version__, "torch": str(torch.__version__)}}
         if self.world_size > 1:  # collective: every rank calls state_dict() through save_checkpoint()
             state["ranks"] = dist.all_gather_object(self._rank_state())
@@ -214,6 +218,7 @@ class Trainer:
         self.source.load_state_dict(local.get("batch_source", ckpt["batch_source"]))
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
         self.history = list(ckpt.get("metrics", []))
+        self._epoch_loss = dict(ckpt.get("epoch_loss", self._epoch_loss))
 
     def save_checkpoint(self) -> Path | None:
         """Every rank calls this (the per-rank state is gathered); only rank 0 writes the file."""
@@ -274,6 +279,7 @@ class Trainer:
         while self.step < self.total_steps and self.epoch < cfg.epochs:
             if fresh_epoch:
                 self.source.set_epoch(self.epoch)
+                self._epoch_loss = self._new_epoch_loss()
             fresh_epoch = True
             nonfinite = self._run_epoch(nonfinite)
             if self.source.state_dict().get("position", 0) < self.steps_per_epoch:
@@ -330,7 +336,7 @@ class Trainer:
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not (self.progress and self.is_main),
                    dynamic_ncols=True, leave=False)
         view_time = step_time = 0.0
-        images_seen, loss_sum, loss_count = 0, torch.zeros((), device=self.device), 0
+        images_seen = 0
         epoch_start = window_start = time.perf_counter()
         for _, images in self.source:
             t0 = time.perf_counter()
@@ -339,8 +345,8 @@ class Trainer:
             loss, stats = self.optimize(views)
             detached = loss.detach().float()
             nonfinite = nonfinite | ~torch.isfinite(detached)
-            loss_sum = loss_sum + detached
-            loss_count += 1
+            self._epoch_loss["sum"] = self._epoch_loss["sum"] + detached.double()
+            self._epoch_loss["count"] += 1
             self.step += 1
             t2 = time.perf_counter()
             view_time += t1 - t0
@@ -370,7 +376,7 @@ class Trainer:
             if self.step >= self.total_steps:
                 break
         bar.close()
-        self._epoch_stats = {"loss": float(loss_sum) / max(loss_count, 1),
+        self._epoch_stats = {"loss": float(self._epoch_loss["sum"]) / max(self._epoch_loss["count"], 1),
                              "epoch_time_s": time.perf_counter() - epoch_start,
                              "view_time_share": view_time / max(step_time, 1e-9)}
         return nonfinite
