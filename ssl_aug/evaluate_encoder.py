@@ -68,7 +68,7 @@ def eval_command(args) -> int:
     knn = args.knn or not (args.linear or args.tta or args.invariance)
     results = evaluate_encoder(backbone, mean, std, _subset(train, args.train_subset), _subset(test, args.test_subset),
                                knn=knn, linear=args.linear or args.tta, tta=args.tta, invariance=args.invariance,
-                               ks=tuple(args.k), temperature=args.temperature, device=device,
+                               ks=tuple(args.k), temperature=args.temperature,
                                progress=not args.no_progress)
     results = {"encoder": label, "data": data_name, **results}
     print(format_report(results))
