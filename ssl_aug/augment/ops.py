@@ -69,9 +69,10 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     w_b = not_r * torch.sign(maxc - g)  # max is b
     w_g = not_r - w_b  # max is g (and not r), as torchvision's priority r > g > b
     num = (g - b).mul_(1.0 - not_r).add_((b - r).mul_(w_g)).add_((r - g).mul_(w_b))
-    h6 = num.div_(d + (1.0 - torch.sign(d))).add_(w_g, alpha=2.0).add_(w_b, alpha=4.0)
+    h6 = num.div_(d.clamp(min=1e-30)).add_(w_g, alpha=2.0).add_(w_b, alpha=4.0)  # gray: num = 0
     h6.add_(shift.view(-1, 1, 1).to(h6.dtype), alpha=6.0)
-    k = (h6.unsqueeze(1) + torch.tensor(_HUE_N, device=x.device).view(1, 3, 1, 1)).remainder_(6.0)
+    k = h6.unsqueeze(1) + torch.tensor(_HUE_N, device=x.device).view(1, 3, 1, 1)
+    k.sub_(torch.floor(k * (1.0 / 6.0)).mul_(6.0))  # k mod 6 (measured ~10% faster than remainder_)
     t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return torch.addcmul(maxc.unsqueeze(1), d.unsqueeze(1), t, value=-1.0)
 
