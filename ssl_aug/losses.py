@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ssl_aug import distributed as dist_utils
 from ssl_aug.errors import SslAugError
 
-__all__ = ["nt_xent", "nt_xent_multiview", "sinkhorn", "swav_loss"]
+__all__ = ["nt_xent", "nt_xent_multiview", "nt_xent_per_sample", "sinkhorn", "swav_loss"]
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -66,7 +66,27 @@ def nt_xent_multiview(z_views, temperature: float = 0.5, gather: bool = False) -
         return _nt_xent_full_precision(z, float(temperature), gather)
 
 
-def _nt_xent_full_precision(z: torch.Tensor, temperature: float, gather: bool) -> torch.Tensor:
+def nt_xent_per_sample(z_views, temperature: float = 0.5) -> torch.Tensor:
+    """Per-image multi-view NT-Xent: z (V, N, D) (or a list of V (N, D)) -> (N,) losses.
+
+    Entry j is the mean over image j's V anchors of the :func:`nt_xent_multiview` anchor term (negatives:
+    all other rows of this batch, this rank only), so ``nt_xent_per_sample(z).mean()`` equals
+    ``nt_xent_multiview(z)``. Used to score candidate views (hard view sampling).
+    """
+    _check_positive("temperature", temperature)
+    z = torch.stack(list(z_views)) if isinstance(z_views, (list, tuple)) else z_views
+    if z.dim() != 3 or z.shape[0] < 2:
+        raise SslAugError(
+            f"nt_xent_per_sample got shape {tuple(z.shape)}: it needs (V, N, D) with V >= 2 views"
+        )
+    if not z.is_floating_point() or z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()
+    with torch.autocast(z.device.type, enabled=False):
+        return _nt_xent_full_precision(z, float(temperature), False, per_sample=True)
+
+
+def _nt_xent_full_precision(z: torch.Tensor, temperature: float, gather: bool,
+                            per_sample: bool = False) -> torch.Tensor:
     v, n, d = z.shape
     z = F.normalize(z, dim=-1)
     world, offset = 1, 0
@@ -85,7 +105,8 @@ def _nt_xent_full_precision(z: torch.Tensor, temperature: float, gather: bool) -
     lp = torch.diagonal(lp, dim1=1, dim2=3)  # (V_anchor, V_key, N)
     # Integer (not boolean) indexing: no device-to-host sync on CUDA.
     a_idx, b_idx = zip(*[(a, b) for a in range(v) for b in range(v) if a != b])
-    return -lp[torch.tensor(a_idx, device=z.device), torch.tensor(b_idx, device=z.device)].mean()
+    terms = -lp[torch.tensor(a_idx, device=z.device), torch.tensor(b_idx, device=z.device)]  # (V(V-1), N)
+    return terms.mean(0) if per_sample else terms.mean()
 
 
 def _logsumexp(x: torch.Tensor, dim: int, across_ranks: bool) -> torch.Tensor:
@@ -151,6 +172,7 @@ def swav_loss(
     sinkhorn_dtype: torch.dtype = torch.float32,
     distributed: bool | None = None,
     return_codes: bool = False,
+    reduction: str = "mean",
 ):
     """SwAV swapped-prediction loss (as facebookresearch/swav ``main_swav.py``).
 
@@ -163,8 +185,11 @@ def swav_loss(
 
     Returns the 0-d loss, or ``(loss, codes)`` with codes a list of (B, K) per assign crop when
     ``return_codes``. A model whose predictions are uniform gets exactly ln(K).
+    ``reduction="none"`` returns the (B,) per-image terms instead (their mean is the loss).
     """
     _check_positive("temperature", temperature)
+    if reduction not in ("mean", "none"):
+        raise SslAugError(f"swav_loss reduction={reduction!r} is not allowed; use 'mean' or 'none'")
     n_crops = len(scores_per_crop)
     if n_crops < 2:
         raise SslAugError(f"swav_loss got {n_crops} crop(s): it needs at least 2")
@@ -183,7 +208,7 @@ def swav_loss(
     with torch.autocast(scores_per_crop[0].device.type, enabled=False):
         log_p = [torch.log_softmax(s.float() / temperature, dim=1) for s in scores_per_crop]
     log_p_sum = sum(log_p)  # (B, K): "every other crop" is then one subtraction per assign crop
-    loss = log_p_sum.new_zeros(())
+    loss = log_p_sum.new_zeros(() if reduction == "mean" else (b,))
     codes = []
     for i, a in enumerate(crops_for_assign):
         s = scores_per_crop[a].detach()
@@ -191,6 +216,9 @@ def swav_loss(
             s = torch.cat([queue_scores[i].detach().to(s.dtype), s])
         q = sinkhorn(s, epsilon, iterations, dtype=sinkhorn_dtype, distributed=distributed)[-b:].float()
         codes.append(q)
-        loss = loss - (q * (log_p_sum - log_p[a])).sum() / (b * (n_crops - 1))
+        if reduction == "mean":
+            loss = loss - (q * (log_p_sum - log_p[a])).sum() / (b * (n_crops - 1))
+        else:
+            loss = loss - (q * (log_p_sum - log_p[a])).sum(dim=1) / (n_crops - 1)
     loss = loss / len(crops_for_assign)
     return (loss, codes) if return_codes else loss
