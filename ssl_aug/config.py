@@ -67,6 +67,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
     keep_checkpoints: int = 2
     threads: int = 0  # 0 = torch default
+    view_candidates: int = 1  # >1: hard view sampling, keep the highest-loss of K candidate views per image
 
 
 @dataclass
@@ -158,6 +159,9 @@ def _validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise SslAugError(f"recipe key '{key}' must be > 0, got {value}")
+    if cfg.train.view_candidates < 1:
+        raise SslAugError(f"recipe key 'train.view_candidates' must be an integer >= 1 (1 = random views), "
+                          f"got {cfg.train.view_candidates}")
     if cfg.train.lr <= 0:
         raise SslAugError(f"recipe key 'train.lr' must be > 0, got {cfg.train.lr}")
     if cfg.eval.knn_temperature <= 0:

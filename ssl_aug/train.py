@@ -28,6 +28,7 @@ from ssl_aug.errors import SslAugError
 from ssl_aug.methods import build_method
 from ssl_aug.models import build_backbone
 from ssl_aug.optim import build_optimizer, warmup_cosine
+from ssl_aug.view_selection import hard_views
 
 EpochCallback = Callable[["Trainer", int], dict]
 
@@ -308,9 +309,14 @@ class Trainer:
                 f"{self.run_dir / 'checkpoints'} (try a lower train.lr, train.amp=none or train.grad_clip=1.0)")
 
     def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """uint8 (B,3,H,W) on the device -> the recipe's views (list of (B,3,s,s) float tensors)."""
+        """uint8 (B,3,H,W) on the device -> the recipe's views (list of (B,3,s,s) float tensors);
+        with train.view_candidates = K > 1, per image the hardest of K candidate view sets."""
+        k = self.cfg.train.view_candidates
         with torch.no_grad():
-            return self.views(images, generator=self.view_generator)
+            if k == 1:
+                return self.views(images, generator=self.view_generator)
+            return hard_views(self.method, lambda: self.views(images, generator=self.view_generator), k,
+                              autocast=_autocast(self.device, self.cfg.train.amp))
 
     def optimize(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """One optimiser step on a list of views: forward (AMP), backward, clip, step, schedule."""
