@@ -30,7 +30,7 @@ class DataConfig:
     name: str = "embedded"
     root: Optional[str] = None  # None: $SSL_AUG_DATA, then ~/.cache/ssl_aug
     download: bool = False
-    subset: int = 0  # >0: a seeded, class-balanced subset of the training split
+    subset: int = 0  # >0: a fixed (seed 0) class-balanced subset of the training split
     options: dict = field(default_factory=dict)  # extra keyword arguments for load_dataset
 
 

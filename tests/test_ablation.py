@@ -1,0 +1,120 @@
+"""Ablation runner end to end on the embedded data set (tiny budget), resume, and spec errors."""
+
+import csv
+import json
+
+import pytest
+
+from ssl_aug.ablation import load_spec, plan_runs, run_ablation
+from ssl_aug.errors import SslAugError
+
+pytest.importorskip("ssl_aug.models.small_cnn")
+
+SPEC = """
+description = "tiny colour ablation"
+base = "quickstart"
+mode = "cells"
+seeds = 2
+output_dir = "{out}"
+
+[base_overrides]
+"data.options" = {{ n_per_class = 24, cache = false }}
+"train.batch_size" = 64
+"train.epochs" = 2
+"train.log_every" = 1
+"eval.knn_k" = 20
+"eval.invariance" = true
+"model.backbone_args" = {{ widths = [8, 16] }}
+"method.proj_hidden_dim" = 32
+"method.proj_dim" = 16
+
+[cells.full]
+
+[cells.no_color_jitter]
+"augment.color_jitter.p" = 0.0
+"""
+
+
+def write_spec(tmp_path, text=SPEC):
+    path = tmp_path / "spec.toml"
+    path.write_text(text.format(out=(tmp_path / "out").as_posix()))
+    return path
+
+
+def test_two_cell_ablation_runs_reports_and_resumes(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    runs = run_ablation(spec, progress=False)
+    assert [(r.cell, r.seed) for r in runs] == [("full", 0), ("full", 1), ("no_color_jitter", 0), ("no_color_jitter", 1)]
+    assert all(r.error is None and 0.0 <= r.results["knn_top1"] <= 1.0 for r in runs)
+    # each run in its own directory with the resolved recipe, metrics, checkpoint and eval
+    for r in runs:
+        cfg = json.loads((r.run_dir / "config.json").read_text())
+        assert cfg["seed"] == r.seed
+        assert cfg["augment"]["color_jitter"]["p"] == (0.0 if r.cell == "no_color_jitter" else 0.8)
+        assert (r.run_dir / "metrics.jsonl").is_file() and (r.run_dir / "checkpoints" / "last.pt").is_file()
+        assert json.loads((r.run_dir / "eval.json").read_text())["knn_top1"] == r.results["knn_top1"]
+    out = tmp_path / "out"
+    table = (out / "results.md").read_text()
+    assert "| full | 2 |" in table and "| no_color_jitter | 2 |" in table and "±" in table
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 4 and rows[0]["knn_top1"] and "invariance_color_jitter" in rows[0]
+    assert (out / "accuracy.png").stat().st_size > 0 and (out / "invariance.png").stat().st_size > 0
+
+    # a second call skips every finished run and rebuilds the same table
+    capsys.readouterr()
+    again = run_ablation(spec, progress=False)
+    assert all(r.skipped for r in again)
+    assert capsys.readouterr().out.count("done earlier, skipped") == 4
+    assert (out / "results.md").read_text() == table
+
+
+def test_interrupted_run_resumes_and_failed_run_is_recorded(tmp_path):
+    spec = write_spec(tmp_path)
+    runs = run_ablation(spec, ["seeds=1"], progress=False)
+    done = runs[0].run_dir
+    (done / "eval.json").unlink()  # as if the run died after its last checkpoint
+    # make the other cell fail: a corrupted checkpoint is refused, recorded, and the others go on
+    bad = runs[1].run_dir
+    (bad / "eval.json").unlink()
+    (bad / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    again = run_ablation(spec, ["seeds=1"], progress=False)
+    assert again[0].error is None and not again[0].skipped
+    assert again[0].results["steps"] == runs[0].results["steps"]  # resumed at the end: no extra steps
+    assert again[1].error is not None and "corrupted" in again[1].error
+    assert "Failed runs" in (tmp_path / "out" / "results.md").read_text()
+    assert (bad / "error.txt").is_file()
+
+
+def test_bad_axis_key_lists_valid_keys(tmp_path):
+    text = SPEC.replace('mode = "cells"', 'mode = "one_at_a_time"') + '\n[axes]\n"train.epoch" = [1, 2]\n'
+    spec = write_spec(tmp_path, text)
+    data, path = load_spec(spec)
+    with pytest.raises(SslAugError, match="'train.epoch' is not a recipe key; valid keys under train: .*epochs"):
+        plan_runs(data, path)
+
+
+def test_grid_and_one_at_a_time_plans(tmp_path):
+    axes = '\n[axes]\n"augment.grayscale_p" = [0.0, 0.2]\n"augment.color_jitter.p" = [0.0, 0.8]\n'
+    grid = write_spec(tmp_path, SPEC.replace('mode = "cells"', 'mode = "grid"').replace("seeds = 2", "seeds = 1") + axes)
+    runs = plan_runs(*load_spec(grid))
+    assert len(runs) == 4 and len({r.cell for r in runs}) == 4
+    one = write_spec(tmp_path, SPEC.replace('mode = "cells"', 'mode = "one_at_a_time"').replace("seeds = 2", "seeds = 1") + axes)
+    runs = plan_runs(*load_spec(one))
+    assert [r.cell for r in runs][0] == "base" and len(runs) == 5
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    ('mode = "cells"', "mode 'cells' needs"),
+    ("bogus = 1\nmode = \"cells\"", "unknown ablation key 'bogus'"),
+    ('mode = "zigzag"', "choose one of: cells, one_at_a_time, grid"),
+])
+def test_bad_specs(tmp_path, edit, fragment):
+    text = SPEC.split("[cells.full]")[0].replace('mode = "cells"', edit)
+    with pytest.raises(SslAugError, match=fragment):
+        plan_runs(*load_spec(write_spec(tmp_path, text)))
+
+
+def test_bad_cell_value_is_reported_with_the_cell(tmp_path):
+    text = SPEC + '\n[cells.broken]\n"augment.color_jitter.p" = 1.5\n'
+    with pytest.raises(SslAugError, match="ablation cell 'broken'.*color_jitter.p"):
+        plan_runs(*load_spec(write_spec(tmp_path, text)))
