@@ -166,6 +166,7 @@ class Trainer:
         self._warned: set[str] = set()
         self._last_loss: float | None = None
         self._epoch_loss = self._new_epoch_loss()  # running sum/count of this epoch's losses (checkpointed)
+        self._metric_lines = 0  # lines in metrics.jsonl, so a resume can cut what came after the checkpoint
 
     # ----------------------------------------------------------------- state
     def _new_epoch_loss(self) -> dict:
@@ -182,6 +183,7 @@ class Trainer:
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "rng": rng, "batch_source": self.source.state_dict(), "step": self.step, "epoch": self.epoch,
                  "world_size": self.world_size, "metrics": self.history, "epoch_loss": dict(self._epoch_loss),
+                 "metric_lines": self._metric_lines,
                  "versions": {"ssl_aug": __version__, "torch": str(torch.__version__)}}
         if self.world_size > 1:  # collective: every rank calls state_dict() through save_checkpoint()
             state["ranks"] = dist.all_gather_object(self._rank_state())
@@ -220,6 +222,7 @@ class Trainer:
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
         self.history = list(ckpt.get("metrics", []))
         self._epoch_loss = dict(ckpt.get("epoch_loss", self._epoch_loss))
+        self._metric_lines = ckpt.get("metric_lines", 0)
 
     def save_checkpoint(self) -> Path | None:
         """Every rank calls this (the per-rank state is gathered); only rank 0 writes the file."""
@@ -235,19 +238,22 @@ class Trainer:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        self._metric_lines += 1
 
     def _trim_metrics(self) -> None:
-        """After a resume, drop metric lines the interrupted run wrote past the checkpoint."""
+        """After a resume, keep exactly the metric lines written before the checkpoint (the
+        interrupted run may have logged further steps, an epoch record, or a torn last line)."""
         path = self.run_dir / "metrics.jsonl"
         if not self.is_main or not path.exists():
             return
         kept = []
         for line in path.read_text().splitlines():
             try:  # a run killed mid-write leaves a torn last line: drop it
-                if json.loads(line).get("step", 0) <= self.step:
-                    kept.append(line)
+                json.loads(line)
             except ValueError:
                 continue
+            kept.append(line)
+        kept = kept[:self._metric_lines]
         tmp = path.with_name(f".{path.name}.tmp")  # atomic: a kill during the rewrite loses no lines
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, path)
@@ -282,7 +288,10 @@ class Trainer:
                 self.source.set_epoch(self.epoch)
                 self._epoch_loss = self._new_epoch_loss()
             fresh_epoch = True
-            nonfinite = self._run_epoch(nonfinite)
+            if self.source.state_dict().get("position", 0) < self.steps_per_epoch:
+                nonfinite = self._run_epoch(nonfinite)
+            else:  # resumed from a checkpoint taken after the last batch of this epoch
+                self._epoch_stats = {"loss": float(self._epoch_loss["sum"]) / max(self._epoch_loss["count"], 1)}
             if self.source.state_dict().get("position", 0) < self.steps_per_epoch:
                 break  # train.max_steps reached inside the epoch
             self.epoch += 1

@@ -237,4 +237,4 @@ def test_pack_main(tree, tmp_path, capsys):
     assert len(npz) == n and npz.classes == ["broken", "cat", "dog"]
     assert pack_main([str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: image folder") and err.count("\n") == 1
+    assert err.startswith("ssl-aug: error: image folder") and err.count("\n") == 1

@@ -85,7 +85,7 @@ def test_loss_goes_down_on_structured_data(tmp_path):
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     horizontal = torch.rand(n, generator=g) < 0.5
     period = torch.randint(3, 6, (n,), generator=g)
-    stripes = torch.where(horizontal[:, None, None], yy, xx)[None].expand(n, -1, -1) // period[:, None, None] % 2
+    stripes = torch.where(horizontal[:, None, None], yy, xx) // period[:, None, None] % 2
     colours = torch.randint(0, 256, (n, 2, 3), generator=g)
     images = torch.where(stripes[:, None].bool(), colours[:, 0, :, None, None], colours[:, 1, :, None, None])
     data = ImageDataset(images=images.to(torch.uint8), labels=horizontal.long(), classes=["v", "h"], name="stripes")
