@@ -1,13 +1,14 @@
 """The embedded default data set: procedurally generated colour textures, built into the package.
 
 Design (why augmentation visibly matters here):
-- The CLASS is a binary structure that fills the whole image (stripes of an orientation, checks,
-  dots, rings, rays, ...), so a random resized crop keeps it; period, phase, small rotation and
-  centre are random per image.
+- The CLASS is a binary structure that fills the whole image, so a random resized crop keeps it:
+  hstripes, vstripes, diagonal (either diagonal, so a horizontal flip keeps the class), checker,
+  dots, rings, rays, noise (random 2-pixel cells), zigzag, grid. Period, phase, a +-10 degree
+  rotation and the centre of rings/rays are random per image.
 - The COLOURS are random per image and independent of the class: the two parts of the pattern get
-  two RGB colours drawn uniformly from the cube (with a minimum luma gap, so the structure survives
-  grayscale). Two views of one image share their colours exactly, so without colour jitter an encoder
-  can solve the contrastive task by matching colours, which says nothing about the class.
+  two RGB colours drawn uniformly from the cube (with a luma gap >= 0.3, so the structure survives
+  grayscale). Two views of one image share their colours exactly, so without colour distortion an
+  encoder can solve the contrastive task by matching colours, which says nothing about the class.
 - Images are rendered with 3x3 supersampling (anti-aliased edges) plus mild pixel noise, in float64
   numpy from one seeded PCG64 stream per split, then rounded to uint8: the same (split, seed, size,
   n_per_class) gives bit-identical images on every generation. Results are cached as npz.
@@ -27,8 +28,8 @@ from ssl_aug.errors import SslAugError
 
 __all__ = ["CLASSES", "load_embedded", "generate_embedded", "GENERATOR_VERSION"]
 
-GENERATOR_VERSION = 1  # bump when the rendering changes: it is part of the cache file name
-CLASSES = ["hstripes", "vstripes", "diagonal", "checker", "dots", "rings", "rays", "maze", "zigzag",
+GENERATOR_VERSION = 2  # bump when the rendering changes: it is part of the cache file name
+CLASSES = ["hstripes", "vstripes", "diagonal", "checker", "dots", "rings", "rays", "noise", "zigzag",
            "grid"]
 SPLITS = {"train": 0, "test": 1}
 DEFAULT_N_PER_CLASS = {"train": 500, "test": 200}
@@ -55,10 +56,10 @@ def _mask(cls: str, u, v, rng: np.random.Generator, n: int, size: int) -> np.nda
         if base is None:  # either diagonal, so a horizontal flip keeps the class
             base = np.where(rng.random((n, 1, 1)) < 0.5, np.pi / 4, -np.pi / 4)
         _, vr = _rot(u, v, base + jitter)
-        return np.sin(2 * np.pi * vr / draw(4.0, 7.0) + phase) > 0
+        return np.sin(2 * np.pi * vr / draw(5.0, 8.0) + phase) > 0
     if cls == "checker":
         ur, vr = _rot(u, v, jitter)
-        p = draw(6.0, 10.0)
+        p = draw(8.0, 12.0)
         return np.sin(2 * np.pi * ur / p + phase) * np.sin(2 * np.pi * vr / p + draw(0, 2 * np.pi)) > 0
     if cls in ("dots", "grid"):
         ur, vr = _rot(u, v, jitter)
@@ -70,18 +71,17 @@ def _mask(cls: str, u, v, rng: np.random.Generator, n: int, size: int) -> np.nda
         w = draw(0.12, 0.16) * p
         return (np.abs(du) < w) | (np.abs(dv) < w)
     if cls in ("rings", "rays"):
-        cu, cv = draw(-0.3, 0.3) * size, draw(-0.3, 0.3) * size
+        cu, cv = draw(-0.15, 0.15) * size, draw(-0.15, 0.15) * size
         du, dv = u - cu, v - cv
         if cls == "rings":
             return np.sin(2 * np.pi * np.sqrt(du ** 2 + dv ** 2) / draw(4.0, 7.0) + phase) > 0
         k = rng.integers(4, 8, (n, 1, 1))
         return np.sin(k * np.arctan2(dv, du) + phase) > 0
-    if cls == "maze":  # isotropic band-limited random field, thresholded at zero
-        field = 0.0
-        for _ in range(6):
-            ur, _ = _rot(u, v, draw(0, np.pi))
-            field = field + np.cos(2 * np.pi * ur / draw(7.0, 11.0) + draw(0, 2 * np.pi))
-        return field > 0
+    if cls == "noise":  # random binary cells of 2 pixels
+        cells = rng.random((n, size // 2 + 2, size // 2 + 2)) < 0.5
+        i = np.floor((v + size / 2) / 2 + draw(0, 1)).astype(np.int64)  # (n, h, w) cell rows
+        j = np.floor((u + size / 2) / 2 + draw(0, 1)).astype(np.int64)
+        return np.take_along_axis(cells.reshape(n, -1), (i * cells.shape[2] + j).reshape(n, -1), 1).reshape(i.shape)
     if cls == "zigzag":  # horizontal chevron stripes
         ur, vr = _rot(u, v, jitter)
         p, q = draw(5.0, 7.0), draw(5.0, 8.0)
