@@ -145,3 +145,11 @@ def test_small_cnn_bad_widths():
         with pytest.raises(SslAugError) as err:
             SmallCNN(widths=bad)
         assert "widths" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unwritable_cache_still_returns_the_data(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should go")
+    ds = load_embedded("test", root=blocker, n_per_class=5)
+    assert ds.images.shape == (50, 3, 20, 20)
+    assert torch.equal(ds.images, load_embedded("test", cache=False, n_per_class=5).images)

@@ -165,11 +165,13 @@ def load_embedded(split: str = "train", root: str | os.PathLike | None = None, s
 
 def _atomic_savez(path: Path, **arrays) -> None:
     """Write an npz via a temporary file + os.replace, so readers never see a partial file."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache location only costs a regeneration next time
+    except OSError:  # a read-only or full cache location only costs a regeneration next time
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
