@@ -8,6 +8,7 @@ images/s for each shipped recipe. Prints a table and rewrites the `train` sectio
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds, steps = (2, 2) if args.quick else (args.rounds, 5)
 
+    load_before = os.getloadavg()[0]
     head = step_overhead("simclr_cifar10", ["model.backbone=\"small_cnn\""], 256, 32, steps, rounds)
     ratio = head["full"] / head["model"]
     overhead_rows = [["simclr_cifar10 views, small_cnn, 32 px, B=256", f"{head['model'] * 1e3:.1f}",
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     throughput = markdown_table(["recipe", "batch", "train img/s (full step)", "time making views"], rows)
     body = (f"Full training step vs model-only step on pre-made views of the same batch (medians of "
             f"{rounds} interleaved rounds of {steps} steps; target full/model-only <= 1.05 on CPU):\n\n"
-            f"{overhead}\n\nThroughput per recipe (input images per second, 1 process, CPU):\n\n{throughput}\n")
+            f"{overhead}\n\nThroughput per recipe (input images per second, 1 process, CPU):\n\n{throughput}\n\n"
+            f"1-minute load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (other jobs on "
+            f"the machine inflate absolute times; the ratio is measured side by side).\n")
     print(body)
     if not (args.quick or args.no_write):
         path = update_benchmarks_md("train", "Training step: augmentation overhead and throughput", body)
