@@ -22,7 +22,7 @@ from torch import nn
 from ssl_aug import distributed as dist
 from ssl_aug.augment import MultiView, ViewSpec
 from ssl_aug.checkpoint import FORMAT, VERSION, latest_checkpoint, load_checkpoint, save_run_checkpoint
-from ssl_aug.config import Config, MultiCropConfig, _build
+from ssl_aug.config import AUGMENT_EXTRA_KEYS, Config, MultiCropConfig, _build
 from ssl_aug.data import BatchSource, ImageDataset, load_dataset
 from ssl_aug.errors import SslAugError
 from ssl_aug.methods import build_method
@@ -67,13 +67,13 @@ def load_training_data(cfg: Config, split: str = "train") -> ImageDataset:
 
 def normalization(cfg: Config) -> tuple[list[float], list[float]]:
     """(mean, std) the views normalise with; evaluation and export use the same."""
-    spec = ViewSpec.from_dict({k: v for k, v in cfg.augment.items() if k not in ("mode", "views", "multicrop")})
+    spec = ViewSpec.from_dict({k: v for k, v in cfg.augment.items() if k not in AUGMENT_EXTRA_KEYS})
     return list(spec.mean), list(spec.std)
 
 
 def build_views(augment: dict, channels_last: bool = False) -> MultiView:
     """Recipe [augment] table -> MultiView: `views` global crops (+ multicrop.local_views local crops)."""
-    spec_keys = {k: v for k, v in augment.items() if k not in ("mode", "views", "multicrop")}
+    spec_keys = {k: v for k, v in augment.items() if k not in AUGMENT_EXTRA_KEYS}
     specs, counts = [ViewSpec.from_dict(spec_keys)], [augment.get("views", 2)]
     multicrop = _build(MultiCropConfig, augment.get("multicrop") or {}, "augment.multicrop.")
     if multicrop.local_views > 0:

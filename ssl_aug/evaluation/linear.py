@@ -35,7 +35,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
     conf, pred = probs.max(1)
     correct = (pred == labels).double()
     b = torch.clamp(torch.ceil(conf.double() * n_bins).long() - 1, 0, n_bins - 1)
-    n = torch.bincount(b, minlength=n_bins).double()
     acc_sum = torch.bincount(b, weights=correct, minlength=n_bins)
     conf_sum = torch.bincount(b, weights=conf.double(), minlength=n_bins)
     return float((acc_sum - conf_sum).abs().sum() / max(1, labels.shape[0]))

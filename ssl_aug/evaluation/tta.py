@@ -4,7 +4,7 @@ probabilities averaged over views."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torchvision.transforms.v2.functional as TF
