@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ssl_aug {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
-    p = sub.add_parser("quickstart", help="train on the embedded data set, kNN-evaluate, and run the colour "
-                                          "ablation (offline, about 3 minutes on 2 CPU cores)")
+    p = sub.add_parser("quickstart", help="train on the embedded data set with and without colour distortion, "
+                                          "kNN-evaluate and probe invariances (offline, a few CPU minutes)")
     p.add_argument("--output-dir", default=None, help="where the runs go (default runs/quickstart)")
     p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true")
