@@ -9,14 +9,14 @@ import torch
 
 from ssl_aug.augment import MultiView, ViewSpec
 from ssl_aug.checkpoint import latest_checkpoint, load_checkpoint
-from ssl_aug.config import config_from_dict
-from ssl_aug.data import ImageDataset
 from ssl_aug.errors import SslAugError
 from ssl_aug.losses import nt_xent_multiview, nt_xent_per_sample, sinkhorn, swav_loss
 from ssl_aug.methods import build_method
 from ssl_aug.models import build_backbone
 from ssl_aug.train import Trainer
 from ssl_aug.view_selection import hard_views, per_image_losses, select_per_image
+from trainer_fixtures import StopAfter, tiny_data
+from trainer_fixtures import tiny_config as shared_tiny_config
 
 
 # ----------------------------------------------------------------- per-sample losses
@@ -162,36 +162,8 @@ def test_unknown_method_is_a_clear_error():
 
 
 # ----------------------------------------------------------------- trainer integration
-def tiny_data(n=96, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
-    return ImageDataset(images=images, labels=torch.arange(n) % 4, classes=list("abcd"), name="tiny")
-
-
 def tiny_config(tmp_path, method="simclr", **train):
-    method_cfg = {"name": "simclr", "proj_hidden_dim": 32, "proj_dim": 16, "temperature": 0.5}
-    augment = {"size": 16, "scale": [0.3, 1.0]}
-    if method == "swav":
-        method_cfg = {"name": "swav", "proj_hidden_dim": 32, "proj_dim": 16, "num_prototypes": 10,
-                      "freeze_prototypes_iters": 2, "queue_length": 0}
-        augment["multicrop"] = {"local_views": 2, "size": 8, "scale": [0.1, 0.3]}
-    return config_from_dict({
-        "seed": 3, "device": "cpu", "output_dir": str(tmp_path / "run"),
-        "model": {"backbone": "small_cnn", "backbone_args": {"widths": [8, 16]}},
-        "method": method_cfg, "augment": augment,
-        "train": {"epochs": 2, "batch_size": 32, "optimizer": "sgd", "lr": 0.1, "log_every": 1,
-                  "checkpoint_every": 2, "keep_checkpoints": 10, "warmup_epochs": 1, **train},
-        "eval": {"final_knn": False},
-    })
-
-
-class StopAfter(Trainer):
-    limit = 0
-
-    def optimize(self, views):
-        if self.step >= self.limit:
-            raise KeyboardInterrupt
-        return super().optimize(views)
+    return shared_tiny_config(tmp_path, method, widths=[8, 16], **{"epochs": 2, **train})
 
 
 def test_trainer_make_views_uses_candidates(tmp_path):
