@@ -54,14 +54,7 @@ def nt_xent_multiview(z_views, temperature: float = 0.5, gather: bool = False) -
     With ``gather=True`` rows from all ranks join A(i) (the anchors stay this rank's M rows); every
     rank must pass the same N. Returns a 0-d tensor.
     """
-    _check_positive("temperature", temperature)
-    z = torch.stack(list(z_views)) if isinstance(z_views, (list, tuple)) else z_views
-    if z.dim() != 3 or z.shape[0] < 2:
-        raise SslAugError(
-            f"nt_xent_multiview got shape {tuple(z.shape)}: it needs (V, N, D) with V >= 2 views"
-        )
-    if not z.is_floating_point() or z.dtype in (torch.float16, torch.bfloat16):
-        z = z.float()
+    z = _views_tensor(z_views, temperature, "nt_xent_multiview")
     with torch.autocast(z.device.type, enabled=False):  # similarities in float32 even under AMP
         return _nt_xent_full_precision(z, float(temperature), gather)
 
@@ -73,16 +66,20 @@ def nt_xent_per_sample(z_views, temperature: float = 0.5) -> torch.Tensor:
     all other rows of this batch, this rank only), so ``nt_xent_per_sample(z).mean()`` equals
     ``nt_xent_multiview(z)``. Used to score candidate views (hard view sampling).
     """
+    z = _views_tensor(z_views, temperature, "nt_xent_per_sample")
+    with torch.autocast(z.device.type, enabled=False):
+        return _nt_xent_full_precision(z, float(temperature), False, per_sample=True)
+
+
+def _views_tensor(z_views, temperature: float, name: str) -> torch.Tensor:
+    """Validate temperature and views; list of V (N, D) or (V, N, D) -> float32-or-wider (V, N, D)."""
     _check_positive("temperature", temperature)
     z = torch.stack(list(z_views)) if isinstance(z_views, (list, tuple)) else z_views
     if z.dim() != 3 or z.shape[0] < 2:
-        raise SslAugError(
-            f"nt_xent_per_sample got shape {tuple(z.shape)}: it needs (V, N, D) with V >= 2 views"
-        )
+        raise SslAugError(f"{name} got shape {tuple(z.shape)}: it needs (V, N, D) with V >= 2 views")
     if not z.is_floating_point() or z.dtype in (torch.float16, torch.bfloat16):
         z = z.float()
-    with torch.autocast(z.device.type, enabled=False):
-        return _nt_xent_full_precision(z, float(temperature), False, per_sample=True)
+    return z
 
 
 def _nt_xent_full_precision(z: torch.Tensor, temperature: float, gather: bool,
