@@ -167,7 +167,9 @@ def _validate(cfg: Config) -> None:
     if cfg.eval.knn_temperature <= 0:
         raise SslAugError(f"recipe key 'eval.knn_temperature' must be > 0, got {cfg.eval.knn_temperature}")
     if not isinstance(cfg.method.get("name"), str):
-        raise SslAugError("recipe key 'method.name' is required; choose one of: simclr, swav")
+        from ssl_aug.methods import METHODS  # the method registry (imported late: config sits below methods)
+
+        raise SslAugError(f"recipe key 'method.name' is required; choose one of: {', '.join(sorted(METHODS))}")
     extra = cfg.augment.get("multicrop")
     if extra is not None:
         _build(MultiCropConfig, extra, "augment.multicrop.")

@@ -45,7 +45,6 @@ METADATA = "encoder.json"
 BACKBONE_FILE = "backbone.pt"
 SCRIPT_FILE = "encoder.ts"
 HEAD_FILE = "head.pt"
-HEAD_PREFIXES = ("projector.", "prototypes.")
 CIFAR_STEM = "conv1 = Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False); maxpool = Identity()"
 TORCHVISION_STEM = ("torchvision default: conv1 = Conv2d(3, 64, kernel_size=7, stride=2, padding=3, "
                     "bias=False); maxpool = MaxPool2d(3, 2, 1)")
@@ -234,10 +233,22 @@ def _read_checkpoint(path: Path, device) -> dict:
     return ckpt
 
 
-def _split_model_state(model_state: dict) -> tuple[dict, dict]:
-    """method.state_dict() -> (backbone state without the 'backbone.' prefix, head state)."""
-    backbone = {k[len("backbone."):]: v for k, v in model_state.items() if k.startswith("backbone.")}
-    head = {k: v for k, v in model_state.items() if k.startswith(HEAD_PREFIXES)}
+def _method_name(config: dict) -> str:
+    """The method a checkpoint was trained with (recipes before the registry default to simclr)."""
+    method = config.get("method") or {}
+    return method.get("name", "simclr") if isinstance(method, dict) else "simclr"
+
+
+def _split_model_state(model_state: dict, method_name: str) -> tuple[dict, dict]:
+    """method.state_dict() -> (exported encoder state without its prefix, head state), as the method
+    declares them (target networks, queues and other training state are left out)."""
+    from ssl_aug.methods import METHODS
+
+    if method_name not in METHODS:
+        raise SslAugError(f"checkpoint method {method_name!r} is unknown: use one of {', '.join(sorted(METHODS))}")
+    encoder_prefix, head_prefixes = METHODS[method_name].state_prefixes()
+    backbone = {k[len(encoder_prefix):]: v for k, v in model_state.items() if k.startswith(encoder_prefix)}
+    head = {k: v for k, v in model_state.items() if k.startswith(head_prefixes)}
     return backbone, head
 
 
@@ -251,7 +262,7 @@ def encoder_from_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
     ckpt = _read_checkpoint(ckpt_path, device)
     config = ckpt.get("config") or {}
     arch, args = _backbone_spec(config)
-    state, _ = _split_model_state(ckpt["model"])
+    state, _ = _split_model_state(ckpt["model"], _method_name(config))
     backbone = _load_backbone(arch, args, state, f"checkpoint {ckpt_path}")
     return backbone.to(device).eval(), config
 
@@ -317,7 +328,7 @@ def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False) -> Path:
     ckpt = _read_checkpoint(ckpt_path, "cpu")
     config = ckpt.get("config") or {}
     arch, args = _backbone_spec(config)
-    state, head = _split_model_state(ckpt["model"])
+    state, head = _split_model_state(ckpt["model"], _method_name(config))
     backbone = _load_backbone(arch, args, state, f"checkpoint {ckpt_path}").eval()
     spec = _view_spec(config)
     mean, std, size = list(spec.mean), list(spec.std), spec.size

@@ -84,15 +84,10 @@ def build_views(augment: dict, channels_last: bool = False) -> MultiView:
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """Backbone + method head(s) from the recipe (seeded, so every rank starts identical).
-
-    With more than one rank, SimCLR gathers the negatives of all ranks (gather=True) unless the
-    recipe sets method.gather explicitly."""
+    """Backbone + method head(s) from the recipe (seeded, so every rank starts identical)."""
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.model.backbone, **cfg.model.backbone_args)
     method_args = {k: v for k, v in cfg.method.items() if k != "name"}
-    if cfg.method["name"] == "simclr" and dist.world_size() > 1:
-        method_args.setdefault("gather", True)
     return build_method(cfg.method["name"], backbone, **method_args)
 
 
@@ -142,7 +137,7 @@ class Trainer:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model = self.method
         # A SwAV queue holds this rank's own embeddings: DDP must not overwrite it with rank 0's buffers.
-        self.rank_local_buffers = bool(getattr(self.method, "queue_length", 0))
+        self.rank_local_buffers = self.method.rank_local_buffers
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids,
@@ -341,6 +336,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self.method.after_optimizer_step(self.step + 1, self.total_steps)
         return loss, stats
 
     def _run_epoch(self, nonfinite: torch.Tensor) -> torch.Tensor:

@@ -17,52 +17,21 @@ import contextlib
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ssl_aug.errors import SslAugError
-from ssl_aug.losses import nt_xent_per_sample, swav_loss
-from ssl_aug.methods.base import check_views, encode_views
-from ssl_aug.methods.simclr import SimCLR
-from ssl_aug.methods.swav import SwAV
+from ssl_aug.methods.base import METHODS, Method
 
-__all__ = ["preserved_norm_buffers", "per_image_losses", "select_per_image", "hard_views"]
+__all__ = ["per_image_losses", "select_per_image", "hard_views"]
 
 
-@contextlib.contextmanager
-def preserved_norm_buffers(module: nn.Module):
-    """Restore every BatchNorm-style running buffer (mean, var, num_batches_tracked) of `module` on exit."""
-    saved = [(buf, buf.clone()) for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
-             for buf in m.buffers(recurse=False)]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, copy in saved:
-                buf.copy_(copy)
-
-
-@torch.no_grad()
-def per_image_losses(method: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
-    """The method's loss per image for one view set: V x (N, 3, H, W) -> (N,) float32, no gradient.
-
-    Leaves parameters and buffers of `method` unchanged (SwAV's queue is neither read nor pushed)."""
-    n = check_views(views)
-    with preserved_norm_buffers(method):
-        if isinstance(method, SimCLR):
-            z = method.projector(encode_views(method.backbone, views)).view(len(views), n, -1)
-            return nt_xent_per_sample(z, method.temperature)
-        if isinstance(method, SwAV):
-            if max(method.crops_for_assign) >= len(views):
-                raise SslAugError(f"crops_for_assign={method.crops_for_assign!r} is not allowed with "
-                                  f"{len(views)} crops: use indices in 0..{len(views) - 1}")
-            z = F.normalize(method.projector(encode_views(method.backbone, views)), dim=1)
-            prototypes = F.normalize(method.prototypes.weight, dim=1)
-            scores = (z @ prototypes.t()).chunk(len(views))
-            return swav_loss(scores, method.temperature, method.epsilon, method.sinkhorn_iterations,
-                             method.crops_for_assign, sinkhorn_dtype=method.sinkhorn_dtype, reduction="none")
-    raise SslAugError(f"hard view sampling (train.view_candidates > 1) does not support method "
-                      f"{type(method).__name__}; allowed: SimCLR, SwAV")
+def per_image_losses(method: Method, views: list[torch.Tensor]) -> torch.Tensor:
+    """The method's loss per image for one view set: V x (N, 3, H, W) -> (N,) float32, no gradient,
+    parameters and buffers of `method` unchanged (the method's own ``per_image_loss``)."""
+    if not isinstance(method, Method):
+        allowed = ", ".join(c.__name__ for c in METHODS.values() if c.has_per_image_loss())
+        raise SslAugError(f"hard view sampling (train.view_candidates > 1) does not support method "
+                          f"{type(method).__name__}; allowed: {allowed}")
+    return method.per_image_loss(views).float()
 
 
 def select_per_image(candidates: list[list[torch.Tensor]], scores: torch.Tensor) -> list[torch.Tensor]:

@@ -6,8 +6,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssl_aug.losses import nt_xent_multiview
-from ssl_aug.methods.base import check_views, encode_views, require
+from ssl_aug import distributed as dist_utils
+from ssl_aug.losses import nt_xent_multiview, nt_xent_per_sample
+from ssl_aug.methods.base import (Method, check_views, encode_views, preserved_norm_buffers, register_method,
+                                  require)
 from ssl_aug.models.heads import ProjectionHead
 
 __all__ = ["SimCLR", "similarity_stats"]
@@ -30,13 +32,15 @@ def similarity_stats(z: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"pos_sim": pos, "neg_sim": neg}
 
 
-class SimCLR(nn.Module):
+@register_method("simclr")
+class SimCLR(Method):
     """SimCLR (Chen et al. 2020): views -> backbone -> projector -> NT-Xent.
 
     forward(views: V x (N, 3, H, W), step, epoch) -> (loss, stats); V = 2 is the classic loss,
     V > 2 the multi-view form (all views of an image are positives). Views of equal size share
     one backbone forward; the projector sees all V * N rows in one batch. stats: loss, pos_sim,
-    neg_sim (detached 0-d tensors). ``gather``: negatives from all ranks (with gradient).
+    neg_sim (detached 0-d tensors). ``gather``: negatives from all ranks (with gradient); None = when
+    more than one rank runs.
     """
 
     def __init__(
@@ -45,7 +49,7 @@ class SimCLR(nn.Module):
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         temperature: float = 0.5,
-        gather: bool = False,
+        gather: bool | None = None,
         proj_layers: int = 2,
     ):
         super().__init__()
@@ -55,7 +59,7 @@ class SimCLR(nn.Module):
         self.backbone = backbone
         self.projector = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim, proj_layers)
         self.temperature = float(temperature)
-        self.gather = bool(gather)
+        self.gather = dist_utils.world_size() > 1 if gather is None else bool(gather)
 
     def forward(self, views, step: int = 0, epoch: int = 0):
         n = check_views(views)
@@ -63,8 +67,13 @@ class SimCLR(nn.Module):
         loss = nt_xent_multiview(z, self.temperature, gather=self.gather)
         return loss, {"loss": loss.detach(), **similarity_stats(z.detach())}
 
-    def after_backward(self, step: int) -> None:
-        """Nothing to do for SimCLR (kept for a uniform trainer loop)."""
+    @torch.no_grad()
+    def per_image_loss(self, views) -> torch.Tensor:
+        """Multi-view NT-Xent of each image within this view set (N,), no gradient, buffers kept."""
+        n = check_views(views)
+        with preserved_norm_buffers(self):
+            z = self.projector(encode_views(self.backbone, views)).view(len(views), n, -1)
+            return nt_xent_per_sample(z, self.temperature)
 
     @staticmethod
     def health_messages(stats: dict) -> list[str]:

@@ -11,13 +11,15 @@ import torch.nn.functional as F
 from ssl_aug import distributed as dist_utils
 from ssl_aug.errors import SslAugError
 from ssl_aug.losses import swav_loss
-from ssl_aug.methods.base import check_views, encode_views, require
+from ssl_aug.methods.base import (Method, check_views, encode_views, preserved_norm_buffers, register_method,
+                                  require)
 from ssl_aug.models.heads import ProjectionHead, Prototypes
 
 __all__ = ["SwAV"]
 
 
-class SwAV(nn.Module):
+@register_method("swav")
+class SwAV(Method):
     """SwAV (Caron et al. 2020), following facebookresearch/swav ``main_swav.py``.
 
     forward(views: C crops (N, 3, H_c, W_c), step, epoch) -> (loss, stats). One backbone forward per
@@ -37,6 +39,8 @@ class SwAV(nn.Module):
     code_max (mean max code probability), proto_usage (share of prototypes that are the top code of
     at least one image), collapse (1.0 when the loss is within 1% of ln K), queue_used (1.0/0.0).
     """
+
+    heads = ("projector", "prototypes")
 
     def __init__(
         self,
@@ -69,6 +73,7 @@ class SwAV(nn.Module):
         )
         self.backbone = backbone
         self.projector = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim, proj_layers)
+        self.rank_local_buffers = bool(queue_length)
         self.prototypes = Prototypes(proj_dim, num_prototypes, freeze_iters=freeze_prototypes_iters)
         self.temperature, self.epsilon = float(temperature), float(epsilon)
         self.sinkhorn_iterations = int(sinkhorn_iterations)
@@ -87,13 +92,17 @@ class SwAV(nn.Module):
         if module.queue_length:
             module._queue_filled = int(module.queue_count)
 
-    def forward(self, views, step: int = 0, epoch: int = 0):
+    def _check_crops(self, views) -> int:
         n = check_views(views)
         if max(self.crops_for_assign) >= len(views):
             raise SslAugError(
                 f"crops_for_assign={self.crops_for_assign!r} is not allowed with {len(views)} crops: "
                 f"use indices in 0..{len(views) - 1}"
             )
+        return n
+
+    def forward(self, views, step: int = 0, epoch: int = 0):
+        n = self._check_crops(views)
         if self.training:
             self.prototypes.normalize_()
         z = F.normalize(self.projector(encode_views(self.backbone, views)), dim=1)  # (C*N, D)
@@ -140,6 +149,18 @@ class SwAV(nn.Module):
             "collapse": ((loss - ln_k).abs() <= 0.01 * ln_k).float(),
             "queue_used": loss.new_tensor(float(queue_used)),
         }
+
+    @torch.no_grad()
+    def per_image_loss(self, views) -> torch.Tensor:
+        """Swapped-prediction loss of each image (N,): Sinkhorn codes of this view set, no queue, the
+        prototypes normalised as the next training forward would see them (without touching them)."""
+        self._check_crops(views)
+        with preserved_norm_buffers(self):
+            z = F.normalize(self.projector(encode_views(self.backbone, views)), dim=1)
+            prototypes = F.normalize(self.prototypes.weight, dim=1)
+            scores = (z @ prototypes.t()).chunk(len(views))
+            return swav_loss(scores, self.temperature, self.epsilon, self.sinkhorn_iterations,
+                             self.crops_for_assign, sinkhorn_dtype=self.sinkhorn_dtype, reduction="none")
 
     def after_backward(self, step: int) -> None:
         """Drop the prototypes' gradient while they are frozen (``step < freeze_prototypes_iters``)."""

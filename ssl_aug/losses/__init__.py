@@ -1,0 +1,9 @@
+"""Self-supervised losses as pure functions, one file per family (shapes in each docstring).
+
+ntxent: SimCLR's NT-Xent (two-view, multi-view, per image); swav: Sinkhorn-Knopp and swapped prediction.
+"""
+
+from ssl_aug.losses.ntxent import nt_xent, nt_xent_multiview, nt_xent_per_sample
+from ssl_aug.losses.swav import sinkhorn, swav_loss
+
+__all__ = ["nt_xent", "nt_xent_multiview", "nt_xent_per_sample", "sinkhorn", "swav_loss"]
