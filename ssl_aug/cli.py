@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("ablate", help="run an ablation grid: ssl-aug ablate SPEC.toml [key=value ...]")
-    p.add_argument("spec", help="an ablation TOML (recipes/ablate_*.toml) or its shipped name")
+    p.add_argument("spec", help="an ablation TOML (ssl_aug/recipes/ablate_*.toml) or its shipped name")
     p.add_argument("overrides", nargs="*", help="overrides of the spec, e.g. base.train.epochs=2 seeds=3")
     p.add_argument("--seeds", type=int, default=0, help="seeds per cell (overrides the spec)")
     p.add_argument("--output-dir", default=None)

@@ -22,7 +22,7 @@ else:  # pragma: no cover
 
 from ssl_aug.errors import SslAugError
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"  # package data: ssl_aug/recipes/*.toml
 
 
 @dataclass
@@ -225,7 +225,7 @@ def resolve_recipe_path(recipe: str | Path) -> Path:
     path = Path(recipe)
     if path.is_file():
         return path
-    for candidate in (RECIPE_DIR / f"{recipe}.toml", RECIPE_DIR / str(recipe), Path("recipes") / f"{recipe}.toml"):
+    for candidate in (RECIPE_DIR / f"{recipe}.toml", RECIPE_DIR / str(recipe)):
         if candidate.is_file():
             return candidate
     shipped = sorted(p.stem for p in RECIPE_DIR.glob("*.toml")) if RECIPE_DIR.is_dir() else []
