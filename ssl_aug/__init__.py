@@ -4,7 +4,7 @@ Flow (imports only go forward): data -> augment -> models/losses -> methods -> t
 -> ablation / export. Heavy sub-modules are imported lazily so `import ssl_aug` stays cheap.
 """
 
-__version__ = "0.1.0"
+from ssl_aug._version import __version__
 
 __all__ = ["__version__", "load_dataset", "load_encoder"]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -20,10 +19,12 @@ import torch
 from torch import nn
 
 from ssl_aug import distributed as dist
-from ssl_aug.augment import MultiView, ViewSpec
+from ssl_aug.augment.recipe import build_views, normalization
 from ssl_aug.checkpoint import FORMAT, VERSION, latest_checkpoint, load_checkpoint, save_run_checkpoint
-from ssl_aug.config import AUGMENT_EXTRA_KEYS, Config, MultiCropConfig, _build
+from ssl_aug.config import Config
 from ssl_aug.data import BatchSource, ImageDataset, load_dataset
+from ssl_aug.data.subset import balanced_subset
+from ssl_aug.device import resolve_device
 from ssl_aug.errors import SslAugError
 from ssl_aug.methods import build_method
 from ssl_aug.models import build_backbone
@@ -37,50 +38,12 @@ class NonFiniteLossError(SslAugError):
     """The loss became NaN or inf; the run stopped and the last good checkpoint was kept."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SslAugError(f"device {name!r} was asked for but CUDA is not available; use device=cpu or auto")
-    return torch.device(name)
-
-
-def balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """Indices of a seeded subset of `size` images with (nearly) equal counts per class, sorted."""
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(labels), generator=gen)
-    classes = labels[order].unique()
-    per_class = math.ceil(size / len(classes))
-    picked = [order[labels[order] == c][:per_class] for c in classes]
-    chosen = torch.cat(picked)
-    chosen = chosen[torch.randperm(len(chosen), generator=gen)][:size]
-    return chosen.sort().values
-
-
 def load_training_data(cfg: Config, split: str = "train") -> ImageDataset:
     ds = load_dataset(cfg.data.name, split=split, root=cfg.data.root, download=cfg.data.download, **cfg.data.options)
     if split == "train" and cfg.data.subset and cfg.data.subset < len(ds.labels):
         idx = balanced_subset(ds.labels, cfg.data.subset, seed=0)  # the same images for every run seed
         ds = ImageDataset(images=ds.images[idx], labels=ds.labels[idx], classes=ds.classes, name=ds.name)
     return ds
-
-
-def normalization(cfg: Config) -> tuple[list[float], list[float]]:
-    """(mean, std) the views normalise with; evaluation and export use the same."""
-    spec = ViewSpec.from_dict({k: v for k, v in cfg.augment.items() if k not in AUGMENT_EXTRA_KEYS})
-    return list(spec.mean), list(spec.std)
-
-
-def build_views(augment: dict, channels_last: bool = False) -> MultiView:
-    """Recipe [augment] table -> MultiView: `views` global crops (+ multicrop.local_views local crops)."""
-    spec_keys = {k: v for k, v in augment.items() if k not in AUGMENT_EXTRA_KEYS}
-    specs, counts = [ViewSpec.from_dict(spec_keys)], [augment.get("views", 2)]
-    multicrop = _build(MultiCropConfig, augment.get("multicrop") or {}, "augment.multicrop.")
-    if multicrop.local_views > 0:
-        local = dict(spec_keys, size=multicrop.size, scale=list(multicrop.scale))
-        specs.append(ViewSpec.from_dict(local))
-        counts.append(multicrop.local_views)
-    return MultiView(specs, counts, mode=augment.get("mode", "exact"), channels_last=channels_last)
 
 
 def build_model(cfg: Config) -> nn.Module:
@@ -168,7 +131,7 @@ class Trainer:
         return {"sum": torch.zeros((), dtype=torch.float64, device=self.device), "count": 0}
 
     def state_dict(self) -> dict:
-        from ssl_aug import __version__
+        from ssl_aug._version import __version__
 
         rng = {"torch": torch.get_rng_state(), "views": self.view_generator.get_state()}
         if torch.cuda.is_available():

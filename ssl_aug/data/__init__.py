@@ -27,6 +27,7 @@ __all__ = [
     "pack_imagefolder",
     "pack_main",
     "PackReport",
+    "balanced_subset",
 ]
 
 
@@ -107,6 +108,7 @@ _LAZY = {
     "pack_imagefolder": "ssl_aug.data.imagefolder",
     "pack_main": "ssl_aug.data.imagefolder",
     "PackReport": "ssl_aug.data.imagefolder",
+    "balanced_subset": "ssl_aug.data.subset",
 }
 
 
