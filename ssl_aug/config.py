@@ -31,6 +31,8 @@ class DataConfig:
     root: Optional[str] = None  # None: $SSL_AUG_DATA, then ~/.cache/ssl_aug
     download: bool = False
     subset: int = 0  # >0: a fixed (seed 0) class-balanced subset of the training split
+    split: str = "train"  # the split trained on (e.g. stl10: "unlabeled", "train+unlabeled")
+    stream: bool = False  # true: read npz shards batch by batch (data larger than memory) instead of loading all
     options: dict = field(default_factory=dict)  # extra keyword arguments for load_dataset
 
 
@@ -68,6 +70,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     threads: int = 0  # 0 = torch default
     view_candidates: int = 1  # >1: hard view sampling, keep the highest-loss of K candidate views per image
+    deterministic: bool = False  # true: deterministic CUDA kernels (bit-identical resume on GPU, slower)
 
 
 @dataclass
