@@ -17,8 +17,8 @@ import ssl_aug
 from ssl_aug.checkpoint import atomic_save
 from ssl_aug.config import config_from_dict
 from ssl_aug.errors import SslAugError
-from ssl_aug.export import (encoder_from_checkpoint, export_encoder, export_main, load_encoder, load_head,
-                            read_metadata)
+from ssl_aug.cli import main as cli_main
+from ssl_aug.export import encoder_from_checkpoint, export_encoder, load_encoder, load_head, read_metadata
 from ssl_aug.methods import build_method
 from ssl_aug.models import build_backbone
 
@@ -222,7 +222,7 @@ def test_head_exported(exported):
 def test_checkpoint_file_cli_and_encoder_from_checkpoint(exported, tmp_path, capsys):
     run, method, _ = exported
     ckpt = run / "checkpoints" / "last.pt"
-    assert export_main([str(ckpt), "--out", str(tmp_path / "cli")]) == 0
+    assert cli_main(["export", str(ckpt), "--out", str(tmp_path / "cli")]) == 0
     assert "cifar_resnet18" in capsys.readouterr().out
     assert not (tmp_path / "cli" / "head.pt").exists()
     meta = json.loads((tmp_path / "cli" / "encoder.json").read_text())

@@ -1,0 +1,29 @@
+"""`ssl-aug ablate SPEC [key=value ...]`: run an ablation grid and write its report."""
+
+from __future__ import annotations
+
+import json
+
+from ssl_aug.cli._common import add_command
+
+
+def run(args) -> int:
+    from ssl_aug.ablation import run_ablation
+
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
+    if args.seeds:
+        overrides.append(f"seeds={args.seeds}")
+    run_ablation(args.spec, overrides=overrides, progress=not args.no_progress, dry_run=args.dry_run)
+    return 0
+
+
+def register(sub) -> None:
+    p = add_command(sub, "ablate", run, help="run an ablation grid: ssl-aug ablate SPEC.toml [key=value ...]")
+    p.add_argument("spec", help="an ablation TOML (ssl_aug/recipes/ablate_*.toml) or its shipped name")
+    p.add_argument("overrides", nargs="*", help="overrides of the spec, e.g. base.train.epochs=2 seeds=3")
+    p.add_argument("--seeds", type=int, default=0, help="seeds per cell (overrides the spec)")
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--dry-run", action="store_true", help="list the runs without training")
+    p.add_argument("--no-progress", action="store_true")

@@ -1,0 +1,30 @@
+"""`ssl-aug eval ENCODER`: kNN / linear / TTA / invariance evaluation of a run, checkpoint or export."""
+
+from __future__ import annotations
+
+from ssl_aug.cli._common import add_command
+
+
+def run(args) -> int:
+    from ssl_aug.evaluate_encoder import eval_command
+
+    return eval_command(args)
+
+
+def register(sub) -> None:
+    p = add_command(sub, "eval", run,
+                    help="evaluate an encoder (run dir, checkpoint, export dir or random:BACKBONE)")
+    p.add_argument("encoder", help="a run directory, a checkpoint .pt, an export directory, or random:BACKBONE")
+    p.add_argument("--data", default=None, help="data set name (default: the one the encoder was trained on)")
+    p.add_argument("--root", default=None, help="data root (default $SSL_AUG_DATA, then ~/.cache/ssl_aug)")
+    p.add_argument("--knn", action="store_true", help="weighted kNN (faiss); the default when nothing is chosen")
+    p.add_argument("--linear", action="store_true", help="linear probe on frozen features")
+    p.add_argument("--tta", action="store_true", help="linear probe with 10-crop test-time augmentation")
+    p.add_argument("--invariance", action="store_true", help="invariance probe per transform family")
+    p.add_argument("--k", type=int, nargs="+", default=[200], help="kNN neighbours (several allowed)")
+    p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--train-subset", type=int, default=0, help="use N training images (0 = all)")
+    p.add_argument("--test-subset", type=int, default=0, help="use N test images (0 = all)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, help="write the results here (default: next to the encoder)")
+    p.add_argument("--no-progress", action="store_true")

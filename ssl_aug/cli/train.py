@@ -1,0 +1,36 @@
+"""`ssl-aug train RECIPE [key=value ...]`: train one recipe (torchrun-aware)."""
+
+from __future__ import annotations
+
+import json
+
+from ssl_aug.cli._common import add_command
+
+
+def run(args) -> int:
+    from ssl_aug import distributed as dist
+    from ssl_aug.config import load_recipe
+    from ssl_aug.experiment import run_experiment
+
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
+    cfg = load_recipe(args.recipe, overrides)
+    dist.init_from_env()
+    main_process = dist.is_main()
+    try:
+        results = run_experiment(cfg, resume=args.resume, progress=not args.no_progress)
+    finally:
+        dist.cleanup()
+    if main_process:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    p = add_command(sub, "train", run, help="train one recipe: ssl-aug train RECIPE [key=value ...]")
+    p.add_argument("recipe", help="a TOML recipe file or a shipped recipe name (quickstart, simclr_cifar10, ...)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5 augment.color_jitter.p=0")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--no-progress", action="store_true")
