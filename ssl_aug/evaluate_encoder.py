@@ -12,7 +12,8 @@ import torch
 from ssl_aug.data import load_dataset
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation import evaluate_encoder, format_report
-from ssl_aug.train import balanced_subset, resolve_device
+from ssl_aug.data import balanced_subset
+from ssl_aug.device import resolve_device
 
 
 def resolve_encoder(spec: str, device: torch.device, data_name: str | None):
@@ -36,7 +37,7 @@ def resolve_encoder(spec: str, device: torch.device, data_name: str | None):
                 dict(options), str(path))
     from ssl_aug.config import config_from_dict
     from ssl_aug.export import encoder_from_checkpoint
-    from ssl_aug.train import normalization
+    from ssl_aug.augment.recipe import normalization
 
     backbone, config = encoder_from_checkpoint(path, device=device)
     cfg = config_from_dict(config)

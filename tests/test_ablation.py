@@ -118,3 +118,27 @@ def test_bad_cell_value_is_reported_with_the_cell(tmp_path):
     text = SPEC + '\n[cells.broken]\n"augment.color_jitter.p" = 1.5\n'
     with pytest.raises(SslAugError, match="ablation cell 'broken'.*color_jitter.p"):
         plan_runs(*load_spec(write_spec(tmp_path, text)))
+
+
+def test_changed_cell_config_is_refused_then_rerun_on_request(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    first = run_ablation(spec, ["seeds=1"], progress=False)
+    record = json.loads((first[0].run_dir / "ablation_cell.json").read_text())
+    assert record["config_sha256"] == first[0].config_hash and record["cell"] == "full"
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "Base recipe: `quickstart`" in table and "2 epochs" in table and "`augment.color_jitter.p=0.0`" in table
+    assert "±" not in table and "invariance_identity" not in table  # one seed: no spread shown
+    header = next(line for line in table.splitlines() if line.startswith("| cell"))
+    assert header.index("invariance_crop_scale") < header.index("invariance_color_jitter") \
+        < header.index("invariance_grayscale")
+    out = capsys.readouterr().out
+    assert "results.md" in out and "results.csv" in out and "accuracy.png" in out and "invariance.png" in out
+    # the spec changes the budget: the finished cells no longer describe it
+    changed = ["seeds=1", "base.train.epochs=1"]
+    with pytest.raises(SslAugError, match=r"cell 'full' seed 0 .* another configuration.*train\.epochs: 2 -> 1"):
+        run_ablation(spec, changed, progress=False)
+    again = run_ablation(spec, changed, progress=False, rerun_changed=True)
+    assert not any(r.skipped for r in again) and all(r.error is None for r in again)
+    assert all(r.results["epochs"] == 1 for r in again)
+    assert (first[0].run_dir.parent / "seed0.old" / "eval.json").is_file()  # the old run is kept aside
+    assert all(r.skipped for r in run_ablation(spec, changed, progress=False))  # unchanged now: reused

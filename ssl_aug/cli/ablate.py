@@ -15,7 +15,8 @@ def run(args) -> int:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")
     if args.seeds:
         overrides.append(f"seeds={args.seeds}")
-    run_ablation(args.spec, overrides=overrides, progress=not args.no_progress, dry_run=args.dry_run)
+    run_ablation(args.spec, overrides=overrides, progress=not args.no_progress, dry_run=args.dry_run,
+                 rerun_changed=args.rerun_changed)
     return 0
 
 
@@ -26,4 +27,6 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=int, default=0, help="seeds per cell (overrides the spec)")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="rerun cells whose folder holds a run of another config (the old run moves to *.old)")
     p.add_argument("--no-progress", action="store_true")

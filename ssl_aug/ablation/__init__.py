@@ -1,0 +1,42 @@
+"""Ablations: a base recipe plus axes (or named cells) of overrides -> one run per cell and seed ->
+a results table (Markdown + CSV, mean ± std over seeds) and plots.
+
+- `spec`: load and plan (`load_spec`, `plan_runs`, the spec format in its docstring).
+- `runner`: run the cells; finished cells are reused only when their resolved config hash matches.
+- `report`: results.md / results.csv; `plot`: the PNGs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ssl_aug.ablation.report import summarize, write_report
+from ssl_aug.ablation.runner import CELL_FILE, execute, stale_reason
+from ssl_aug.ablation.spec import MODES, SPEC_KEYS, Run, config_hash, load_spec, plan_cells, plan_runs
+
+__all__ = ["run_ablation", "load_spec", "plan_cells", "plan_runs", "execute", "summarize", "write_report",
+           "config_hash", "stale_reason", "Run", "SPEC_KEYS", "MODES", "CELL_FILE"]
+
+
+def run_ablation(spec: str | Path, overrides: list[str] = (), progress: bool = True, dry_run: bool = False,
+                 rerun_changed: bool = False) -> list[Run]:
+    """Plan, run (reusing finished cells whose config is unchanged) and report an ablation."""
+    data, path = load_spec(spec, overrides)
+    runs = plan_runs(data, path)
+    out_dir = Path(data.get("output_dir") or f"runs/{path.stem}")
+    if out_dir.exists() and not out_dir.is_dir():
+        from ssl_aug.errors import SslAugError
+
+        raise SslAugError(f"ablation output_dir {out_dir} is a file, not a folder; give a folder path")
+    title = data.get("description") or path.stem
+    if dry_run:
+        for run in runs:
+            print(f"{run.cell} seed {run.seed}: {run.run_dir}  overrides {run.overrides}")
+        return runs
+    moved = execute(runs, progress=progress, rerun_changed=rerun_changed)
+    for old in moved:
+        print(f"moved the run of an older configuration to {old}")
+    report, written = write_report(runs, out_dir, title, data.get("metrics"), base=str(data["base"]))
+    print("\n" + report)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return runs
