@@ -5,5 +5,6 @@ ntxent: SimCLR's NT-Xent (two-view, multi-view, per image); swav: Sinkhorn-Knopp
 
 from ssl_aug.losses.ntxent import nt_xent, nt_xent_multiview, nt_xent_per_sample
 from ssl_aug.losses.swav import sinkhorn, swav_loss
+from ssl_aug.losses.imix import imix_nt_xent
 
-__all__ = ["nt_xent", "nt_xent_multiview", "nt_xent_per_sample", "sinkhorn", "swav_loss"]
+__all__ = ["nt_xent", "nt_xent_multiview", "nt_xent_per_sample", "sinkhorn", "swav_loss", "imix_nt_xent"]

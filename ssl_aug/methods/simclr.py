@@ -1,4 +1,4 @@
-"""SimCLR: backbone + MLP projector + NT-Xent over 2 or more views."""
+"""SimCLR: backbone + MLP projector + NT-Xent over 2 or more views; optional i-Mix (``method.mix``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssl_aug import distributed as dist_utils
-from ssl_aug.losses import nt_xent_multiview, nt_xent_per_sample
+from ssl_aug.augment.mix import LABEL_FREE_MODES, mix_batch, parse_mix
+from ssl_aug.losses import imix_nt_xent, nt_xent_multiview, nt_xent_per_sample
 from ssl_aug.methods.base import (Method, check_views, encode_views, preserved_norm_buffers, register_method,
                                   require)
 from ssl_aug.models.heads import ProjectionHead
@@ -41,6 +42,13 @@ class SimCLR(Method):
     one backbone forward; the projector sees all V * N rows in one batch. stats: loss, pos_sim,
     neg_sim (detached 0-d tensors). ``gather``: negatives from all ranks (with gradient); None = when
     more than one rank runs.
+
+    ``mix = {mode, alpha, p}`` turns on i-Mix (Lee et al. 2021) in training mode: with probability p per
+    image, view 0 is mixed with a partner from the batch (mode mixup | cutmix | gridmix | saliency_cutmix,
+    lambda ~ Beta(alpha, alpha) drawn per image) and the loss becomes :func:`imix_nt_xent` (anchors: the
+    mixed view; keys: view 1 of this rank; target lam * onehot(i) + (1 - lam) * onehot(perm(i))). Two views
+    only. The mixing generator is seeded from (a seed drawn at construction, step, rank), so a resumed
+    run mixes exactly as an uninterrupted one (the trainer seeds construction with the recipe seed).
     """
 
     def __init__(
@@ -51,6 +59,7 @@ class SimCLR(Method):
         temperature: float = 0.5,
         gather: bool | None = None,
         proj_layers: int = 2,
+        mix: dict | None = None,
     ):
         super().__init__()
         require(temperature > 0, "temperature", temperature, "use a number > 0 (0.5 CIFAR, 0.1 ImageNet)")
@@ -60,12 +69,34 @@ class SimCLR(Method):
         self.projector = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim, proj_layers)
         self.temperature = float(temperature)
         self.gather = dist_utils.world_size() > 1 if gather is None else bool(gather)
+        self.mix = None if mix is None else parse_mix(mix, LABEL_FREE_MODES)
+        # Drawn after the layers are built, only when mixing is on: plain SimCLR's init is unchanged.
+        self._mix_seed = int(torch.randint(0, 2 ** 31, (1,))) if self.mix is not None else 0
+
+    def mix_generator(self, step: int) -> torch.Generator:
+        """The CPU generator i-Mix uses at ``step`` on this rank (a pure function of seed, step, rank)."""
+        seed = (self._mix_seed * 1_000_003 + int(step) * 7919 + dist_utils.rank() * 104_729) % (2 ** 62)
+        return torch.Generator().manual_seed(seed)
 
     def forward(self, views, step: int = 0, epoch: int = 0):
         n = check_views(views)
+        if self.mix is not None and self.training:
+            return self._imix_forward(views, n, step)
         z = self.projector(encode_views(self.backbone, views)).view(len(views), n, -1)
         loss = nt_xent_multiview(z, self.temperature, gather=self.gather)
         return loss, {"loss": loss.detach(), **similarity_stats(z.detach())}
+
+    def _imix_forward(self, views, n: int, step: int):
+        require(len(views) == 2, "number of views with method.mix", len(views), "i-Mix uses exactly 2 views "
+                "(set augment.views = 2 and no multicrop)")
+        mix, g = self.mix, self.mix_generator(step)
+        gate = (torch.rand(n, generator=g) < mix["p"]).to(views[0].device)
+        m = mix_batch(mix["mode"], views[0], alpha=mix["alpha"], generator=g, grid=mix["grid"])
+        mixed = torch.where(gate[:, None, None, None], m.images.to(views[0].dtype), views[0])
+        lam = torch.where(gate, m.lam, torch.ones_like(m.lam))
+        z = self.projector(encode_views(self.backbone, [mixed, views[1]])).view(2, n, -1)
+        loss = imix_nt_xent(z[0], z[1], lam, m.perm, self.temperature)
+        return loss, {"loss": loss.detach(), **similarity_stats(z.detach()), "mix_lam": lam.detach().float().mean()}
 
     @torch.no_grad()
     def per_image_loss(self, views) -> torch.Tensor:
