@@ -108,7 +108,7 @@ CHOICES = {
     "train.lr_scaling": ("linear", "none"),
     "train.amp": ("none", "bf16", "fp16"),
 }
-AUGMENT_EXTRA_KEYS = {"mode": "exact", "views": 2, "multicrop": None}
+AUGMENT_EXTRA_KEYS = {"mode": "exact", "views": 2, "multicrop": None, "preset": None}
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:

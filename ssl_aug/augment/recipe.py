@@ -2,26 +2,57 @@
 
 from __future__ import annotations
 
+import inspect
+
 from ssl_aug.augment.multiview import MultiView
+from ssl_aug.augment.presets import PRESETS, get_preset
 from ssl_aug.augment.spec import ViewSpec
 from ssl_aug.config import AUGMENT_EXTRA_KEYS, Config, MultiCropConfig, _build
+from ssl_aug.errors import SslAugError
 
-__all__ = ["build_views", "normalization"]
+__all__ = ["build_views", "view_specs", "normalization"]
 
 
 def normalization(cfg: Config) -> tuple[list[float], list[float]]:
     """(mean, std) the views normalise with; evaluation and export use the same."""
-    spec = ViewSpec.from_dict({k: v for k, v in cfg.augment.items() if k not in AUGMENT_EXTRA_KEYS})
+    spec = view_specs(cfg.augment)[0][0]
     return list(spec.mean), list(spec.std)
 
 
-def build_views(augment: dict, channels_last: bool = False) -> MultiView:
-    """Recipe [augment] table -> MultiView: `views` global crops (+ multicrop.local_views local crops)."""
+def _preset_specs(name: str, spec_keys: dict, augment: dict) -> tuple[list[ViewSpec], list[int]]:
+    """The views of a named preset, built at the recipe's `size`; every other ViewSpec key of the
+    recipe overrides that field in each of the preset's view families."""
+    if name not in PRESETS:
+        raise SslAugError(f"recipe key 'augment.preset' = {name!r} is not allowed; choose one of: "
+                          f"{', '.join(PRESETS)}")
+    clash = [k for k in ("views", "multicrop") if k in augment]
+    if clash:
+        raise SslAugError(f"recipe key 'augment.{clash[0]}' cannot be combined with augment.preset = {name!r}: "
+                          f"the preset sets the number of views")
+    size_arg = next(iter(inspect.signature(PRESETS[name]).parameters))
+    sized = {size_arg: spec_keys.pop("size")} if "size" in spec_keys else {}
+    specs, counts = get_preset(name, **sized)
+    ViewSpec.from_dict(spec_keys)  # unknown keys / bad values: the same one-line errors as without a preset
+    return [s.replace(**{k: dict(v) if isinstance(v, dict) else v for k, v in spec_keys.items()})
+            for s in specs], counts
+
+
+def view_specs(augment: dict) -> tuple[list[ViewSpec], list[int]]:
+    """Recipe [augment] table -> (view families, count of each): `preset` (a named preset at the recipe's
+    size, other keys overriding each family), else `views` global crops (+ multicrop.local_views local crops)."""
     spec_keys = {k: v for k, v in augment.items() if k not in AUGMENT_EXTRA_KEYS}
+    if augment.get("preset") is not None:
+        return _preset_specs(augment["preset"], spec_keys, augment)
     specs, counts = [ViewSpec.from_dict(spec_keys)], [augment.get("views", 2)]
     multicrop = _build(MultiCropConfig, augment.get("multicrop") or {}, "augment.multicrop.")
     if multicrop.local_views > 0:
         local = dict(spec_keys, size=multicrop.size, scale=list(multicrop.scale))
         specs.append(ViewSpec.from_dict(local))
         counts.append(multicrop.local_views)
+    return specs, counts
+
+
+def build_views(augment: dict, channels_last: bool = False) -> MultiView:
+    """Recipe [augment] table -> the MultiView of :func:`view_specs`."""
+    specs, counts = view_specs(augment)
     return MultiView(specs, counts, mode=augment.get("mode", "exact"), channels_last=channels_last)

@@ -133,12 +133,10 @@ def encoder_from_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
 
 
 def _view_spec(config: dict):
-    """The recipe's [augment] ViewSpec (defaults for keys it leaves out), built as the trainer does."""
-    from ssl_aug.augment import ViewSpec
-    from ssl_aug.config import AUGMENT_EXTRA_KEYS
+    """The recipe's first [augment] view family (defaults for keys it leaves out), built as the trainer does."""
+    from ssl_aug.augment.recipe import view_specs
 
-    augment = config.get("augment") or {}
-    return ViewSpec.from_dict({k: v for k, v in augment.items() if k not in AUGMENT_EXTRA_KEYS})
+    return view_specs(config.get("augment") or {})[0][0]
 
 
 def _eval_results(ckpt: dict, run_dir: Path | None) -> dict:
