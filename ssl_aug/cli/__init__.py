@@ -39,14 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ssl_aug.cli._common import find_passthrough
+
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # report on the sub-command's own parser, so the message points to its --help
-        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    handed_over = find_passthrough(argv)
+    if handed_over is None:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # report on the sub-command's own parser, so the message points to its --help
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
     try:
+        if handed_over is not None:
+            function, rest = handed_over
+            return int(function(rest) or 0)
         return int(args.func(args) or 0)
     except SslAugError as exc:
         print(f"ssl-aug: error: {exc}", file=sys.stderr)
