@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     handed_over = find_passthrough(argv)
     if handed_over is None:
         args, extra = parser.parse_known_args(argv)
+        if extra and isinstance(getattr(args, "overrides", None), list) \
+                and not any(e.startswith("-") for e in extra):  # key=value after a flag
+            args.overrides += extra
+            extra = []
         if extra:  # report on the sub-command's own parser, so the message points to its --help
             getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
         if not getattr(args, "func", None):

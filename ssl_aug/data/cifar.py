@@ -79,7 +79,7 @@ def _load(name: str, split: str, root, download: bool, label_type: str = "fine")
             raise SslAugError(
                 f"{name} {split} not found: looked for {name}_{split}*.npz and {lay['folder']}/ "
                 f"in {base} and {base / name}; pass download=True (CLI --download) "
-                "or root=<folder> (CLI --data-root)")
+                "or root=<folder> (recipe data.root=..., CLI --root)")
         _download(name, base, split)
     pk = folder / lay["folder"]
     images, labels = read_cifar_pickles(pk, lay[split], label_key)

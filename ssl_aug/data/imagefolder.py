@@ -305,7 +305,7 @@ def load_imagefolder(split: str, root, download: bool = False, size: int = 96, c
 
     if root is None:
         raise SslAugError("dataset 'imagefolder' needs root=<folder with one sub-folder per class> "
-                          "(CLI: --data-root)")
+                          "(recipe data.root=..., CLI --root)")
     tree = resolve_tree(Path(root).expanduser(), split)
     if cache is None:
         key = hashlib.sha1(str(tree.resolve()).encode()).hexdigest()[:10]

@@ -141,7 +141,7 @@ def find_split_shards(folder: Path, split: str) -> list[Path]:
 def load_npz(split: str, root, download: bool = False, classes: list[str] | None = None) -> ImageDataset:
     """Data set `npz`: shards of `split` in folder `root` (see find_split_shards)."""
     if root is None:
-        raise SslAugError("dataset 'npz' needs root=<folder of .npz shards> (CLI: --data-root)")
+        raise SslAugError("dataset 'npz' needs root=<folder of .npz shards> (recipe data.root=..., CLI --root)")
     folder = Path(root).expanduser()
     if not folder.is_dir():
         raise SslAugError(f"npz folder {folder} does not exist; "

@@ -67,7 +67,7 @@ def load_stl10(split: str, root=None, download: bool = False, fold: int | None =
         if not download:
             where = f"{base} and {base / 'stl10'}"
             raise SslAugError(f"stl10 {split} not found: looked for {FOLDER}/ in {where}; pass download=True "
-                              "(CLI --download, 2.6 GB) or root=<folder> (CLI --data-root)")
+                              "(CLI --download, 2.6 GB) or root=<folder> (recipe data.root=..., CLI --root)")
         _download(base)
         folder = base / FOLDER
     parts, labels = [], []
