@@ -44,10 +44,10 @@ def swav(**kw):
 
 
 def test_registry_and_option_errors():
-    assert set(METHODS) == {"simclr", "swav"}
+    assert set(METHODS) == {"simclr", "swav", "byol"}
     assert "temperature" in method_options("simclr") and "queue_length" in method_options("swav")
-    with pytest.raises(SslAugError, match=r"unknown method 'byol'.*simclr, swav"):
-        build_method("byol", Tiny())
+    with pytest.raises(SslAugError, match=r"unknown method 'dino'.*byol, simclr, swav"):
+        build_method("dino", Tiny())
     with pytest.raises(SslAugError, match=r"option\(s\) tau for method 'simclr': allowed .*temperature"):
         build_method("simclr", Tiny(), tau=0.5)
     with pytest.raises(SslAugError, match="temperature=0"):

@@ -8,5 +8,6 @@ import line here.
 from ssl_aug.methods.base import METHODS, Method, build_method, method_options, register_method
 from ssl_aug.methods.simclr import SimCLR
 from ssl_aug.methods.swav import SwAV
+from ssl_aug.methods.byol import BYOL
 
-__all__ = ["METHODS", "Method", "build_method", "method_options", "register_method", "SimCLR", "SwAV"]
+__all__ = ["METHODS", "Method", "build_method", "method_options", "register_method", "SimCLR", "SwAV", "BYOL"]
