@@ -1,4 +1,4 @@
-"""Checkpoint files: written atomically (temp file + fsync + rename), read safely (weights_only).
+"""Checkpoint files: written atomically (ssl_aug.io: temp file + fsync + rename), read safely (weights_only).
 
 A checkpoint is a dict {"format": "ssl_aug.checkpoint", "version": 1, "config", "model",
 "optimizer", "scheduler", "scaler", "rng", "batch_source", "step", "epoch", "metrics", "versions"}.
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.io import atomic_torch_save
 
 FORMAT = "ssl_aug.checkpoint"
 VERSION = 1
@@ -22,36 +22,10 @@ _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`.
-
-    A crash at any moment leaves either the previous file or the new one under `path`, never a
-    partial file. Disk-full or permission errors raise SslAugError and keep the previous file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise SslAugError(f"could not write checkpoint {path}: {exc.strerror or exc}; the previous "
-                          "checkpoint is kept") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save `obj` to `path` atomically (ssl_aug.io.atomic_torch_save): a crash leaves the previous
+    file or the new one, never a partial file; disk-full or permission errors raise SslAugError and
+    keep the previous file."""
+    return atomic_torch_save(obj, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -1,8 +1,8 @@
 """torch.distributed helpers that are no-ops without an initialised process group.
 
 Launch with ``torchrun --nproc_per_node=N``; :func:`init_from_env` reads the torchrun environment
-(``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and starts gloo on CPU,
-nccl on CUDA.
+(``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and starts nccl when the
+recipe's device is CUDA, gloo otherwise (also when a GPU is visible but the recipe says cpu).
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ __all__ = [
     "rank",
     "is_main",
     "init_from_env",
+    "local_rank",
+    "backend_for",
+    "control_group",
+    "any_rank",
     "barrier",
     "cleanup",
     "all_reduce_sum",
@@ -50,21 +54,60 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env() -> torch.device:
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's ``LOCAL_RANK``); 0 without one."""
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def backend_for(device: str | torch.device) -> str:
+    """The process-group backend for a training device: nccl for CUDA, gloo for everything else."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def init_from_env(device: str | torch.device = "auto") -> torch.device:
     """Initialise the default group from torchrun's environment, return this process's device.
 
-    Without ``WORLD_SIZE`` > 1 nothing is initialised and the device is ``cuda`` if available
-    else ``cpu``. With CUDA, each process takes ``cuda:LOCAL_RANK`` and the backend is nccl; on CPU
-    the backend is gloo. Calling it twice is harmless.
+    `device` is the recipe's device ("auto", "cpu", "cuda", "cuda:N"). CUDA devices become
+    ``cuda:LOCAL_RANK`` and use nccl; a CPU device uses gloo even when a GPU is visible. Without
+    ``WORLD_SIZE`` > 1 nothing is initialised. Calling it twice is harmless.
     """
-    use_cuda = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    name = str(device)
+    use_cuda = torch.cuda.is_available() and (name == "auto" or name.startswith("cuda"))
+    chosen = torch.device("cuda", local_rank()) if use_cuda else torch.device("cpu")
     if use_cuda:
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(chosen)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
-    return device
+        dist.init_process_group(backend=backend_for(chosen), init_method="env://")
+    return chosen
+
+
+_CONTROL_GROUP = None
+
+
+def control_group():
+    """A gloo group over all ranks for small CPU-side agreements (signals) that must not sync a GPU
+    stream; the default group itself when its backend is already gloo. None without a group."""
+    global _CONTROL_GROUP
+    if not (is_initialized() and world_size() > 1):
+        return None
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    if _CONTROL_GROUP is None:
+        _CONTROL_GROUP = dist.new_group(backend="gloo")
+    return _CONTROL_GROUP
+
+
+def any_rank(flag: bool) -> bool:
+    """True if `flag` is true on any rank (a collective: every rank must call it at the same point)."""
+    group = control_group()
+    if group is None:
+        return bool(flag)
+    t = torch.tensor([int(bool(flag))], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())
 
 
 def barrier() -> None:
@@ -75,6 +118,8 @@ def barrier() -> None:
 
 def cleanup() -> None:
     """Destroy the default group if one is up."""
+    global _CONTROL_GROUP
+    _CONTROL_GROUP = None
     if is_initialized():
         dist.destroy_process_group()
 

@@ -3,8 +3,6 @@ quickstart and the ablation runner call. Writes eval.json next to the run's chec
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -12,13 +10,10 @@ import torch
 
 from ssl_aug.config import Config
 from ssl_aug.evaluation import KnnMonitor, evaluate_encoder
-from ssl_aug.train import Trainer, balanced_subset, load_training_data, normalization
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+from ssl_aug.augment.recipe import normalization
+from ssl_aug.data.subset import balanced_subset
+from ssl_aug.io import atomic_write_json
+from ssl_aug.train import Trainer, load_training_data
 
 
 def flat_results(report: dict) -> dict:
@@ -67,5 +62,5 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
         results.update(evaluate_backbone(trainer.method.backbone, cfg, train, test, trainer.device, progress))
         results["eval_time_s"] = round(time.perf_counter() - start, 2)
     if trainer.is_main:
-        write_json_atomic(results, run_dir / "eval.json")
+        atomic_write_json(run_dir / "eval.json", results)
     return results

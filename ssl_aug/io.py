@@ -61,7 +61,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], what: st
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise SslAugError(f"could not write {what} {path}: {exc.strerror or exc}; the previous file is kept") from None
+        raise SslAugError(f"could not write {what} {path}: {exc.strerror or exc}; the previous {what} is kept") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -14,7 +14,7 @@ from ssl_aug.losses import nt_xent_multiview, nt_xent_per_sample, sinkhorn, swav
 from ssl_aug.methods import build_method
 from ssl_aug.models import build_backbone
 from ssl_aug.train import Trainer
-from ssl_aug.view_selection import hard_views, per_image_losses, select_per_image
+from ssl_aug.train.hard_views import hard_views, per_image_losses, select_per_image
 from trainer_fixtures import StopAfter, tiny_data
 from trainer_fixtures import tiny_config as shared_tiny_config
 

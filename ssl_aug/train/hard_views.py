@@ -17,6 +17,7 @@ import contextlib
 from typing import Callable
 
 import torch
+from torch import nn
 
 from ssl_aug.errors import SslAugError
 from ssl_aug.methods.base import METHODS, Method

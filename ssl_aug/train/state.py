@@ -1,0 +1,97 @@
+"""Checkpoint state of a run: what `Trainer.state_dict()` saves and `load_state_dict()` restores.
+
+Shared by all ranks: config, model (rank-local buffers excepted), optimiser, schedule, AMP scaler,
+step/epoch, metric history. Per rank (``ranks[r]`` when world_size > 1, else top-level ``rng`` and
+``batch_source``): the CPU torch RNG, the view generator, this rank's CUDA RNG (``rng["cuda"]``, the
+state of the rank's own device), the data position and rank-local buffers (e.g. a SwAV queue).
+
+RNG states are restored from CPU tensors (checkpoints are always read with map_location="cpu";
+``torch.set_rng_state`` and ``Generator.set_state`` accept CPU ByteTensors only). What "bit-identical"
+means: on CPU, a resumed run equals the uninterrupted one exactly. On CUDA the random streams are
+restored exactly too, but cuDNN/scatter kernels are not deterministic by default, so only runs with
+``train.deterministic = true`` (deterministic algorithms, slower) are expected to match bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ssl_aug import distributed as dist
+from ssl_aug._version import __version__
+from ssl_aug.checkpoint import FORMAT, VERSION
+from ssl_aug.errors import SslAugError
+
+__all__ = ["rng_state", "set_rng_state", "rank_state", "trainer_state", "load_trainer_state"]
+
+
+def rng_state(view_generator: torch.Generator, device: torch.device) -> dict:
+    """{"torch": CPU RNG, "views": view generator, "cuda": this device's CUDA RNG (CUDA only)} as CPU tensors."""
+    state = {"torch": torch.get_rng_state(), "views": view_generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, view_generator: torch.Generator, device: torch.device) -> None:
+    """Restore what `rng_state` saved (tensors moved to CPU first, wherever they were loaded)."""
+    torch.set_rng_state(state["torch"].cpu())
+    view_generator.set_state(state["views"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # checkpoints before 0.2 saved every device's state
+            cuda = cuda[device.index or 0]
+        torch.cuda.set_rng_state(cuda.cpu(), device)
+
+
+def rank_state(trainer) -> dict:
+    """What differs between ranks: random generators, the data shard position, rank-local buffers."""
+    local = {"rng": rng_state(trainer.view_generator, trainer.device), "batch_source": trainer.source.state_dict()}
+    if trainer.method.rank_local_buffers:
+        local["buffers"] = {k: v.detach().cpu() for k, v in trainer.method.named_buffers()}
+    return local
+
+
+def trainer_state(trainer) -> dict:
+    """The checkpoint dict of a trainer. A collective with several ranks (every rank must call it)."""
+    local = rank_state(trainer)
+    state = {"format": FORMAT, "version": VERSION, "config": trainer.cfg.to_dict(),
+             "model": trainer.method.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+             "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
+             "rng": local["rng"], "batch_source": local["batch_source"], "step": trainer.step,
+             "epoch": trainer.epoch, "world_size": trainer.world_size, "metrics": trainer.history,
+             "epoch_loss": dict(trainer.epoch_loss), "metric_lines": trainer.metrics.lines,
+             "versions": {"ssl_aug": __version__, "torch": str(torch.__version__)}}
+    if trainer.world_size > 1:
+        state["ranks"] = dist.all_gather_object(local)
+    return state
+
+
+def load_trainer_state(trainer, ckpt: dict, path: Path) -> None:
+    """Restore a trainer from a checkpoint dict read with map_location="cpu"; one-line errors for
+    checkpoints of another backbone, world size or model shape."""
+    saved = ckpt["config"]["model"]["backbone"]
+    if saved != trainer.cfg.model.backbone:
+        raise SslAugError(f"checkpoint {path} was trained with backbone {saved!r}, "
+                          f"the recipe asks for {trainer.cfg.model.backbone!r}")
+    if ckpt.get("world_size", 1) != trainer.world_size:
+        raise SslAugError(f"checkpoint {path} was written with world size {ckpt.get('world_size', 1)}; resume "
+                          f"with the same number of processes (now {trainer.world_size})")
+    local = ckpt["ranks"][trainer.rank] if "ranks" in ckpt else {}
+    model_state = dict(ckpt["model"], **local.get("buffers", {}))
+    try:
+        trainer.method.load_state_dict(model_state)
+    except RuntimeError as exc:
+        raise SslAugError(f"checkpoint {path} does not fit this model: {str(exc).splitlines()[0]}") from None
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
+    trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    trainer.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(local.get("rng", ckpt["rng"]), trainer.view_generator, trainer.device)
+    trainer.source.load_state_dict(local.get("batch_source", ckpt["batch_source"]))
+    trainer.step, trainer.epoch = ckpt["step"], ckpt["epoch"]
+    trainer.history = list(ckpt.get("metrics", []))
+    loss = ckpt.get("epoch_loss")
+    if loss is not None:
+        trainer.epoch_loss = {"sum": loss["sum"].to(trainer.device), "count": loss["count"]}
+    trainer.metrics.lines = ckpt.get("metric_lines", 0)
