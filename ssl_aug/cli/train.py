@@ -16,7 +16,7 @@ def run(args) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")
     cfg = load_recipe(args.recipe, overrides)
-    dist.init_from_env()
+    dist.init_from_env(cfg.device)  # nccl only for a CUDA recipe; gloo for cpu
     main_process = dist.is_main()
     try:
         results = run_experiment(cfg, resume=args.resume, progress=not args.no_progress)
