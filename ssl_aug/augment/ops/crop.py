@@ -1,0 +1,116 @@
+"""Random resized crop + horizontal flip (torchvision RandomResizedCrop + RandomHorizontalFlip), as one
+batched grid_sample. Flat view fields: size, scale, ratio, flip_p. Parameters: box (N,4) int64
+[top, left, height, width] in input pixels; flip (N,) bool (after the crop)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ssl_aug.augment.ops.base import Op, pair, prob, uniform
+from ssl_aug.errors import SslAugError
+
+
+@dataclass
+class CropFlip:
+    """Output size (pixels), crop area fraction `scale`, aspect ratio `ratio`, flip probability."""
+    size: int = 32
+    scale: tuple = (0.08, 1.0)
+    ratio: tuple = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+
+    def __post_init__(self):
+        s = self.size
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise SslAugError(f"view spec: size={s!r} is not allowed; use an integer >= 1 (pixels)")
+        self.scale = pair("scale", self.scale, 0.0, 1.0, lo_open=True)
+        self.ratio = pair("ratio", self.ratio, 0.0, lo_open=True)
+        self.flip_p = prob("flip_p", self.flip_p)
+
+
+def sample_crop_boxes(n: int, height: int, width: int, scale: tuple, ratio: tuple, g: torch.Generator,
+                      tries: int = 10) -> torch.Tensor:
+    """torchvision RandomResizedCrop.get_params for n images at once: (n, 4) int64 [top, left, h, w].
+    Up to `tries` draws of (area fraction, log aspect ratio) per image; the first that fits is used,
+    else the central crop with the ratio clamped (as torchvision)."""
+    area = height * width
+    target = uniform(scale[0], scale[1], (n, tries), g) * area
+    aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1]), (n, tries), g))
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.to(torch.uint8).argmax(1, keepdim=True)
+    w, h = w.gather(1, first).squeeze(1).long(), h.gather(1, first).squeeze(1).long()
+    u = torch.rand((n, 2), generator=g, dtype=torch.float64)
+    top = (u[:, 0] * (height - h + 1)).floor().long()
+    left = (u[:, 1] * (width - w + 1)).floor().long()
+    in_ratio = width / height  # fallback: central crop (torchvision semantics)
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fh, fw = height, int(round(height * max(ratio)))
+    else:
+        fw, fh = width, height
+    bad = ~ok.any(1)
+    h, w = torch.where(bad, fh, h), torch.where(bad, fw, w)
+    top = torch.where(bad, (height - fh) // 2, top)
+    left = torch.where(bad, (width - fw) // 2, left)
+    return torch.stack([top, left, h, w], 1)
+
+
+def crop_grid(box: torch.Tensor, flip: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
+    """Sampling grid (M, size, size, 2) for grid_sample(align_corners=True) that reproduces
+    torchvision resized_crop(box, size, bilinear, antialias=False) followed by an optional h-flip.
+    box (M,4) int64 [top, left, h, w]; flip (M,) bool. Source coordinates follow PyTorch's
+    upsample_bilinear (half-pixel centres, clamped to the box)."""
+    b = box.to(torch.float64)
+    k = torch.arange(size, device=box.device, dtype=torch.float64) + 0.5
+
+    def axis(start, extent, full):
+        src = (extent / size)[:, None] * k - 0.5
+        src = torch.minimum(src.clamp_(min=0.0), (extent - 1)[:, None]) + start[:, None]
+        return src * (2.0 / max(full - 1, 1)) - 1.0
+
+    ys = axis(b[:, 0], b[:, 2], height).float()
+    xs = axis(b[:, 1], b[:, 3], width)
+    xs = torch.where(flip[:, None], xs.flip(1), xs).float()
+    m = box.shape[0]
+    return torch.stack([xs[:, None, :].expand(m, size, size), ys[:, :, None].expand(m, size, size)], -1)
+
+
+def resized_crops(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
+    """V crops of every image in one grid_sample. x (N,3,H,W) float; box (V*N,4), flip (V*N,) in
+    view-major order; returns (V*N, 3, size, size) contiguous, view-major."""
+    n, c, height, width = x.shape
+    v = box.shape[0] // n
+    grid = crop_grid(box, flip, size, height, width)  # (V*N, s, s, 2)
+    grid = grid.view(v, n, size, size, 2).transpose(0, 1).reshape(n, v * size, size, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    if v == 1:
+        return out
+    return out.view(n, c, v, size, size).permute(2, 0, 1, 3, 4).reshape(v * n, c, size, size)
+
+
+class Crop(Op):
+    """Always first (stage 0): maps the (N,3,H,W) input to (V*N,3,size,size) crops, V = rows / N."""
+    name, config, stage, nested = "crop", CropFlip, 0, False
+
+    def active(self, cfg) -> bool:
+        return True
+
+    def sample(self, cfg, n, size, height, width, g):
+        box = sample_crop_boxes(n, height, width, cfg.scale, cfg.ratio, g)
+        return {"box": box, "flip": torch.rand(n, generator=g) < cfg.flip_p}
+
+    def apply(self, x, cfg, p, ctx):
+        dev = x.device
+        return resized_crops(x, p.box.to(dev, non_blocking=True), p.flip.to(dev, non_blocking=True), cfg.size)
+
+    def probe(self) -> dict:
+        return {"scale": (0.25, 0.25), "ratio": (1.0, 1.0)}
+
+    def off(self) -> dict:
+        return {"scale": (1.0, 1.0), "ratio": (1.0, 1.0), "flip_p": 0.0}
