@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.calibration import expected_calibration_error, negative_log_likelihood
 from ssl_aug.evaluation.features import check_images, encode, extract_features
 from ssl_aug.evaluation.knn import classification_metrics
 
@@ -27,17 +28,6 @@ class LinearClassifier(nn.Module):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.linear((f - self.mean) / self.std)
-
-
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
-    """ECE with n_bins equal-width confidence bins over (0, 1]: sum_b |B|/N * |acc(B) - conf(B)|.
-    probs (N, C) rows summing to 1, labels (N,)."""
-    conf, pred = probs.max(1)
-    correct = (pred == labels).double()
-    b = torch.clamp(torch.ceil(conf.double() * n_bins).long() - 1, 0, n_bins - 1)
-    acc_sum = torch.bincount(b, weights=correct, minlength=n_bins)
-    conf_sum = torch.bincount(b, weights=conf.double(), minlength=n_bins)
-    return float((acc_sum - conf_sum).abs().sum() / max(1, labels.shape[0]))
 
 
 def _check(train_f, train_y, test_f, test_y, num_classes):
@@ -102,7 +92,8 @@ def _report(model, test_f, test_y, c) -> dict:
     with torch.no_grad():
         logits = model(test_f)
     probs = logits.softmax(1)
-    return {**classification_metrics(logits, test_y, c), "ece": expected_calibration_error(probs, test_y)}
+    return {**classification_metrics(logits, test_y, c), "ece": expected_calibration_error(probs, test_y),
+            "nll": negative_log_likelihood(probs, test_y)}
 
 
 def _minibatches(f, y, batch_size, seed):
