@@ -26,7 +26,9 @@ class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratio (You et al. 2017), as used for SimCLR.
 
     For every parameter not marked `lars_exclude`: g <- g + wd * w, then g <- g * eta * |w| / |g|
-    (when both norms are positive), then momentum SGD.
+    (when both norms are positive), then momentum SGD. Each group's update runs on lists of tensors
+    (torch._foreach_*: a few kernels per group on a GPU, not a Python loop per parameter), and reads
+    nothing back to the host.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02):
@@ -37,24 +39,27 @@ class LARS(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if group["weight_decay"]:
-                    grad = grad.add(p, alpha=group["weight_decay"])
-                if not group["lars_exclude"]:
-                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
-                                        torch.ones_like(w_norm))
-                    grad = grad * trust
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = grad.clone()
-                else:
-                    buf.mul_(group["momentum"]).add_(grad)
-                p.add_(buf, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if not group["lars_exclude"]:
+                w_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
+                                    torch.ones_like(w_norm))
+                grads = torch._foreach_mul(grads, list(trust.unbind(0)))
+            old = [i for i, p in enumerate(params) if "momentum_buffer" in self.state[p]]
+            new = [i for i, p in enumerate(params) if "momentum_buffer" not in self.state[p]]
+            if old:
+                bufs = [self.state[params[i]]["momentum_buffer"] for i in old]
+                torch._foreach_mul_(bufs, group["momentum"])
+                torch._foreach_add_(bufs, [grads[i] for i in old])
+            for i in new:  # first step: the buffer starts as the update
+                self.state[params[i]]["momentum_buffer"] = grads[i].clone()
+            torch._foreach_add_(params, [self.state[p]["momentum_buffer"] for p in params], alpha=-group["lr"])
         return loss
 
 

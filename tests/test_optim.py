@@ -56,3 +56,57 @@ def test_lars_weight_decay_is_inside_trust_ratio():
     g = torch.tensor([0.5, 1.0])
     expected = torch.tensor([1.0, 0.0]) - g * (1.0 / math.sqrt(1.25))
     assert torch.allclose(w.detach(), expected, atol=1e-6)
+
+
+class _LoopLARS(torch.optim.Optimizer):
+    """The per-parameter loop LARS had before it moved to torch._foreach_* (the reference)."""
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if group["weight_decay"]:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                if not group["lars_exclude"]:
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
+                                        torch.ones_like(w_norm))
+                    grad = grad * trust
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = grad.clone()
+                else:
+                    buf.mul_(group["momentum"]).add_(grad)
+                p.add_(buf, alpha=-group["lr"])
+
+
+def test_foreach_lars_equals_the_per_parameter_loop():
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 5))  # noqa: E731
+    a, b = make(), make()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        a[3].weight[0].zero_()  # a zero row (the norms stay positive)
+        b[3].weight[0].zero_()
+    ga, gb = parameter_groups(a, 1e-3), parameter_groups(b, 1e-3)
+    fa, fb = LARS(ga, lr=0.3, momentum=0.9), _LoopLARS(gb, lr=0.3, momentum=0.9)
+    x = torch.randn(6, 3, 8, 8)
+    for step in range(4):
+        for model, opt in ((a, fa), (b, fb)):
+            opt.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            if step == 1:
+                model[0].bias.grad = None  # a parameter without a gradient this step
+            if step == 2:
+                model[3].bias.grad.zero_()  # zero gradient norm: trust ratio 1
+            opt.step()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-6), n
+        assert torch.allclose(fa.state[p]["momentum_buffer"], fb.state[q]["momentum_buffer"], rtol=0, atol=1e-6), n
