@@ -8,10 +8,12 @@ from pathlib import Path
 
 import torch
 
-from ssl_aug.config import Config
-from ssl_aug.evaluation import KnnMonitor, evaluate_encoder
 from ssl_aug.augment.recipe import normalization
+from ssl_aug.config import Config
+from ssl_aug.data import ImageDataset
 from ssl_aug.data.subset import balanced_subset
+from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation import KnnMonitor, evaluate_encoder
 from ssl_aug.io import atomic_write_json
 from ssl_aug.train import Trainer, load_training_data
 
@@ -39,19 +41,35 @@ def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, devic
     return flat_results(report)
 
 
+def labelled_bank(cfg: Config, train: ImageDataset | None) -> ImageDataset:
+    """The labelled images evaluation uses as its kNN bank / probe training set: the training split's
+    labelled images, or (when it has none, e.g. stl10 'unlabeled', or it is streamed) the 'train' split."""
+    if train is None or not bool((train.labels >= 0).any()):
+        if cfg.data.split == "train" and train is not None:
+            raise SslAugError(f"data set {cfg.data.name!r} split 'train' has no labels, so it cannot be evaluated: "
+                              "set eval.final_knn = false and eval.knn_every = 0")
+        train = load_training_data(cfg, split="train")
+    keep = train.labels >= 0
+    if bool(keep.all()):
+        return train
+    return ImageDataset(images=train.images[keep], labels=train.labels[keep], classes=train.classes, name=train.name)
+
+
 def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool = True, progress: bool = True) -> dict:
     """Train `cfg` in `run_dir` (resuming from its last checkpoint when `resume`), evaluate, write
     eval.json and return the results."""
     run_dir = Path(run_dir or cfg.output_dir)
-    train = load_training_data(cfg, split="train")
-    test = load_training_data(cfg, split=cfg.eval.test_split)
+    train = None if cfg.data.stream else load_training_data(cfg)
+    evaluate = bool(cfg.eval.knn_every or cfg.eval.final_knn)
+    bank_set = labelled_bank(cfg, train) if evaluate else None
+    test = load_training_data(cfg, split=cfg.eval.test_split) if evaluate else None
     callbacks = []
     if cfg.eval.knn_every:
-        bank = balanced_subset(train.labels, min(cfg.eval.monitor_train, len(train.labels)), cfg.seed)
+        bank = balanced_subset(bank_set.labels, min(cfg.eval.monitor_train, len(bank_set.labels)), cfg.seed)
         query = balanced_subset(test.labels, min(cfg.eval.monitor_test, len(test.labels)), cfg.seed)
-        monitor = KnnMonitor(train.images[bank], train.labels[bank], test.images[query], test.labels[query],
+        monitor = KnnMonitor(bank_set.images[bank], bank_set.labels[bank], test.images[query], test.labels[query],
                              *normalization(cfg), k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
-        callbacks.append(lambda trainer, epoch: monitor(trainer.method.backbone))
+        callbacks.append(lambda trainer, epoch: monitor(trainer.method.backbone))  # rank 0 only (Trainer)
     trainer = Trainer(cfg, run_dir, callbacks=callbacks, progress=progress, train_data=train)
     start = time.perf_counter()
     final = trainer.fit(resume=resume)
@@ -59,7 +77,7 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
                "epochs": trainer.epoch, "final_loss": final.get("loss")}
     if trainer.is_main and cfg.eval.final_knn:
         start = time.perf_counter()
-        results.update(evaluate_backbone(trainer.method.backbone, cfg, train, test, trainer.device, progress))
+        results.update(evaluate_backbone(trainer.method.backbone, cfg, bank_set, test, trainer.device, progress))
         results["eval_time_s"] = round(time.perf_counter() - start, 2)
     if trainer.is_main:
         atomic_write_json(run_dir / "eval.json", results)

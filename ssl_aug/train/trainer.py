@@ -168,7 +168,7 @@ class Trainer:
         self.source.set_epoch(self.epoch)
         record = {"type": "epoch", "epoch": self.epoch, "step": self.step, **self._epoch_stats}
         knn_every = self.cfg.eval.knn_every
-        if self.callbacks and knn_every and self.epoch % knn_every == 0:
+        if self.is_main and self.callbacks and knn_every and self.epoch % knn_every == 0:  # rank 0 only
             for callback in self.callbacks:
                 record.update(callback(self, self.epoch))
             self.model.train()
