@@ -11,6 +11,7 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -43,6 +44,8 @@ class ImageDataset:
     labels: torch.Tensor
     classes: list[str]
     name: str
+    groups: Optional[torch.Tensor] = None  # (N,) int64 subgroup id per image (ssl_aug.data.groups), or None
+    group_names: Optional[list[str]] = None  # names of the subgroup ids
 
     def __post_init__(self):
         x, y = self.images, self.labels
@@ -53,6 +56,15 @@ class ImageDataset:
                              f"got {tuple(y.shape)} {y.dtype}")
         if not x.is_contiguous():
             self.images = x.contiguous()
+        if self.groups is not None:
+            from ssl_aug.data.groups import check_groups
+
+            self.groups, self.group_names = check_groups(self.groups, self.group_names, x.shape[0])
+
+    def subset(self, idx: torch.Tensor) -> "ImageDataset":
+        """The images at `idx` (LongTensor), keeping labels, groups and names."""
+        groups = None if self.groups is None else self.groups[idx]
+        return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.name, groups, self.group_names)
 
     def __len__(self) -> int:
         return self.images.shape[0]

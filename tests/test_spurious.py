@@ -1,0 +1,112 @@
+"""Embedded `spurious` option (nuisance patch = group), domain randomization knobs, shifted test domain,
+group labels on ImageDataset and from a CSV."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from ssl_aug.data import ImageDataset, load_dataset
+from ssl_aug.data.embedded import PALETTE, PALETTE_NAMES, SHIFTED_DOMAIN, generate_embedded, load_embedded, patch_side
+from ssl_aug.data.groups import check_nonempty, groups_for_files, read_group_csv, require_groups
+from ssl_aug.errors import SslAugError
+
+N = 40
+
+
+def test_default_images_unchanged_by_the_new_options():
+    # pinned before the spurious / randomization options existed (commit 63fb90f)
+    x, y = generate_embedded("train", 0, 20, 30)
+    assert hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest() == \
+        "aeb82a4ecbc0e4df1108e24032b6487f802f8ddb58db5b796d345ec6520dd5e1"
+    x, y, g = generate_embedded("test", 0, 20, 30, return_groups=True)
+    assert g is None and hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest() == \
+        "45d5c6264340195a8058772e8e37841d6bcb4ff67ba9a34c0be1197528fe6075"
+
+
+def test_train_rate_and_test_independence():
+    x, y, g = generate_embedded("train", 0, 20, 100, spurious=0.9, return_groups=True)
+    for c in range(10):
+        counts = np.bincount(g[y == c], minlength=10)
+        assert counts[c] == 90 and (np.delete(counts, c) >= 1).all()  # the other 10 spread over 9 colours
+    _, yt, gt = generate_embedded("test", 0, 20, 30, spurious=0.9, return_groups=True)
+    table = np.zeros((10, 10), int)
+    np.add.at(table, (yt, gt), 1)
+    assert (table == 3).all()  # every (class, colour) cell equally often: colour independent of class
+
+
+def test_patch_is_painted_in_the_group_colour_and_rest_matches_default():
+    clean, _ = generate_embedded("train", 0, 20, N)
+    x, y, g = generate_embedded("train", 0, 20, N, spurious=0.95, return_groups=True)
+    k = patch_side(20)
+    changed = (x != clean).any(1)  # (N, h, w)
+    for i in range(0, len(x), 37):
+        rows, cols = np.nonzero(changed[i])
+        assert rows.max() - rows.min() < k and cols.max() - cols.min() < k  # only inside one k x k square
+        # the k x k square in the palette colour exists
+        hit = (x[i] == PALETTE[g[i]][:, None, None]).all(0)
+        assert hit.sum() >= k * k
+
+
+def test_dataset_carries_groups_and_cache_round_trip(tmp_path):
+    a = load_embedded("train", root=tmp_path, n_per_class=N, spurious=0.8)
+    b = load_embedded("train", root=tmp_path, n_per_class=N, spurious=0.8)
+    assert torch.equal(a.groups, b.groups) and torch.equal(a.images, b.images)
+    assert a.group_names == PALETTE_NAMES
+    plain = load_embedded("train", root=tmp_path, n_per_class=N)
+    assert plain.groups is None and len(list((tmp_path / "embedded").glob("*.npz"))) == 2
+    sub = a.subset(torch.tensor([0, 5, 399]))
+    assert sub.groups.tolist() == [a.groups[0].item(), a.groups[5].item(), a.groups[399].item()]
+    via = load_dataset("embedded", "test", root=str(tmp_path), n_per_class=N, spurious=0.8)
+    assert via.groups.shape == (10 * N,)
+
+
+def test_randomization_keeps_structure_and_shift_changes_only_the_test_split():
+    base, _ = generate_embedded("train", 0, 20, N)
+    wide, _ = generate_embedded("train", 0, 20, N, hue=[0.0, 0.1], noise=[0.0, 0.05], lighting=0.3, texture=0.1)
+    assert not np.array_equal(base, wide)
+    # hue band [0, 0.1] turns: red-orange colours, so red >= green >= blue before noise/lighting on average
+    narrow, _ = generate_embedded("train", 0, 20, N, hue=[0.0, 0.1])
+    m = narrow.reshape(len(narrow), 3, -1).astype(float).mean(-1)
+    assert (m[:, 0] >= m[:, 2] - 8).mean() > 0.97
+    tr_plain, _ = generate_embedded("train", 0, 20, N, hue=[0.0, 0.1])
+    tr_shift, _ = generate_embedded("train", 0, 20, N, hue=[0.0, 0.1], shift="default")
+    assert np.array_equal(tr_plain, tr_shift)  # shift is for the test split only
+    te_plain, _ = generate_embedded("test", 0, 20, N, hue=[0.0, 0.1])
+    te_shift, _ = generate_embedded("test", 0, 20, N, hue=[0.0, 0.1], shift=SHIFTED_DOMAIN)
+    assert (te_plain != te_shift).mean() > 0.5
+
+
+@pytest.mark.parametrize("kw, word", [
+    (dict(spurious=1.5), "spurious=1.5"), (dict(spurious="yes"), "spurious='yes'"),
+    (dict(hue=[0.5, 0.1]), "hue="), (dict(noise=[0, 2]), "noise="), (dict(lighting=-1), "lighting=-1"),
+    (dict(texure=0.1), "texure"), (dict(shift={"hue": [2, 1]}), "shift.hue"), (dict(shift=3), "shift=3"),
+])
+def test_bad_options_one_line(kw, word):
+    with pytest.raises(SslAugError) as e:
+        generate_embedded("train", 0, 20, 5, **kw)
+    assert word in str(e.value) and "\n" not in str(e.value) and "allowed" in str(e.value)
+
+
+def test_group_validation_and_csv(tmp_path):
+    x = torch.zeros(3, 3, 4, 4, dtype=torch.uint8)
+    y = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(SslAugError, match="allowed 0..1"):
+        ImageDataset(x, y, ["a"], "t", groups=torch.tensor([0, 1, 2]), group_names=["p", "q"])
+    with pytest.raises(SslAugError, match=r"\(3,\) integer"):
+        ImageDataset(x, y, ["a"], "t", groups=torch.tensor([0.0, 1.0, 0.0]))
+    with pytest.raises(SslAugError, match="needs group labels"):
+        require_groups(None, "group DRO")
+    with pytest.raises(SslAugError, match="group 'q' has no images in split 'test'"):
+        check_nonempty(torch.tensor([0, 0, 2]), ["p", "q", "r"], "test")
+    csv = tmp_path / "g.csv"
+    csv.write_text("path,group\ncat/1.png,band\ncat/2.png,clean\ndog\\3.png,band\n")
+    mapping = read_group_csv(csv)
+    g, names = groups_for_files(["cat/1.png", "cat/2.png", "dog/3.png"], mapping)
+    assert names == ["band", "clean"] and g.tolist() == [0, 1, 0]
+    with pytest.raises(SslAugError, match="no group for 'dog/4.png'"):
+        groups_for_files(["dog/4.png"], mapping)
+    (tmp_path / "bad.csv").write_text("file,label\n")
+    with pytest.raises(SslAugError, match="header 'path,group'"):
+        read_group_csv(tmp_path / "bad.csv")
