@@ -1,6 +1,10 @@
 """`ssl-aug eval ENCODER ...`: resolve an encoder (run directory, checkpoint, export directory or a
-randomly initialised baseline), load the data it should be measured on, run the chosen evaluations
-and print/write the results."""
+randomly initialised baseline), load the data it was trained on (its root, options, training split and
+eval.test_split, unless flags say otherwise), run the chosen evaluations and print/write the results.
+
+When the test split is the training split (a plain class-per-folder tree), a seeded, stratified 20%
+of every class is held out as the query set and the rest is the bank: no image is scored against itself.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,30 @@ from pathlib import Path
 
 import torch
 
-from ssl_aug.data import load_dataset
+from ssl_aug.data import balanced_subset, load_dataset
+from ssl_aug.data.holdout import stratified_holdout
+from ssl_aug.device import resolve_device
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation import evaluate_encoder, format_report
-from ssl_aug.data import balanced_subset
-from ssl_aug.device import resolve_device
+from ssl_aug.io import atomic_write_json
+
+HOLDOUT_FRACTION = 0.2
 
 
-def resolve_encoder(spec: str, device: torch.device, data_name: str | None):
-    """-> (backbone taking normalised floats, mean, std, data name, data options, label for reports)."""
+def _data_of(recipe: dict) -> dict:
+    """The data keys evaluation needs from a recipe dict (config.json / checkpoint / export metadata)."""
+    data = recipe.get("data") or {}
+    return {"name": data.get("name"), "root": data.get("root"), "options": dict(data.get("options") or {}),
+            "split": data.get("split", "train"), "test_split": (recipe.get("eval") or {}).get("test_split", "test")}
+
+
+def resolve_encoder(spec: str, device: torch.device):
+    """-> (backbone taking normalised floats, mean, std, the run's data keys (see _data_of), label)."""
     if spec.startswith("random:"):
         from ssl_aug.models import build_backbone
 
         torch.manual_seed(0)
-        return build_backbone(spec.split(":", 1)[1]).to(device).eval(), None, None, data_name, {}, spec
+        return build_backbone(spec.split(":", 1)[1]).to(device).eval(), None, None, _data_of({}), spec
     path = Path(spec)
     if not path.exists():
         raise SslAugError(f"encoder {spec!r} not found: give a run directory, a checkpoint .pt, an export "
@@ -31,53 +45,94 @@ def resolve_encoder(spec: str, device: torch.device, data_name: str | None):
         from ssl_aug.export import load_encoder
 
         encoder = load_encoder(path, device=device)
-        meta = encoder.metadata
-        options = ((meta.get("recipe") or {}).get("data") or {}).get("options") or {}
-        return (encoder.backbone, list(encoder.mean), list(encoder.std), data_name or meta.get("dataset"),
-                dict(options), str(path))
+        recipe = encoder.metadata.get("recipe") or {}
+        return encoder.backbone, list(encoder.mean), list(encoder.std), _data_of(recipe), str(path)
+    from ssl_aug.augment.recipe import normalization
     from ssl_aug.config import config_from_dict
     from ssl_aug.export import encoder_from_checkpoint
-    from ssl_aug.augment.recipe import normalization
 
     backbone, config = encoder_from_checkpoint(path, device=device)
-    cfg = config_from_dict(config)
-    mean, std = normalization(cfg)
-    return backbone, mean, std, data_name or cfg.data.name, dict(cfg.data.options), str(path)
+    mean, std = normalization(config_from_dict(config))
+    return backbone, mean, std, _data_of(config), str(path)
 
 
-def _subset(ds, n: int, seed: int = 0):
-    if n and n < len(ds.labels):
-        idx = balanced_subset(ds.labels, n, seed)
-        return ds.images[idx], ds.labels[idx]
-    return ds.images, ds.labels
+def _subset(images, labels, n: int, flag: str):
+    if n and n > len(labels):
+        raise SslAugError(f"{flag} {n} is larger than the {len(labels)} images available; use at most "
+                          f"{len(labels)}, or 0 for all")
+    if n and n < len(labels):
+        idx = balanced_subset(labels, n, 0)
+        return images[idx], labels[idx]
+    return images, labels
+
+
+def load_eval_data(data: dict, args):
+    """((bank images, labels), (query images, labels), data name, description of the split used)."""
+    name = args.data or data["name"]
+    if name is None:
+        raise SslAugError("no data set known for this encoder: pass --data NAME (cifar10, cifar100, stl10, "
+                          "imagefolder, npz, embedded)")
+    same = name == data["name"]
+    root = args.root or (data["root"] if same else None)
+    options = data["options"] if same else {}
+    split = args.split or (data["split"] if same else "train")
+    test_split = args.test_split or (data["test_split"] if same else "test")
+    train = load_dataset(name, split=split, root=root, **options)
+    keep = train.labels >= 0  # unlabeled images cannot vote or be scored
+    train_x, train_y = train.images[keep], train.labels[keep]
+    if test_split == split:
+        bank, held = stratified_holdout(train_y, HOLDOUT_FRACTION, seed=0)
+        if len(held) == 0:
+            raise SslAugError(f"split {split!r} has no class with 2 or more labelled images to hold out")
+        how = (f"seeded stratified hold-out of split {split!r}: {len(bank)} bank / {len(held)} query images "
+               f"({HOLDOUT_FRACTION:.0%} of each class held out)")
+        pair = (train_x[bank], train_y[bank]), (train_x[held], train_y[held])
+    else:
+        test = load_dataset(name, split=test_split, root=root, **options)
+        keep_t = test.labels >= 0
+        pair = (train_x, train_y), (test.images[keep_t], test.labels[keep_t])
+        how = f"bank: split {split!r} ({len(train_y)} images), queries: split {test_split!r} ({int(keep_t.sum())})"
+    if len(pair[0][1]) == 0 or len(pair[1][1]) == 0:
+        raise SslAugError(f"data set {name!r} has no labelled images in {how}")
+    return pair, name, how
+
+
+def _output_path(args) -> Path:
+    if args.json:
+        out = Path(args.json)
+    elif args.encoder.startswith("random:"):
+        out = Path(f"eval_{args.encoder.replace(':', '_')}.json")
+    else:
+        base = Path(args.encoder)
+        out = (base if base.is_dir() else base.parent) / "eval_cli.json"
+    if out.is_dir():
+        raise SslAugError(f"--json {out} is a folder; give a file path such as {out / 'eval.json'}")
+    return out
 
 
 def eval_command(args) -> int:
     device = resolve_device(args.device)
-    backbone, mean, std, data_name, options, label = resolve_encoder(args.encoder, device, args.data)
-    if data_name is None:
-        raise SslAugError("no data set known for this encoder: pass --data NAME (cifar10, cifar100, stl10, "
-                          "imagefolder, npz, embedded)")
-    if args.data and args.data != data_name:
-        options = {}
-    train = load_dataset(data_name, split="train", root=args.root, **options)
-    test = load_dataset(data_name, split="test", root=args.root, **options)
+    out = _output_path(args)  # checked before any work
+    backbone, mean, std, data, label = resolve_encoder(args.encoder, device)
+    (train, test), data_name, how = load_eval_data(data, args)
+    train = _subset(*train, args.train_subset, "--train-subset")
+    test = _subset(*test, args.test_subset, "--test-subset")
+    knn = args.knn or not (args.linear or args.tta or args.invariance)
+    if min(args.k) < 1:
+        raise SslAugError(f"--k {min(args.k)} is not allowed: kNN needs k >= 1 neighbours")
+    if knn and max(args.k) > len(train[1]):
+        raise SslAugError(f"--k {max(args.k)} is larger than the kNN bank ({len(train[1])} images); use at most "
+                          f"{len(train[1])}")
+    print(f"evaluating on {data_name}: {how}")
     if mean is None:  # random baseline: normalise with the training set's own statistics
-        pixels = train.images[:5000].float().div_(255)
+        pixels = train[0][:5000].float().div_(255)
         mean = pixels.mean(dim=(0, 2, 3)).tolist()
         std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    knn = args.knn or not (args.linear or args.tta or args.invariance)
-    results = evaluate_encoder(backbone, mean, std, _subset(train, args.train_subset), _subset(test, args.test_subset),
-                               knn=knn, linear=args.linear or args.tta, tta=args.tta, invariance=args.invariance,
-                               ks=tuple(args.k), temperature=args.temperature,
-                               progress=not args.no_progress)
-    results = {"encoder": label, "data": data_name, **results}
+    results = evaluate_encoder(backbone, mean, std, train, test, knn=knn, linear=args.linear or args.tta,
+                               tta=args.tta, invariance=args.invariance, ks=tuple(args.k),
+                               temperature=args.temperature, progress=not args.no_progress)
+    results = {"encoder": label, "data": data_name, "split": how, **results}
     print(format_report(results))
-    out = Path(args.json) if args.json else None
-    if out is None:
-        base = Path(args.encoder)
-        out = (base if base.is_dir() else base.parent) / "eval_cli.json" if not args.encoder.startswith("random:") \
-            else Path(f"eval_{args.encoder.replace(':', '_')}.json")
-    out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    atomic_write_json(out, json.loads(json.dumps(results, default=float)))
     print(f"wrote {out}")
     return 0

@@ -5,6 +5,19 @@ from __future__ import annotations
 from ssl_aug.cli._common import add_command
 
 
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0 (0 = all)")
+    return value
+
+
 def run(args) -> int:
     from ssl_aug.evaluate_encoder import eval_command
 
@@ -16,15 +29,20 @@ def register(sub) -> None:
                     help="evaluate an encoder (run dir, checkpoint, export dir or random:BACKBONE)")
     p.add_argument("encoder", help="a run directory, a checkpoint .pt, an export directory, or random:BACKBONE")
     p.add_argument("--data", default=None, help="data set name (default: the one the encoder was trained on)")
-    p.add_argument("--root", default=None, help="data root (default $SSL_AUG_DATA, then ~/.cache/ssl_aug)")
+    p.add_argument("--root", default=None, help="data root (default: the run's data.root, then $SSL_AUG_DATA, "
+                                                  "then ~/.cache/ssl_aug)")
+    p.add_argument("--split", default=None, help="bank / training split (default: the run's data.split)")
+    p.add_argument("--test-split", default=None,
+                   help="query split (default: the run's eval.test_split; the training split itself means a "
+                        "seeded stratified 20%% hold-out)")
     p.add_argument("--knn", action="store_true", help="weighted kNN (faiss); the default when nothing is chosen")
     p.add_argument("--linear", action="store_true", help="linear probe on frozen features")
     p.add_argument("--tta", action="store_true", help="linear probe with 10-crop test-time augmentation")
     p.add_argument("--invariance", action="store_true", help="invariance probe per transform family")
     p.add_argument("--k", type=int, nargs="+", default=[200], help="kNN neighbours (several allowed)")
     p.add_argument("--temperature", type=float, default=0.1)
-    p.add_argument("--train-subset", type=int, default=0, help="use N training images (0 = all)")
-    p.add_argument("--test-subset", type=int, default=0, help="use N test images (0 = all)")
+    p.add_argument("--train-subset", type=_count, default=0, help="use N training images (0 = all)")
+    p.add_argument("--test-subset", type=_count, default=0, help="use N test images (0 = all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="write the results here (default: next to the encoder)")
     p.add_argument("--no-progress", action="store_true")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ssl_aug.cli._common import add_command
+from ssl_aug.errors import SslAugError
 
 
 def run(args) -> int:
@@ -16,6 +18,9 @@ def run(args) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")
     cfg = load_recipe(args.recipe, overrides)
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise SslAugError(f"output_dir {out} is a file, not a folder; give a folder for the run (--output-dir DIR)")
     dist.init_from_env(cfg.device)  # nccl only for a CUDA recipe; gloo for cpu
     main_process = dist.is_main()
     try:

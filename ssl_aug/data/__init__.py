@@ -99,6 +99,24 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ssl_aug"
 
 
+def _check_root_and_options(name: str, loader, root, opts: dict) -> None:
+    """One-line errors for a data root that is a file and for options the loader does not take
+    (e.g. an embedded-only option left in a recipe switched to cifar10)."""
+    import inspect
+
+    if root is not None and name != "embedded":  # embedded's root is only a cache (a file there: no cache)
+        path = Path(root).expanduser()
+        if path.exists() and not path.is_dir():
+            raise SslAugError(f"data root {path} is a file, not a folder; give the folder holding the {name} data")
+    params = inspect.signature(loader).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = [k for k in params if k not in ("split", "root", "download")]
+        unknown = sorted(set(opts) - set(allowed))
+        if unknown:
+            raise SslAugError(f"data.options key {unknown[0]!r} is not an option of data set {name!r}; "
+                              f"allowed: {', '.join(allowed) or 'none'}")
+
+
 def load_dataset(
     name: str, split: str = "train", root: str | os.PathLike | None = None, download: bool = False, **opts
 ) -> ImageDataset:
@@ -109,6 +127,7 @@ def load_dataset(
     if splits is not None and split not in splits:
         raise SslAugError(f"unknown split {split!r} for dataset {name!r}; allowed: {', '.join(splits)}")
     loader = getattr(importlib.import_module(module), fn)
+    _check_root_and_options(name, loader, root, opts)
     if name == "embedded":  # owned elsewhere: load_embedded(split, root=None, **opts)
         return loader(split, root=root, **opts)
     return loader(split, root, download=download, **opts)
