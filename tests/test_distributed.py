@@ -246,3 +246,47 @@ def test_torchrun_two_ranks_trains_checkpoints_and_resumes_exactly(torchrun_run,
 def test_torchrun_prints_results_once(torchrun_run):
     proc = torchrun_run[0]
     assert proc.stdout.count('"steps"') == 1
+
+
+def _nonfinite_worker(rank: int, port: int, out: str) -> None:
+    from trainer_fixtures import tiny_config, tiny_data
+
+    from ssl_aug.train import NonFiniteLossError, Trainer
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                             timeout=datetime.timedelta(seconds=30))
+
+    class NanOnRankOne(Trainer):
+        def optimize(self, views):
+            loss, stats = super().optimize(views)
+            if self.rank == 1 and self.step == 1:
+                loss = loss * float("nan")  # only rank 1 sees a non-finite loss at its 2nd step
+            return loss, stats
+
+    result = {"rank": rank}
+    try:
+        cfg = tiny_config(Path(out), log_every=2, checkpoint_every=0)
+        NanOnRankOne(cfg, progress=False, train_data=tiny_data(n=128)).fit()
+    except NonFiniteLossError as exc:
+        result["error_step"] = int(str(exc).split("before step ")[1].split(":")[0])
+    finally:
+        tdist.destroy_process_group()
+    Path(out, f"nan{rank}.json").write_text(json.dumps(result))
+
+
+def test_nonfinite_loss_on_one_rank_stops_every_rank(tmp_path):
+    """The non-finite stop is agreed across ranks: no rank is left waiting in the next all-reduce."""
+    pytest.importorskip("ssl_aug.models.small_cnn")
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_nonfinite_worker, args=(r, port, str(tmp_path))) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=90)
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in procs] == [0, 0]
+    results = [json.loads((tmp_path / f"nan{r}.json").read_text()) for r in range(WORLD)]
+    assert [r.get("error_step") for r in results] == [2, 2]
