@@ -110,3 +110,30 @@ def test_group_validation_and_csv(tmp_path):
     (tmp_path / "bad.csv").write_text("file,label\n")
     with pytest.raises(SslAugError, match="header 'path,group'"):
         read_group_csv(tmp_path / "bad.csv")
+
+
+def test_nuisance_op_changes_the_group_not_the_structure():
+    from ssl_aug.augment import MultiView
+    from ssl_aug.augment.spec import ViewSpec
+
+    x, y, g = generate_embedded("train", 0, 20, 6, spurious=1.0, return_groups=True)
+    images = torch.from_numpy(x)
+    spec = ViewSpec.from_dict({"size": 20, "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "flip_p": 0.0,
+                               "color_jitter": {"p": 0.0}, "grayscale_p": 0.0, "nuisance": {"p": 1.0}})
+    mv = MultiView([spec], [1])
+    params = mv.sample(images, torch.Generator().manual_seed(0))
+    (view,) = mv.apply(images, params, normalize=False)
+    to = params[0].nuisance_to
+    src = images.float() / 255
+    pal = torch.tensor(PALETTE, dtype=torch.float32) / 255
+    k = patch_side(20)
+    for i in range(len(x)):
+        in_patch = (src[i] - pal[g[i]][:, None, None]).abs().amax(0) < 1e-6
+        assert in_patch.sum() >= k * k
+        assert torch.allclose(view[i][:, in_patch], pal[to[i]][:, None].expand(3, int(in_patch.sum())), atol=1e-6)
+        assert torch.allclose(view[i][:, ~in_patch], src[i][:, ~in_patch], atol=1e-5)  # structure untouched
+    # p = 0 (default): no parameters drawn, views identical to a spec without the op
+    plain = ViewSpec.from_dict({"size": 20})
+    assert "nuisance_on" not in MultiView([plain], [1]).sample(images, torch.Generator().manual_seed(0))[0].as_dict()
+    with pytest.raises(SslAugError, match="nuisance.tol"):
+        ViewSpec.from_dict({"size": 20, "nuisance": {"p": 0.5, "tol": 0.9}})

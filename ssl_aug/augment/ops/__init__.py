@@ -11,6 +11,7 @@ from ssl_aug.augment.ops.functional import (LUMA, adjust_hue, apply_color_matrix
                                             luma)
 from ssl_aug.augment.ops.grayscale import Grayscale, GrayscaleOp, gray_affine, grayscale_
 from ssl_aug.augment.ops.kornia_ops import KorniaOp, KorniaOps, build_kornia_op
+from ssl_aug.augment.ops.nuisance import Nuisance, NuisanceOp, recolor_nuisance
 from ssl_aug.augment.ops.policy import AUTO_AUGMENT, Policy, PolicyOp
 from ssl_aug.augment.ops.solarize import Solarize, SolarizeOp, solarize_
 
@@ -22,6 +23,7 @@ register_op(BlurOp())
 register_op(SolarizeOp())
 register_op(PolicyOp())
 register_op(KorniaOp())
+register_op(NuisanceOp())
 
 
 def color_matrix(x, factors, order, on, gray):
