@@ -48,6 +48,10 @@ def build_kornia_op(entry) -> torch.nn.Module:
                           f"{', '.join(allowed)}")
     try:
         inspect.signature(cls).bind(**kwargs)
+        for k in ("p", "p_batch"):  # kornia does not check its probabilities
+            v = kwargs.get(k, 0.0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{k}={v!r} is not a probability in [0, 1]")
         return cls(**kwargs)
     except Exception as e:  # noqa: BLE001 - any constructor complaint becomes one line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
