@@ -3,6 +3,7 @@ quickstart and the ablation runner call. Writes eval.json next to the run's chec
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
     evaluate = bool(cfg.eval.knn_every or cfg.eval.final_knn)
     bank_set = labelled_bank(cfg, train) if evaluate else None
     test = load_training_data(cfg, split=cfg.eval.test_split) if evaluate else None
+    from ssl_aug.sizes import check_sizes  # size/count keys against the loaded data: one line each
+
+    for note in check_sizes(cfg, train, test, bank_set):
+        print(note, file=sys.stderr)
     callbacks = []
     if cfg.eval.knn_every:
         bank = balanced_subset(bank_set.labels, min(cfg.eval.monitor_train, len(bank_set.labels)), cfg.seed)

@@ -9,6 +9,20 @@ from ssl_aug.cli._common import add_command
 from ssl_aug.errors import SslAugError
 
 
+def validate_before_data(cfg) -> None:
+    """Check the [augment] and [method] tables before any data is loaded or an image folder is decoded
+    (a typo should not cost a cache build)."""
+    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.methods import method_options
+
+    build_views(cfg.augment)
+    allowed = method_options(cfg.method.get("name", "simclr"))
+    unknown = sorted(set(cfg.method) - set(allowed) - {"name"})
+    if unknown:
+        raise SslAugError(f"unknown option(s) {', '.join(unknown)} for method {cfg.method.get('name')!r}: "
+                          f"allowed are {', '.join(allowed)}")
+
+
 def run(args) -> int:
     from ssl_aug import distributed as dist
     from ssl_aug.config import load_recipe
@@ -17,10 +31,16 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")
+    from ssl_aug.ablation.spec import is_ablation_spec
+    from ssl_aug.config import read_toml, resolve_recipe_path
+
+    if is_ablation_spec(read_toml(resolve_recipe_path(args.recipe))):
+        raise SslAugError(f"{args.recipe} is an ablation spec, not a training recipe: use ssl-aug ablate {args.recipe}")
     cfg = load_recipe(args.recipe, overrides)
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise SslAugError(f"output_dir {out} is a file, not a folder; give a folder for the run (--output-dir DIR)")
+    validate_before_data(cfg)
     dist.init_from_env(cfg.device)  # nccl only for a CUDA recipe; gloo for cpu
     main_process = dist.is_main()
     try:

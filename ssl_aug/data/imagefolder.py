@@ -12,7 +12,9 @@ transparent colour) composited over white; 16-bit / 32-bit integer grayscale sca
 than `size` (PIL draft). Images smaller than `size` (even 1x1) are upscaled and counted.
 Skipped, counted and listed (never a traceback, never a label from a wrong folder): 0-byte files,
 corrupt or truncated images, files without an image extension, files outside class folders;
-class folders without any image file are dropped before labels are assigned.
+class folders without any image file are dropped before labels are assigned. File and folder names
+that are not valid UTF-8 are kept (decoded from their bytes), counted, and shown with U+FFFD.
+A source with split folders (train/, val/, test/, ...) is packed split by split into DST/<split>/.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from ssl_aug.data import ImageDataset, cache_root
 from ssl_aug.errors import SslAugError, one_line_parser
+from ssl_aug.io import atomic_write
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SPLIT_DIRS = ("train", "val", "valid", "validation", "test")
@@ -52,6 +55,7 @@ class PackReport:
     classes_without_images: list[str] = field(default_factory=list)
     upscaled: int = 0
     converted: dict[str, int] = field(default_factory=dict)
+    non_utf8_names: int = 0
     seconds: float = 0.0
 
     @property
@@ -67,6 +71,8 @@ class PackReport:
             lines.append(f"converted to RGB: {modes}")
         if self.upscaled:
             lines.append(f"upscaled (shorter side < {self.size}): {self.upscaled}")
+        if self.non_utf8_names:
+            lines.append(f"names not valid UTF-8 (kept, shown with U+FFFD): {self.non_utf8_names}")
         if self.empty_classes:
             names = ", ".join(self.empty_classes)
             lines.append(f"empty class folders skipped: {len(self.empty_classes)} ({names})")
@@ -80,6 +86,22 @@ class PackReport:
             if len(items) > max_list:
                 lines.append(f"  {reason}: ... {len(items) - max_list} more in pack_report.json")
         return "\n".join(lines)
+
+
+def display_name(name: str) -> str:
+    """A file-system name as printable UTF-8: undecodable bytes (surrogate escapes) become U+FFFD."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
+def require_folder(path: Path, what: str) -> None:
+    """One-line error when `path`, or the nearest existing folder above it, is not a folder."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "" if probe == path else f" (its parent {display_name(str(probe))} is a file)"
+        raise SslAugError(f"{what} {display_name(str(path))} cannot be a folder{where}: "
+                          f"{display_name(str(probe))} is a file; give a folder path")
 
 
 def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
@@ -146,11 +168,20 @@ def decode_image(path: str, size: int):
         return None, ("truncated" if "truncated" in msg.lower() else "corrupt"), msg
 
 
+def _bad_names(relpath: str) -> int:
+    return int(display_name(relpath) != relpath)
+
+
 def scan_tree(src: Path):
-    """-> (classes, files [(path, label)], empty_classes, stray [(relpath, reason)]), all sorted."""
+    """-> (classes, files [(path, label)], empty_classes, stray [(relpath, reason)], names not valid
+    UTF-8), all sorted. Class names are shown with U+FFFD for undecodable bytes."""
+    if src.exists() and not src.is_dir():
+        raise SslAugError(f"image folder {display_name(str(src))} is a file; pass a folder with one sub-folder "
+                          "per class")
     if not src.is_dir():
-        raise SslAugError(f"image folder {src} does not exist; pass a folder with one sub-folder per class")
-    classes, files, empty, stray = [], [], [], []
+        raise SslAugError(f"image folder {display_name(str(src))} does not exist; pass a folder with one "
+                          "sub-folder per class")
+    classes, files, empty, stray, bad = [], [], [], [], 0
     for entry in sorted(os.scandir(src), key=lambda e: e.name):
         if not entry.is_dir():
             stray.append((entry.name, "not_in_class_folder"))
@@ -161,19 +192,21 @@ def scan_tree(src: Path):
                 p = os.path.join(dirpath, fn)
                 if fn.lower().endswith(IMAGE_EXTS):
                     images.append(p)
+                    bad += _bad_names(fn)
                 else:
-                    stray.append((os.path.relpath(p, src), "not_image"))
+                    stray.append((display_name(os.path.relpath(p, src)), "not_image"))
         images.sort()  # by path: the order of images inside a class (and of the shards) is deterministic
         if not images:
-            empty.append(entry.name)
+            empty.append(display_name(entry.name))
             continue
         files.extend((p, len(classes)) for p in images)
-        classes.append(entry.name)
+        bad += _bad_names(entry.name)
+        classes.append(display_name(entry.name))
     if not classes:
-        raise SslAugError(f"no class folders with images ({', '.join(IMAGE_EXTS)}) in {src}; "
+        raise SslAugError(f"no class folders with images ({', '.join(IMAGE_EXTS)}) in {display_name(str(src))}; "
                           "expected SRC/<class>/<image>")
     stray.sort()
-    return classes, files, empty, stray
+    return classes, files, empty, stray, bad
 
 
 def tree_fingerprint(src: Path, size: int) -> str:
@@ -184,17 +217,8 @@ def tree_fingerprint(src: Path, size: int) -> str:
         for fn in sorted(filenames):
             p = os.path.join(dirpath, fn)
             st = os.stat(p)
-            h.update(f"{os.path.relpath(p, src)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(os.path.relpath(p, src)) + f"|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard_size: int = 10000,
@@ -214,13 +238,18 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
         raise SslAugError(f"--workers must be >= 1, got {workers!r}")
     if dst.resolve().is_relative_to(src.resolve()):
         raise SslAugError(f"destination {dst} is inside the source tree {src}; choose a folder outside it")
+    require_folder(dst, "pack destination")
     t0 = time.perf_counter()
+    classes, files, empty, stray, bad = scan_tree(src)
     fingerprint = fingerprint or tree_fingerprint(src, size)
-    classes, files, empty, stray = scan_tree(src)
-    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SslAugError(f"could not create {display_name(str(dst))}: {exc.strerror or exc}") from None
     for old in list(dst.glob("shard_*.npz")) + [dst / "meta.json"]:
         old.unlink(missing_ok=True)
-    rep = PackReport(str(src), str(dst), size, classes, [0] * len(classes), empty_classes=empty)
+    rep = PackReport(display_name(str(src)), display_name(str(dst)), size, classes, [0] * len(classes),
+                     empty_classes=empty, non_utf8_names=bad)
     for rel, reason in stray:
         rep.skipped.setdefault(reason, []).append(rel)
     buf = np.empty((min(shard_size, len(files)), size, size, 3), dtype=np.uint8)
@@ -230,7 +259,7 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
     def flush():
         name = f"shard_{len(shard_names):05d}.npz"
         x, y = buf[:len(labels)], np.asarray(labels, dtype=np.int64)
-        _write_atomic(dst / name, lambda f: np.savez(f, x=x, y=y))
+        atomic_write(dst / name, lambda f: np.savez(f, x=x, y=y))
         shard_names.append(name)
         labels.clear()
 
@@ -242,7 +271,7 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
             for (path, label), (arr, reason, detail) in zip(part, pool.map(decode_image, [p for p, _ in part],
                                                                            [size] * len(part))):
                 if arr is None:
-                    rep.skipped.setdefault(reason, []).append(f"{os.path.relpath(path, src)}: {detail}")
+                    rep.skipped.setdefault(reason, []).append(f"{display_name(os.path.relpath(path, src))}: {detail}")
                     continue
                 mode, up = detail
                 if mode != "RGB":
@@ -260,15 +289,15 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
     rep.images, rep.shards = sum(rep.counts), len(shard_names)
     rep.classes_without_images = [c for c, n in zip(classes, rep.counts) if n == 0]
     rep.seconds = time.perf_counter() - t0
-    _write_atomic(dst / "pack_report.json", lambda f: f.write(json.dumps(asdict(rep), indent=1).encode()))
+    atomic_write(dst / "pack_report.json", lambda f: f.write(json.dumps(asdict(rep), indent=1).encode()))
     if rep.images == 0:
         raise SslAugError(f"no decodable images in {src} ({rep.num_skipped} files skipped); "
                           f"see {dst / 'pack_report.json'}")
-    _write_atomic(dst / "classes.txt", lambda f: f.write("".join(c + "\n" for c in classes).encode()))
+    atomic_write(dst / "classes.txt", lambda f: f.write("".join(c + "\n" for c in classes).encode()))
     meta = {"format": "ssl_aug.imagefolder", "version": 1, "size": size, "classes": classes,
             "counts": rep.counts, "images": rep.images, "shards": shard_names, "fingerprint": fingerprint,
-            "source": str(src)}
-    _write_atomic(dst / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))  # written last
+            "source": display_name(str(src))}
+    atomic_write(dst / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))  # written last
     if verbose:
         print(rep.summary(), file=sys.stderr)
     return rep
@@ -308,14 +337,19 @@ def load_imagefolder(split: str, root, download: bool = False, size: int = 96, c
                           "(recipe data.root=..., CLI --root)")
     tree = resolve_tree(Path(root).expanduser(), split)
     if cache is None:
-        key = hashlib.sha1(str(tree.resolve()).encode()).hexdigest()[:10]
-        cache = cache_root() / "imagefolder" / f"{tree.resolve().name}-{key}-{size}px"
+        key = hashlib.sha1(os.fsencode(str(tree.resolve()))).hexdigest()[:10]
+        cache = cache_root() / "imagefolder" / f"{display_name(tree.resolve().name)}-{key}-{size}px"
     cache = Path(cache).expanduser()
+    require_folder(cache, "image-folder cache ($SSL_AUG_CACHE or data.options.cache)")
     fp = tree_fingerprint(tree, size)
     meta = read_packed(cache)
     if meta is None or meta.get("fingerprint") != fp or meta.get("size") != size:
         pack_imagefolder(tree, cache, size, workers, shard_size, verbose=verbose, fingerprint=fp)
         meta = read_packed(cache)
+    if verbose:
+        print(f"image folder {display_name(str(tree))}: {meta.get('images')} images at {size}x{size} px "
+              f"(data.options.size), cached in {display_name(str(cache))} (ssl-aug data cache list|clear)",
+              file=sys.stderr)
     return load_shards([cache / s for s in meta["shards"]], f"imagefolder/{split}", meta["classes"])
 
 
@@ -331,11 +365,15 @@ def pack_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-size", type=int, default=10000, help="images per shard")
     ap.add_argument("--quiet", action="store_true", help="no progress bar or report on stderr")
     args = ap.parse_args(argv)
+    src, dst = Path(args.src).expanduser(), Path(args.dst).expanduser()
+    splits = [d for d in SPLIT_DIRS if (src / d).is_dir()] if src.is_dir() else []
     try:
-        rep = pack_imagefolder(args.src, args.dst, args.size, args.workers, args.shard_size,
-                               verbose=not args.quiet)
+        for tree, out in [(src / d, dst / d) for d in splits] or [(src, dst)]:
+            rep = pack_imagefolder(tree, out, args.size, args.workers, args.shard_size, verbose=not args.quiet)
+            print(f"{rep.images} images, {len(rep.classes)} classes, {rep.num_skipped} skipped -> {rep.dst}")
     except SslAugError as e:
         print(f"ssl-aug: error: {e}", file=sys.stderr)
         return 2
-    print(f"{rep.images} images, {len(rep.classes)} classes, {rep.num_skipped} skipped -> {rep.dst}")
+    print(f"train on it: ssl-aug train RECIPE data.name=npz data.root={dst}"
+          + ("" if splits else ' eval.test_split="train" (a seeded held-out part of each class is the test set)'))
     return 0

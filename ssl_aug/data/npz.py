@@ -126,12 +126,26 @@ def _split_of(path: Path) -> str | None:
     return next((t for t in tokens if t in SPLIT_WORDS), None)
 
 
+def _packed_shards(folder: Path) -> list[Path] | None:
+    """The shards listed by a `ssl-aug data pack` meta.json in folder, or None."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != "ssl_aug.imagefolder":
+        return None
+    return [folder / str(name) for name in meta.get("shards") or []]
+
+
 def find_split_shards(folder: Path, split: str) -> list[Path]:
     """Shards of `split` in folder: folder/<split>/*.npz, else files whose name holds the split word
     (cifar10_train_1.npz, test.npz), else for split 'all' every *.npz in folder."""
     sub = folder / split
     if sub.is_dir():
         return sorted_shards(sub.glob("*.npz"))
+    packed = _packed_shards(folder)
+    if packed is not None and split in ("train", "all"):  # `ssl-aug data pack` of a class tree: split 'train'
+        return packed
     files = sorted_shards(folder.glob("*.npz"))
     if split == "all":
         return files
@@ -147,6 +161,9 @@ def load_npz(split: str, root, download: bool = False, classes: list[str] | None
         raise SslAugError(f"npz folder {folder} does not exist; "
                           "pass a folder of .npz shards with arrays x, y")
     paths = find_split_shards(folder, split)
+    if not paths and _packed_shards(folder) is not None:
+        raise SslAugError(f"{folder} is a packed image folder: its one split is 'train', not {split!r}; "
+                          "evaluate on a held-out part of it with eval.test_split = \"train\"")
     if not paths:
         found = sorted(p.name for p in folder.glob("*.npz"))[:5]
         raise SslAugError(f"no .npz shards for split {split!r} in {folder} "
