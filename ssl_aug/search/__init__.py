@@ -1,0 +1,88 @@
+"""Augmentation policy search: a base recipe + a search space over view parameters -> Optuna trials (TPE,
+successive halving / Hyperband on the per-epoch validation score), each an ordinary run directory ->
+the best policy as a recipe, a trial table, rank correlations of label-free scores, plots, and the best
+policy vs the base recipe on the test split.
+
+- `spec`: the search TOML; `space`: parameters; `objectives`: knn_val and label-free scores;
+- `study`: the Optuna study and its workers; `report`, `plots`, `compare`: the outputs.
+Workers run here (`--workers N`) or on Ray (`ssl_aug.launchers`). Needs the `search` extra (Optuna).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ssl_aug.search.spec import SearchSpec, load_search
+
+__all__ = ["run_search", "write_search_report", "load_search", "SearchSpec"]
+
+
+def write_search_report(spec: SearchSpec, search_dir: Path, compare_seeds: int = 0, progress: bool = False) -> tuple[str, list[Path]]:
+    """Trial table, best recipe, correlations, plots and (compare_seeds > 0) the test comparison."""
+    from ssl_aug.io import atomic_write_text
+    from ssl_aug.search.plots import plot_search
+    from ssl_aug.search.report import best_trial, correlations, trial_rows, write_best_recipe, write_trials
+    from ssl_aug.search.study import open_study
+
+    study = open_study(spec, search_dir)
+    rows = trial_rows(study)
+    table, files = write_trials(rows, spec.params, search_dir, spec.raw["objective"])
+    states = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}
+    cfg = spec.base
+    lines = [f"## Search: {spec.raw.get('description') or spec.path.stem}", "",
+             f"Base recipe: `{spec.raw['base'] if isinstance(spec.raw['base'], str) else '(inline)'}`; objective "
+             f"`{spec.raw['objective']}` on {spec.raw['validation']} training images held out (seed "
+             f"{spec.raw['seed']}); budget per trial {cfg.get('train', {}).get('epochs', '?')} epochs; pruner "
+             f"{spec.raw['pruner']['name']}; trials: {states['complete']} complete, {states['pruned']} pruned, "
+             f"{states['fail']} failed.", ""]
+    best = best_trial(study)
+    if best is not None:
+        files.append(write_best_recipe(spec, best, search_dir))
+        lines += [f"Best: trial {best.number}, {spec.raw['objective']} = {best.value:.4f}; policy: "
+                  + ", ".join(f"`{k}={v if not isinstance(v, float) else round(v, 4)}`" for k, v in best.params.items()), ""]
+    corr = correlations(rows)
+    if any(n for _, n in corr.values()):
+        lines += ["Spearman rank correlation of each label-free score with knn_val over the complete trials "
+                  "(higher = the score ranks policies as the labels do):", "",
+                  "| label-free score | Spearman ρ | trials |", "|---|---|---|"]
+        lines += [f"| {name} | {rho:.3f} | {n} |" for name, (rho, n) in corr.items()]
+        lines.append("")
+    lines += ["Trials (best first):", "", table]
+    plots, note = plot_search(rows, study, spec, search_dir)
+    files += plots
+    if note:
+        lines.append(note)
+    if compare_seeds and best is not None:
+        from ssl_aug.search.compare import compare_best
+
+        text, written = compare_best(spec, best, search_dir, compare_seeds, progress=progress)
+        lines += ["", text]
+        files += written
+    report = "\n".join(lines) + "\n"
+    files.append(atomic_write_text(search_dir / "report.md", report))
+    return report, files
+
+
+def run_search(spec: str | Path, overrides: list[str] = (), launcher: str = "local", workers: int = 1,
+               address: str | None = None, gpus_per_worker: float = 0.0, progress: bool = True,
+               report_only: bool = False) -> Path:
+    """Validate, create or resume the search directory, run the workers, write the report."""
+    from ssl_aug.launchers import launch, require_ray
+    from ssl_aug.search.study import prepare_search, require_optuna, run_worker
+
+    require_optuna()
+    if launcher == "ray":
+        require_ray()
+    loaded = load_search(spec, overrides)
+    if not report_only:
+        search_dir = prepare_search(loaded)
+        threads = max(1, (os.cpu_count() or 1) // workers) if launcher == "local" else 0
+        tasks = [(str(search_dir.resolve()), i, threads, progress and workers == 1) for i in range(workers)]
+        launch(run_worker, tasks, launcher=launcher, workers=workers, address=address, gpus_per_task=gpus_per_worker)
+    else:
+        search_dir = loaded.out_dir
+    report, files = write_search_report(loaded, search_dir, loaded.raw["compare_seeds"], progress=progress)
+    print("\n" + report)
+    print("wrote " + ", ".join(str(p) for p in files))
+    return search_dir
