@@ -16,6 +16,7 @@ from ssl_aug.errors import SslAugError, one_line_parser
 COMMANDS = (  # the order `ssl-aug --help` lists them in
     "ssl_aug.cli.quickstart",
     "ssl_aug.cli.train",
+    "ssl_aug.cli.views",
     "ssl_aug.cli.eval",
     "ssl_aug.cli.ablate",
     "ssl_aug.cli.search",
