@@ -52,7 +52,7 @@ def test_help_prints_usage_and_exits_0(path, capsys):
 LEAVES = [p for p in ALL if not any(q[:len(p)] == p and len(q) > len(p) for q in ALL)]
 
 
-POSITIONALS = {("train",): ["x.toml"], ("eval",): ["enc"], ("ablate",): ["spec.toml"], ("search",): ["spec.toml"],
+POSITIONALS = {("train",): ["x.toml"], ("views",): ["x.toml"], ("eval",): ["enc"], ("ablate",): ["spec.toml"], ("search",): ["spec.toml"],
                ("export",): ["run", "--out", "o"], ("data", "info"): ["cifar10"],
                ("data", "pack"): ["src", "dst"]}
 
