@@ -4,7 +4,8 @@ score(t) = (mean cos(f(x), f(t(x))) - sim_rand) / (1 - sim_rand), sim_rand = mea
 over random pairs i != j. Identity -> 1; "as different as a random image" -> 0 (can go below 0).
 Transforms are fixed-strength torchvision.transforms.v2.functional ops on batched uint8 tensors; for
 the colour-jitter components the score is averaged over the two directions (factor 1-s and 1+s, hue -h
-and +h).
+and +h). Any registered augmentation op, or any kornia.augmentation 2-D op, can be probed by name:
+`invariance_probe(..., ops={"blur": {"sigma": [1.5, 1.5]}, "RandomErasing": {}})` (see `op_transform`).
 """
 
 from __future__ import annotations
@@ -63,16 +64,56 @@ def default_transforms(jitter=(0.4, 0.4, 0.4, 0.1), crop_scale: float = 0.25) ->
     }
 
 
+def op_transform(name: str, seed: int = 0, **cfg) -> Transform:
+    """uint8 (N,3,H,W) square images -> uint8: the registered op `name` (ssl_aug.augment.list_ops()) or the
+    kornia.augmentation class `name`, forced on (probability 1, the op's probe setting, overridden by
+    `cfg`) in an otherwise identity view (full-image crop, no flip, colour, blur...), its per-image
+    parameters drawn from `seed`."""
+    from ssl_aug.augment import OPS, MultiView, ViewSpec
+
+    changes: dict = {}
+    for op in OPS.values():
+        changes.update(op.off())
+    if name in OPS:
+        op = OPS[name]
+        probe = op.probe()
+        if op.nested:
+            changes[name] = {**changes.get(name, {}), **probe.get(name, {}), **cfg}
+        else:
+            changes.update(probe, **cfg)
+    else:
+        import kornia.augmentation as K
+        if not isinstance(getattr(K, name, None), type):
+            raise SslAugError(f"invariance probe: unknown op {name!r}; use one of {', '.join(OPS)} "
+                              f"or a kornia.augmentation class name such as 'RandomErasing'")
+        changes["kornia"] = [{"op": name, "p": 1.0, **cfg}]
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        spec = ViewSpec(size=int(x.shape[-1]), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).replace(**changes)
+        v = MultiView(spec, 1)(x, torch.Generator().manual_seed(seed))[0]
+        return v.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return f
+
+
+def op_transforms(ops) -> dict[str, list[Transform]]:
+    """{op name: its config overrides} (or a list of names) -> {name: [transform]} for `invariance_probe`."""
+    ops = {name: {} for name in ops} if isinstance(ops, (list, tuple)) else dict(ops)
+    return {name: [op_transform(name, **cfg)] for name, cfg in ops.items()}
+
+
 def invariance_probe(encoder: nn.Module, images_uint8: torch.Tensor, mean, std,
                      transforms: dict[str, list[Transform]] | None = None, batch_size: int = 512,
-                     seed: int = 0, amp: bool = False) -> dict:
+                     seed: int = 0, amp: bool = False, ops=None) -> dict:
     """images_uint8 (N,3,H,W), N >= 2 -> {"sim_rand": float, "families": {name: {"sim": mean cos(x, t(x)),
-    "score": normalised score}}}."""
+    "score": normalised score}}}. `ops` ({name: cfg} or [names]) adds registered / kornia ops by name
+    (without `transforms`, after the default families)."""
     check_images(images_uint8, "images_uint8")
     n = images_uint8.shape[0]
     if n < 2:
         raise SslAugError(f"invariance_probe needs at least 2 images, got {n}")
-    transforms = default_transforms() if transforms is None else transforms
+    transforms = default_transforms() if transforms is None else dict(transforms)
+    if ops:
+        transforms.update(op_transforms(ops))
     feats = lambda x: extract_features(encoder, x, mean, std, batch_size=batch_size, progress=False, amp=amp)  # noqa: E731
     f0 = feats(images_uint8).double()
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
