@@ -76,6 +76,10 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
                              *normalization(cfg), k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
         callbacks.append(lambda trainer, epoch: monitor(trainer.method.backbone))  # rank 0 only (Trainer)
     trainer = Trainer(cfg, run_dir, callbacks=callbacks, progress=progress, train_data=train)
+    if trainer.is_main and train is not None and not (run_dir / "views.png").exists():
+        from ssl_aug.viewgrid import write_view_grid  # what the augmentation does, next to the run's results
+
+        write_view_grid(cfg, run_dir / "views.png", n=min(8, len(train.labels)), seed=cfg.seed, data=train)
     start = time.perf_counter()
     final = trainer.fit(resume=resume)
     results = {"train_time_s": round(time.perf_counter() - start, 2), "steps": trainer.step,

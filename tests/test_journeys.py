@@ -59,6 +59,7 @@ def test_own_image_folder_train_evaluate_export(home, capsys):
     assert "hold-out of split 'train': 18 bank / 6 query images" in out
     result = json.loads((run / "eval_cli.json").read_text())
     assert result["data"] == "imagefolder" and 0.0 <= result["knn"]["top1"] <= 1.0
+    assert (run / "views.png").stat().st_size > 0  # the views grid, next to the run
     _ok(["export", run, "--out", tmp / "export"], capsys)
     _, out = _ok(["eval", tmp / "export", "--k", "5", "--no-progress", "--json", tmp / "e.json"], capsys)
     assert "18 bank / 6 query" in out
