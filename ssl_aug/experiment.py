@@ -21,7 +21,8 @@ from ssl_aug.train import Trainer, load_training_data
 
 def flat_results(report: dict) -> dict:
     """evaluate_encoder's nested report -> the flat scalar metrics tables are made of
-    (knn_top1, knn_top5, linear_top1, linear_top5, linear_ece, invariance_<family>)."""
+    (knn_top1, knn_top5, linear_top1, linear_top5, linear_ece, invariance_<family>, and with groups
+    knn_/linear_worst_group_acc, _mean_gap, _max_gap)."""
     flat = {}
     for section in ("knn", "linear", "tta"):
         for key, value in (report.get(section) or {}).items():
@@ -29,6 +30,10 @@ def flat_results(report: dict) -> dict:
                 flat[f"{section}_{key}"] = value
     for family, values in ((report.get("invariance") or {}).get("families") or {}).items():
         flat[f"invariance_{family}"] = values["score"]
+    for section in ("knn", "linear"):  # subgroup metrics (data sets with groups)
+        for key in ("worst_group_acc", "mean_gap", "max_gap"):
+            if key in ((report.get(section) or {}).get("groups") or {}):
+                flat[f"{section}_{key}"] = report[section]["groups"][key]
     return flat
 
 
@@ -38,7 +43,8 @@ def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, devic
     report = evaluate_encoder(backbone.to(device), mean, std, (train.images, train.labels), (test.images, test.labels),
                               knn=True, linear=cfg.eval.linear, invariance=cfg.eval.invariance,
                               ks=(cfg.eval.knn_k,), temperature=cfg.eval.knn_temperature, progress=progress,
-                              seed=cfg.seed)
+                              seed=cfg.seed, test_groups=getattr(test, "groups", None), classes=test.classes,
+                              group_names=getattr(test, "group_names", None))
     return flat_results(report)
 
 

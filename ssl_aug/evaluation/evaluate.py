@@ -10,6 +10,7 @@ from torch import nn
 
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.features import check_images, extract_features
+from ssl_aug.evaluation.groups import group_metrics, group_table, predictions
 from ssl_aug.evaluation.invariance import invariance_probe, invariance_table
 from ssl_aug.evaluation.knn import knn_evaluate
 from ssl_aug.evaluation.linear import linear_probe
@@ -31,11 +32,13 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
                      tta: bool = False, invariance: bool = False, ks: Sequence[int] = (200,),
                      temperature: float = 0.1, num_classes: int | None = None, batch_size: int = 512,
                      amp: bool = False, cache_dir=None, progress: bool = True, linear_kw: dict | None = None,
-                     tta_views: str = "ten_crop", invariance_images: int = 1000, seed: int = 0) -> dict:
+                     tta_views: str = "ten_crop", invariance_images: int = 1000, seed: int = 0,
+                     test_groups=None, classes=None, group_names=None) -> dict:
     """train/test: (images_uint8 (N,3,H,W), labels (N,)). Returns a JSON-friendly dict with the keys
     "knn", "linear", "tta", "invariance" for the evaluations that ran (+ "num_train", "num_test", "dim").
     TTA uses the linear classifier when linear=True, else kNN votes (first k); the invariance probe
-    uses the first `invariance_images` test images."""
+    uses the first `invariance_images` test images. With test_groups (M,) the kNN (first k) and linear
+    sections gain "groups": accuracy per (class, group), worst group and per-class gaps (evaluation.groups)."""
     (tr_x, tr_y), (te_x, te_y) = _pair(train, "train"), _pair(test, "test")
     fkw = dict(batch_size=batch_size, amp=amp, cache_dir=cache_dir, progress=progress)
     tr_f = extract_features(encoder, tr_x, mean, std, **fkw)
@@ -45,10 +48,17 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
     classifier = None
     if knn:
         out["knn"] = knn_evaluate(tr_f, tr_y, te_f, te_y, ks=ks, temperature=temperature, num_classes=c)
+        if test_groups is not None:
+            pred = predictions(knn_head(tr_f, tr_y, ks[0], temperature, c)(te_f))
+            out["knn"]["groups"] = group_metrics(pred, te_y, test_groups, classes, group_names)
     if linear:
         r = linear_probe(tr_f, tr_y, te_f, te_y, num_classes=c, seed=seed, **(linear_kw or {}))
         classifier = r.pop("classifier")
         out["linear"] = r
+        if test_groups is not None:
+            with torch.no_grad():
+                pred = predictions(classifier(te_f))
+            out["linear"]["groups"] = group_metrics(pred, te_y, test_groups, classes, group_names)
     if tta:
         if classifier is not None:
             out["tta"] = {"head": "linear", **tta_evaluate(encoder, classifier, te_x, te_y, mean, std, views=tta_views,
@@ -84,6 +94,8 @@ def format_report(results: dict) -> str:
     lines = ["| evaluation | top-1 % | top-5 % | ECE |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     text = "\n".join(lines)
+    if group_table(results):
+        text += "\n\nSubgroups (accuracy per (class, group) cell):\n\n" + group_table(results)
     if "invariance" in results:
         text += "\n\nInvariance (1 = invariant, 0 = as different as a random image):\n\n"
         text += invariance_table({"encoder": results["invariance"]})

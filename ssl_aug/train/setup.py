@@ -36,7 +36,7 @@ def load_training_data(cfg: Config, split: str | None = None) -> ImageDataset:
     ds = load_dataset(cfg.data.name, split=split, root=cfg.data.root, download=cfg.data.download, **cfg.data.options)
     if split == cfg.data.split and cfg.data.subset and cfg.data.subset < len(ds.labels):
         idx = balanced_subset(ds.labels, cfg.data.subset, seed=0)  # the same images for every run seed
-        ds = ImageDataset(images=ds.images[idx], labels=ds.labels[idx], classes=ds.classes, name=ds.name)
+        ds = ds.subset(idx)  # keeps group labels
     return ds
 
 
