@@ -52,7 +52,17 @@ def view_specs(augment: dict) -> tuple[list[ViewSpec], list[int]]:
     return specs, counts
 
 
-def build_views(augment: dict, channels_last: bool = False) -> MultiView:
+def view_dtype(device, amp: str):
+    """The dtype views are written in: the AMP dtype on accelerators (train.amp bf16 / fp16), else float32
+    (CPU views stay float32, bit-identical to before)."""
+    import torch
+    if torch.device(device).type == "cpu" or amp not in ("bf16", "fp16"):
+        return torch.float32
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def build_views(augment: dict, channels_last: bool = False, dtype=None) -> MultiView:
     """Recipe [augment] table -> the MultiView of :func:`view_specs`."""
     specs, counts = view_specs(augment)
-    return MultiView(specs, counts, mode=augment.get("mode", "exact"), channels_last=channels_last)
+    kw = {} if dtype is None else {"dtype": dtype}
+    return MultiView(specs, counts, mode=augment.get("mode", "exact"), channels_last=channels_last, **kw)
