@@ -18,6 +18,7 @@ COMMANDS = (  # the order `ssl-aug --help` lists them in
     "ssl_aug.cli.train",
     "ssl_aug.cli.views",
     "ssl_aug.cli.eval",
+    "ssl_aug.cli.finetune",
     "ssl_aug.cli.ablate",
     "ssl_aug.cli.search",
     "ssl_aug.cli.export",
