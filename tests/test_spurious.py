@@ -137,3 +137,25 @@ def test_nuisance_op_changes_the_group_not_the_structure():
     assert "nuisance_on" not in MultiView([plain], [1]).sample(images, torch.Generator().manual_seed(0))[0].as_dict()
     with pytest.raises(SslAugError, match="nuisance.tol"):
         ViewSpec.from_dict({"size": 20, "nuisance": {"p": 0.5, "tol": 0.9}})
+
+
+def test_image_folder_groups_from_csv(tmp_path):
+    from PIL import Image
+
+    tree = tmp_path / "tree"
+    rows = ["path,group"]
+    for cls in ("cat", "dog"):
+        (tree / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (10, 10), (40 * i, 80, 120)).save(tree / cls / f"{i}.png")
+            rows.append(f"{cls}/{i}.png,{'band' if i == 0 else 'clean'}")
+    (tree / "dog" / "broken.png").write_bytes(b"not an image")  # skipped by the pack: needs no row
+    csv = tmp_path / "groups.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    ds = load_dataset("imagefolder", "train", root=str(tree), size=8, cache=str(tmp_path / "c"), verbose=False,
+                      groups=str(csv))
+    assert ds.group_names == ["band", "clean"] and ds.groups.tolist() == [0, 1, 1, 0, 1, 1]
+    csv.write_text("\n".join(rows[:-1]) + "\n")
+    with pytest.raises(SslAugError, match="no group for 'dog/2.png'"):
+        load_dataset("imagefolder", "train", root=str(tree), size=8, cache=str(tmp_path / "c"), verbose=False,
+                     groups=str(csv))

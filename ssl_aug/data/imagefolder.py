@@ -255,6 +255,7 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
     buf = np.empty((min(shard_size, len(files)), size, size, 3), dtype=np.uint8)
     labels: list[int] = []
     shard_names: list[str] = []
+    kept: list[str] = []  # relative path of every packed image, in shard order (files.txt: groups CSVs)
 
     def flush():
         name = f"shard_{len(shard_names):05d}.npz"
@@ -279,6 +280,7 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
                 rep.upscaled += up
                 buf[len(labels)] = arr
                 labels.append(label)
+                kept.append(os.path.relpath(path, src).replace(os.sep, "/"))
                 rep.counts[label] += 1
                 if len(labels) == len(buf):
                     flush()
@@ -294,6 +296,7 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
         raise SslAugError(f"no decodable images in {src} ({rep.num_skipped} files skipped); "
                           f"see {dst / 'pack_report.json'}")
     atomic_write(dst / "classes.txt", lambda f: f.write("".join(c + "\n" for c in classes).encode()))
+    atomic_write(dst / "files.txt", lambda f: f.write("".join(k + "\n" for k in kept).encode("utf-8", "surrogateescape")))
     meta = {"format": "ssl_aug.imagefolder", "version": 1, "size": size, "classes": classes,
             "counts": rep.counts, "images": rep.images, "shards": shard_names, "fingerprint": fingerprint,
             "source": display_name(str(src))}
@@ -327,9 +330,10 @@ def resolve_tree(root: Path, split: str) -> Path:
 
 def load_imagefolder(split: str, root, download: bool = False, size: int = 96, cache=None,
                      workers: int | None = None, shard_size: int = 10000,
-                     verbose: bool = True) -> ImageDataset:
+                     verbose: bool = True, groups=None) -> ImageDataset:
     """Data set `imagefolder`: pack root[/split] on first use into `cache` (default
-    <cache_root>/imagefolder/<name>-<hash>-<size>px) and load the shards; repack when files change."""
+    <cache_root>/imagefolder/<name>-<hash>-<size>px) and load the shards; repack when files change.
+    groups: a CSV `path,group` (paths relative to the class tree) -> the data set's group labels."""
     from ssl_aug.data.npz import load_shards
 
     if root is None:
@@ -343,14 +347,21 @@ def load_imagefolder(split: str, root, download: bool = False, size: int = 96, c
     require_folder(cache, "image-folder cache ($SSL_AUG_CACHE or data.options.cache)")
     fp = tree_fingerprint(tree, size)
     meta = read_packed(cache)
-    if meta is None or meta.get("fingerprint") != fp or meta.get("size") != size:
+    if meta is None or meta.get("fingerprint") != fp or meta.get("size") != size \
+            or (groups is not None and not (cache / "files.txt").is_file()):
         pack_imagefolder(tree, cache, size, workers, shard_size, verbose=verbose, fingerprint=fp)
         meta = read_packed(cache)
     if verbose:
         print(f"image folder {display_name(str(tree))}: {meta.get('images')} images at {size}x{size} px "
               f"(data.options.size), cached in {display_name(str(cache))} (ssl-aug data cache list|clear)",
               file=sys.stderr)
-    return load_shards([cache / s for s in meta["shards"]], f"imagefolder/{split}", meta["classes"])
+    ds = load_shards([cache / s for s in meta["shards"]], f"imagefolder/{split}", meta["classes"])
+    if groups is not None:
+        from ssl_aug.data.groups import groups_for_files, read_group_csv
+
+        files = (cache / "files.txt").read_bytes().decode("utf-8", "surrogateescape").splitlines()
+        ds.groups, ds.group_names = groups_for_files(files, read_group_csv(groups), f"groups CSV {groups}")
+    return ds
 
 
 def pack_main(argv: list[str] | None = None) -> int:
