@@ -8,9 +8,9 @@ Search directory layout:
                              checkpoints/, objective.jsonl (scores per epoch), eval.json (final scores)
 
 A trial finished (complete, pruned, or failed with a recorded error) is never rerun. A trial still
-RUNNING when a search starts was left by a killed process: it is marked failed-interrupted (not
-counted) and its parameters are enqueued again with its run directory, so it resumes from its last
-checkpoint.
+RUNNING when a search starts was left by a killed process (or FAILed without a recorded error: a crash
+outside training, e.g. a bug): it is marked interrupted (not counted) and its parameters are enqueued
+again with its run directory, so it resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -106,10 +106,12 @@ def prepare_search(spec: SearchSpec) -> Path:
         point = base_point(spec.base, spec.params)
         if point is not None:  # the base recipe first: the search's reference point
             study.enqueue_trial(point, user_attrs={"baseline": True})
-    for t in trials:
-        if t.state == TrialState.RUNNING:
+    for t in trials:  # killed (still RUNNING) or crashed (FAIL without a recorded error): run them again
+        crashed = t.state == TrialState.FAIL and "error" not in t.user_attrs and not t.user_attrs.get("interrupted")
+        if t.state == TrialState.RUNNING or crashed:
             study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            if t.state == TrialState.RUNNING:
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             attrs = {"resumed_from": t.number, **{k: v for k, v in t.user_attrs.items() if k in ("run_dir", "baseline")}}
             study.enqueue_trial(t.params, user_attrs=attrs)
     return search_dir

@@ -1,0 +1,73 @@
+"""Launchers: bad input in one line, local worker processes, and a search on a local Ray instance
+(started by the test, no network)."""
+
+import json
+import os
+
+import pytest
+
+from ssl_aug.errors import SslAugError
+from ssl_aug.launchers import check_ray_address, launch
+from test_search_resume import tiny_spec
+
+
+def square(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def test_bad_launcher_input_is_one_line():
+    for kwargs, words in [({"launcher": "slurm"}, "local, ray"), ({"workers": 0}, "workers = 0"),
+                          ({"address": "10.0.0.1:6379"}, "--launcher ray")]:
+        with pytest.raises(SslAugError) as exc:
+            launch(square, [(1,)], **kwargs)
+        assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unreachable_ray_address_is_one_line():
+    pytest.importorskip("ray")
+    with pytest.raises(SslAugError) as exc:
+        check_ray_address("127.0.0.1:1")  # nothing listens on port 1
+    text = str(exc.value)
+    assert "unreachable" in text and "127.0.0.1:1" in text and "\n" not in text
+    with pytest.raises(SslAugError) as exc:
+        check_ray_address("no-port-here")
+    assert "host:port" in str(exc.value)
+
+
+def test_local_workers_run_in_separate_processes_in_order():
+    assert [r for r, _ in launch(square, [(i,) for i in range(4)])] == [0, 1, 4, 9]
+    results = launch(square, [(i,) for i in range(4)], workers=2)
+    assert [r for r, _ in results] == [0, 1, 4, 9]
+    assert os.getpid() not in {pid for _, pid in results}
+
+
+def _check_search(out, trials: int) -> list[dict]:
+    rows = [json.loads((d / "eval.json").read_text()) for d in sorted((out / "trials").glob("trial_*"))]
+    assert trials <= len(rows) <= trials + 1  # workers may each start one last trial at the same moment
+    assert all(0.0 <= r["knn_val"] <= 1.0 and r["epochs"] == 2 for r in rows)
+    return rows
+
+
+def test_search_with_two_local_workers(tmp_path):
+    pytest.importorskip("optuna")
+    from ssl_aug.cli import main
+
+    spec, out = tiny_spec(tmp_path, trials=3, epochs=2)
+    assert main(["search", str(spec), "--workers", "2", "--launcher", "local", "--no-progress"]) == 0
+    _check_search(out, 3)
+    assert (out / "trials.md").is_file() and (out / "history.png").is_file()
+
+
+def test_search_on_a_local_ray_instance(tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'ssl_aug[ray]'")
+    pytest.importorskip("optuna")
+    from ssl_aug.search import run_search
+
+    spec, out = tiny_spec(tmp_path, trials=2, epochs=2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    try:
+        run_search(spec, launcher="ray", workers=2, progress=False)
+    finally:
+        ray.shutdown()
+    _check_search(out, 2)
