@@ -68,3 +68,36 @@ def test_reliability_diagram(tmp_path, figures):
     assert _fits(rec)
     assert {"accuracy", "share of samples", "confidence (max class probability)"} <= set(rec["texts"])
     assert "perfect calibration" in rec["lines"]
+
+
+def test_reference_accuracies_match_independent_computations():
+    import torch
+
+    from ssl_aug.evaluation.floors import raw_pixel_features, reference_accuracies
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (60, 3, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.arange(60) % 3
+    x[y == 1] //= 3  # class 1 is darker, class 2 has a bright top half: raw pixels can tell them apart
+    x[y == 2, :, :4] = 250
+    f = raw_pixel_features(x)
+    assert torch.allclose(f.mean(1), torch.zeros(60), atol=1e-6)
+    assert torch.allclose(f[0], x[0].flatten().float() / 255 - (x[0].flatten().float() / 255).mean(), atol=1e-6)
+    floors = reference_accuracies((x[:40], y[:40]), (x[40:], y[40:]), "small_cnn", {"widths": [4]},
+                                  [0.5] * 3, [0.25] * 3, k=5, temperature=0.1)
+    assert floors["chance"] == 1 / 3
+    # an independent numpy cosine kNN (k=5, weights exp(sim / 0.1)) on the same raw-pixel features
+    import numpy as np
+
+    a, b = f[:40].numpy(), f[40:].numpy()
+    a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    sims = b @ a.T
+    preds = []
+    for row in sims:
+        idx = np.argsort(-row)[:5]
+        votes = np.zeros(3)
+        for i in idx:
+            votes[int(y[i])] += np.exp(row[i] / 0.1)
+        preds.append(votes.argmax())
+    assert abs(floors["raw pixels"] - float(np.mean(np.array(preds) == y[40:].numpy()))) < 1e-9
+    assert 0 <= floors["random encoder"] <= 1
