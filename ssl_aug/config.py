@@ -84,6 +84,7 @@ class EvalConfig:
     linear: bool = False  # linear probe on frozen features after training
     invariance: bool = False  # invariance probe after training
     test_split: str = "test"
+    tta: bool = False  # 10-crop + flip test-time augmentation beside plain accuracy/ECE (linear probe if eval.linear, else kNN)
 
 
 @dataclass

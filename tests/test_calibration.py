@@ -62,3 +62,19 @@ def test_reliability_bins_and_report():
         expected_calibration_error(probs, labels, 0)
     with pytest.raises(SslAugError, match="probs"):
         expected_calibration_error(probs[:, 0], labels)
+
+
+def test_tta_evaluate_reports_ece_with_and_without_tta():
+    from torch import nn
+
+    from ssl_aug.evaluation.tta import tta_evaluate, tta_predict
+
+    torch.manual_seed(0)
+    enc = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    head = nn.Linear(4, 3)
+    x = torch.randint(0, 256, (30, 3, 12, 12), dtype=torch.uint8)
+    y = torch.arange(30) % 3
+    r = tta_evaluate(enc, head, x, y, [0.5] * 3, [0.25] * 3, views="ten_crop")
+    plain, tta = tta_predict(enc, head, x, [0.5] * 3, [0.25] * 3, views="ten_crop")
+    assert r["ece"] == expected_calibration_error(plain, y) and r["ece_tta"] == expected_calibration_error(tta, y)
+    assert r["ece"] != r["ece_tta"]

@@ -89,8 +89,8 @@ def format_report(results: dict) -> str:
         rows.append((f"linear probe (wd={m['weight_decay']:g})", _pct(m["top1"]), _pct(m["top5"]), f"{m['ece']:.4f}"))
     if "tta" in results:
         m = results["tta"]
-        rows.append((f"TTA {m['views']} ({m['head']}): without", _pct(m["top1"]), _pct(m["top5"]), "-"))
-        rows.append((f"TTA {m['views']} ({m['head']}): with", _pct(m["top1_tta"]), _pct(m["top5_tta"]), "-"))
+        rows.append((f"TTA {m['views']} ({m['head']}): without", _pct(m["top1"]), _pct(m["top5"]), f"{m['ece']:.4f}"))
+        rows.append((f"TTA {m['views']} ({m['head']}): with", _pct(m["top1_tta"]), _pct(m["top5_tta"]), f"{m['ece_tta']:.4f}"))
     lines = ["| evaluation | top-1 % | top-5 % | ECE |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     text = "\n".join(lines)

@@ -11,6 +11,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.calibration import expected_calibration_error
 from ssl_aug.evaluation.features import check_images, encode, normalize_images
 from ssl_aug.evaluation.knn import classification_metrics, knn_classify
 
@@ -64,11 +65,13 @@ def knn_head(train_features, train_labels, k: int = 200, temperature: float = 0.
 
 def tta_evaluate(encoder: nn.Module, head, images_uint8: torch.Tensor, labels, mean, std,
                  views: str = "ten_crop", outputs: str = "logits", **kw) -> dict:
-    """Accuracy with and without TTA: {"top1", "top1_tta", "top5", "top5_tta", "delta", "views"}."""
+    """Accuracy and ECE (15 bins) with and without TTA: {"top1", "top1_tta", "top5", "top5_tta", "delta", "ece",
+    "ece_tta", "views"} (for kNN heads the probabilities are the normalised vote shares)."""
     labels = torch.as_tensor(labels).long().cpu()
     if labels.ndim != 1 or labels.shape[0] != images_uint8.shape[0]:
         raise SslAugError(f"labels have shape {tuple(labels.shape)}; expected ({images_uint8.shape[0]},), one per image")
     plain, tta = tta_predict(encoder, head, images_uint8, mean, std, views, outputs, **kw)
     a, b = classification_metrics(plain, labels), classification_metrics(tta, labels)
     return {"top1": a["top1"], "top1_tta": b["top1"], "top5": a["top5"], "top5_tta": b["top5"],
-            "delta": b["top1"] - a["top1"], "views": views}
+            "delta": b["top1"] - a["top1"], "ece": expected_calibration_error(plain, labels),
+            "ece_tta": expected_calibration_error(tta, labels), "views": views}
