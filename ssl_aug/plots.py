@@ -8,7 +8,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-__all__ = ["plot_results", "plot_accuracy", "plot_invariance", "plot_reliability", "MISSING"]
+__all__ = ["plot_results", "plot_accuracy", "plot_invariance", "plot_reliability", "plot_confidence_histogram",
+           "MISSING"]
 
 MISSING = "(plots skipped: matplotlib is not installed; pip install 'ssl_aug[plot]')"
 REFERENCE_STYLES = {"chance": ("0.4", ":"), "raw pixels": ("tab:red", "--"), "random encoder": ("tab:purple", "-.")}
@@ -133,4 +134,25 @@ def plot_reliability(bins: dict, path: Path, title: str = "") -> Path | None:
     ax2.bar(centers, [c / n for c in counts], width * 0.95, color="0.5")
     ax2.set_xlabel("confidence (max class probability)")
     ax2.set_ylabel("share of samples")
+    return _save(fig, path)
+
+
+def plot_confidence_histogram(confidence, kept, threshold: float, path: Path, title: str = "") -> Path | None:
+    """Quality gate: histogram of the candidates' confidence (max class probability), kept and rejected
+    stacked, with the threshold C as a vertical line. confidence (N,) floats in [0, 1], kept (N,) bools."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    conf = [float(c) for c in confidence]
+    keep = [bool(k) for k in kept]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    bins = [i / 20 for i in range(21)]
+    ax.hist([[c for c, k in zip(conf, keep) if k], [c for c, k in zip(conf, keep) if not k]], bins=bins,
+            stacked=True, color=["tab:green", "tab:red"], label=["kept", "rejected"], edgecolor="k", linewidth=0.4)
+    ax.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"C = {threshold:g}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("confidence (max class probability of the gate classifier)")
+    ax.set_ylabel("candidates")
+    ax.legend(fontsize=8)
+    ax.set_title(_wrap(title or "quality gate", 60))
     return _save(fig, path)

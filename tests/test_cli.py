@@ -54,7 +54,8 @@ LEAVES = [p for p in ALL if not any(q[:len(p)] == p and len(q) > len(p) for q in
 
 POSITIONALS = {("train",): ["x.toml"], ("views",): ["x.toml"], ("eval",): ["enc"], ("ablate",): ["spec.toml"], ("search",): ["spec.toml"],
                ("export",): ["run", "--out", "o"], ("data", "info"): ["cifar10"],
-               ("data", "pack"): ["src", "dst"]}
+               ("data", "pack"): ["src", "dst"],
+               ("data", "gate"): ["c", "--encoder", "e", "--reference", "r", "--min-confidence", "0.5", "--out", "o"]}
 
 
 @pytest.mark.parametrize("path", [p for p in LEAVES if p[0] != "bench"], ids=" ".join)  # benchmarks parse their own

@@ -51,6 +51,7 @@ def register(sub) -> None:
     data = p.add_subparsers(dest="data", metavar="ACTION", required=True, parser_class=type(p))
     passthrough(data, "pack", "ssl_aug.data.imagefolder", "pack_main",
                 help="decode an image folder once into uint8 npz shards")
+    passthrough(data, "gate", "ssl_aug.cli.gate", "gate_main", help="keep the extra images a classifier on real data trusts")
     b = add_command(data, "info", info, help="load a data set and print its size and class counts")
     b.add_argument("name")
     b.add_argument("--split", default="train")
