@@ -3,7 +3,7 @@ a results table (Markdown + CSV, mean ± std over seeds) and plots.
 
 - `spec`: load and plan (`load_spec`, `plan_runs`, the spec format in its docstring).
 - `runner`: run the cells; finished cells are reused only when their resolved config hash matches.
-- `report`: results.md / results.csv; `plot`: the PNGs.
+- `report`: results.md / results.csv and the PNGs (drawn by ssl_aug.plots).
 """
 
 from __future__ import annotations

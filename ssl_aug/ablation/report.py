@@ -106,7 +106,7 @@ def write_report(runs: list[Run], out_dir: Path, title: str, metrics: list[str] 
     for r in runs:
         writer.writerow([r.cell, r.seed] + [r.results.get(m, "") for m in metrics] + [r.error or ""])
     written.append(atomic_write_text(out_dir / "results.csv", buf.getvalue()))
-    from ssl_aug.ablation.plot import plot_results
+    from ssl_aug.plots import plot_results
 
     plots, note = plot_results(rows, metrics, out_dir, title)
     return table + (f"\n{note}\n" if note else ""), written + plots
