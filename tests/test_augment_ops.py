@@ -183,3 +183,18 @@ def test_pack_to_device_round_trip():
     p = MultiView(ViewSpec(), 2).sample(images(5), torch.Generator().manual_seed(0))
     out = pack_to_device(p, torch.device("cpu"))
     assert all(a == b for a, b in zip(p, out))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_view_call_reads_nothing_back():
+    x = images(64).cuda()
+    mv = MultiView(*get_preset("swav_multicrop"), dtype=torch.bfloat16)
+    params = mv.sample(x, torch.Generator().manual_seed(0))
+    ref = MultiView(*get_preset("swav_multicrop")).apply(x.cpu(), params)
+    mv.apply(x, params)  # fills the per-device constant cache
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        views = mv.apply(x, params)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all((a - b.float().cpu()).abs().max() <= 0.05 for a, b in zip(ref, views))
