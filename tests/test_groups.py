@@ -118,3 +118,18 @@ def test_evaluate_encoder_reports_groups_for_knn_and_linear():
     assert "worst group" in format_report(r)
     flat = flat_results(r)
     assert flat["knn_worst_group_acc"] == r["knn"]["groups"]["worst_group_acc"] and "linear_mean_gap" in flat
+
+
+def test_finetune_report_has_groups():
+    from ssl_aug.data.embedded import load_embedded
+    from ssl_aug.evaluation.finetune import finetune
+    from ssl_aug.models import build_backbone
+
+    tr = load_embedded("train", cache=False, size=12, n_per_class=6, spurious=0.9)
+    te = load_embedded("test", cache=False, size=12, n_per_class=10, spurious=0.9)
+    torch.manual_seed(0)
+    enc = build_backbone("small_cnn", widths=[8, 8, 8])
+    r = finetune(enc, [0.5] * 3, [0.25] * 3, (tr.images, tr.labels), (te.images, te.labels),
+                 {"epochs": 1, "batch_size": 32, "val_fraction": 0.2}, progress=False, test_groups=te.groups,
+                 classes=te.classes, group_names=te.group_names)
+    assert r["groups"]["average"] == pytest.approx(r["top1"]) and len(r["groups"]["cells"]) == 100

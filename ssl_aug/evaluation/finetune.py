@@ -30,6 +30,7 @@ from ssl_aug.data.subset import balanced_subset
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.calibration import calibration_report
 from ssl_aug.evaluation.features import check_images, module_device, normalize_images
+from ssl_aug.evaluation.groups import group_metrics, predictions
 from ssl_aug.evaluation.knn import classification_metrics
 from ssl_aug.evaluation.tta import VIEWS, tta_predict
 from ssl_aug.io import atomic_torch_save, atomic_write_json, atomic_write_text
@@ -251,9 +252,9 @@ def _report(probs, labels, c):
 
 def finetune(encoder: nn.Module, mean, std, train, test, cfg: FinetuneConfig | dict | None = None,
              run_dir: str | Path | None = None, num_classes: int | None = None, input_size: int | None = None,
-             resume: bool = True, progress: bool = True) -> dict:
+             resume: bool = True, progress: bool = True, test_groups=None, classes=None, group_names=None) -> dict:
     """Fine-tune a copy of `encoder` (the argument is left untouched) on train = (uint8 (N,3,H,W), labels (N,));
-    evaluate on test. Returns the report: {"top1", "top5", "per_class", "ece", "nll", "reliability", "val_top1",
+    evaluate on test (with test_groups (M,): + "groups", the subgroup metrics of evaluation.groups). Returns the report: {"top1", "top5", "per_class", "ece", "nll", "reliability", "val_top1",
     "val_loss", "best_epoch", "epochs_run", "num_labelled", "config", ["tta": {...}]}."""
     cfg = FinetuneConfig.from_dict(cfg) if isinstance(cfg, dict) else (cfg or FinetuneConfig())
     (tr_x, tr_y), (te_x, te_y) = train, test
@@ -338,6 +339,8 @@ def finetune(encoder: nn.Module, mean, std, train, test, cfg: FinetuneConfig | d
     report = {**_report(probs, te_y, c), "val_top1": state["best_acc"], "val_loss": state["best_loss"],
               "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "num_labelled": len(train_idx) + len(val_idx),
               "config": dataclasses.asdict(cfg)}
+    if test_groups is not None:
+        report["groups"] = group_metrics(predictions(probs), te_y, test_groups, classes, group_names)
     if cfg.tta:
         plain, tta = tta_predict(model, lambda z: z, te_x, mean, std, views=cfg.tta_views, outputs="logits",
                                  normalize=False)
