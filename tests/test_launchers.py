@@ -71,3 +71,29 @@ def test_search_on_a_local_ray_instance(tmp_path):
     finally:
         ray.shutdown()
     _check_search(out, 2)
+
+
+def test_ablation_cells_through_local_workers(tmp_path):
+    from ssl_aug.ablation import run_ablation
+
+    out = tmp_path / "abl"
+    spec = tmp_path / "abl.toml"
+    spec.write_text(f'''base = "quickstart"
+mode = "cells"
+output_dir = "{out}"
+[base_overrides]
+"data.subset" = 160
+"train.epochs" = 1
+"train.batch_size" = 64
+"eval.knn_k" = 20
+"model.backbone_args" = {{ widths = [8, 16, 16] }}
+[cells.full]
+[cells.no_color]
+"augment.color_jitter.p" = 0.0
+''')
+    runs = run_ablation(spec, progress=False, launcher="local", workers=2)
+    assert [r.cell for r in runs] == ["full", "no_color"] and all(r.error is None for r in runs)
+    for r in runs:
+        saved = json.loads((r.run_dir / "eval.json").read_text())
+        assert saved == r.results and 0.0 <= saved["knn_top1"] <= 1.0
+    assert "no_color" in (out / "results.md").read_text()

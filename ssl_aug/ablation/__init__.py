@@ -19,7 +19,7 @@ __all__ = ["run_ablation", "load_spec", "plan_cells", "plan_runs", "execute", "s
 
 
 def run_ablation(spec: str | Path, overrides: list[str] = (), progress: bool = True, dry_run: bool = False,
-                 rerun_changed: bool = False) -> list[Run]:
+                 rerun_changed: bool = False, **launch) -> list[Run]:
     """Plan, run (reusing finished cells whose config is unchanged) and report an ablation."""
     data, path = load_spec(spec, overrides)
     runs = plan_runs(data, path)
@@ -33,7 +33,7 @@ def run_ablation(spec: str | Path, overrides: list[str] = (), progress: bool = T
         for run in runs:
             print(f"{run.cell} seed {run.seed}: {run.run_dir}  overrides {run.overrides}")
         return runs
-    moved = execute(runs, progress=progress, rerun_changed=rerun_changed)
+    moved = execute(runs, progress=progress, rerun_changed=rerun_changed, **launch)  # launch: launcher, workers, address
     for old in moved:
         print(f"moved the run of an older configuration to {old}")
     report, written = write_report(runs, out_dir, title, data.get("metrics"), base=str(data["base"]))

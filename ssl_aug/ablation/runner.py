@@ -61,10 +61,28 @@ def _move_aside(folder: Path) -> Path:
     return target
 
 
-def execute(runs: list[Run], progress: bool = True, rerun_changed: bool = False) -> list[Path]:
-    """Run every cell in order; returns the run folders moved aside (stale, rerun on request)."""
+def run_cell(config: dict, run_dir: str, progress: bool = False) -> tuple[dict, str | None]:
+    """Train and evaluate one cell (a resolved config as a plain dict) -> (results, one-line error or None).
+    Module-level so launchers can run it in worker processes or as a Ray task."""
+    from ssl_aug.config import config_from_dict
     from ssl_aug.experiment import run_experiment
 
+    run_dir = Path(run_dir)
+    try:
+        results = run_experiment(config_from_dict(config), run_dir, resume=True, progress=progress)
+        (run_dir / "error.txt").unlink(missing_ok=True)
+        return results, None
+    except (SslAugError, RuntimeError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        atomic_write_text(run_dir / "error.txt", error + "\n\n" + traceback.format_exc())
+        print(f"    failed: {error} (recorded in {run_dir / 'error.txt'}; continuing)")
+        return {}, error
+
+
+def execute(runs: list[Run], progress: bool = True, rerun_changed: bool = False, launcher: str = "local",
+            workers: int = 1, address: str | None = None, gpus_per_task: float = 0.0) -> list[Path]:
+    """Run every cell (in order, or through ssl_aug.launchers: `workers` local processes or Ray tasks);
+    returns the run folders moved aside (stale, rerun on request)."""
     stale = [(run, reason) for run in runs if (reason := stale_reason(run))]
     if stale and not rerun_changed:
         run, reason = stale[0]
@@ -73,6 +91,8 @@ def execute(runs: list[Run], progress: bool = True, rerun_changed: bool = False)
                           f"configuration: {reason}{others}; rerun with --rerun-changed (old runs move to "
                           f"*.old) or delete the folder")
     moved = [_move_aside(run.run_dir) for run, _ in stale]
+    inline = launcher == "local" and workers == 1
+    pending = []
     for i, run in enumerate(runs, 1):
         done = run.run_dir / "eval.json"
         if done.is_file():
@@ -85,11 +105,15 @@ def execute(runs: list[Run], progress: bool = True, rerun_changed: bool = False)
         atomic_write_json(run.run_dir / CELL_FILE, {"cell": run.cell, "seed": run.seed, "overrides": run.overrides,
                                                     "config_sha256": run.config_hash,
                                                     "config": run.config.to_dict()})
-        try:
-            run.results = run_experiment(run.config, run.run_dir, resume=True, progress=progress)
-            (run.run_dir / "error.txt").unlink(missing_ok=True)
-        except (SslAugError, RuntimeError, ValueError) as exc:
-            run.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            atomic_write_text(run.run_dir / "error.txt", run.error + "\n\n" + traceback.format_exc())
-            print(f"    failed: {run.error} (recorded in {run.run_dir / 'error.txt'}; continuing)")
+        if inline:
+            run.results, run.error = run_cell(run.config.to_dict(), str(run.run_dir), progress)
+        else:
+            pending.append(run)
+    if pending:
+        from ssl_aug.launchers import launch
+
+        tasks = [(run.config.to_dict(), str(run.run_dir.resolve()), False) for run in pending]
+        for run, (results, error) in zip(pending, launch(run_cell, tasks, launcher=launcher, workers=workers,
+                                                          address=address, gpus_per_task=gpus_per_task)):
+            run.results, run.error = results, error
     return moved

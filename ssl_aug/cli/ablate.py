@@ -16,7 +16,8 @@ def run(args) -> int:
     if args.seeds:
         overrides.append(f"seeds={args.seeds}")
     run_ablation(args.spec, overrides=overrides, progress=not args.no_progress, dry_run=args.dry_run,
-                 rerun_changed=args.rerun_changed)
+                 rerun_changed=args.rerun_changed, launcher=args.launcher, workers=args.workers, address=args.address,
+                 gpus_per_task=args.gpus_per_cell)
     return 0
 
 
@@ -29,4 +30,9 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.add_argument("--rerun-changed", action="store_true",
                    help="rerun cells whose folder holds a run of another config (the old run moves to *.old)")
+    p.add_argument("--launcher", choices=("local", "ray"), default="local",
+                   help="local: here (--workers N processes); ray: one Ray task per cell (ssl_aug[ray])")
+    p.add_argument("--workers", type=int, default=1, help="cells run in parallel with the local launcher")
+    p.add_argument("--address", default=None, help="Ray cluster address host:port (with --launcher ray)")
+    p.add_argument("--gpus-per-cell", type=float, default=0.0, help="GPUs Ray gives each cell (its own device)")
     p.add_argument("--no-progress", action="store_true")
