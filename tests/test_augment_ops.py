@@ -198,3 +198,32 @@ def test_cuda_view_call_reads_nothing_back():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert all((a - b.float().cpu()).abs().max() <= 0.05 for a, b in zip(ref, views))
+
+
+def test_a_run_with_two_kornia_ops_trains_and_resumes_bit_identically(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from trainer_fixtures import StopAfter, tiny_config, tiny_data
+
+    from ssl_aug.train import Trainer
+
+    two = [{"op": "RandomErasing", "p": 0.5}, {"op": "RandomPerspective", "distortion_scale": 0.3, "p": 0.5}]
+
+    def config(where):
+        cfg = tiny_config(where, epochs=1)
+        cfg.augment["kornia"] = two
+        return cfg
+
+    data = tiny_data()
+    full = Trainer(config(tmp_path / "a"), progress=False, train_data=data)
+    full.fit()
+    assert full.step == 3 and [e["op"] for e in full.views.view_specs[0].kornia] == ["RandomErasing", "RandomPerspective"]
+    stopped = StopAfter(config(tmp_path / "b"), progress=False, train_data=data)
+    stopped.limit = 2
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit()
+    resumed = Trainer(config(tmp_path / "b"), progress=False, train_data=data)
+    resumed.fit(resume=True)
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
