@@ -9,6 +9,8 @@ keys are its constructor arguments. Parameters are drawn per image on the CPU wi
 `forward_parameters` under a seed taken from the view's generator, stored in ViewParams as
 `kornia{i}.{key}` ((N, ...) tensors; keys shared by the batch are stored repeated and end in "@"), and
 replayed with `op(x, params=...)` on the images' device, so `MultiView.apply` reproduces a call exactly.
+Kornia's own apply selects the gated images by index, which reads a mask back to the host on a GPU:
+views with kornia ops (and the per-image policies, grouped on the host) are not sync-free.
 """
 
 from __future__ import annotations
