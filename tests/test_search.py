@@ -219,3 +219,10 @@ def test_missing_extras_name_the_pip_command(monkeypatch):
     with pytest.raises(SslAugError) as exc:
         require_ray()
     assert "pip install 'ssl_aug[ray]'" in _one_line(exc)
+
+
+@pytest.mark.parametrize("name", ["search_quickstart", "search_cifar10_cpu"])
+def test_shipped_search_specs_load(name):
+    spec = load_search(name)
+    assert spec.params and spec.raw["trials"] >= 1 and spec.epochs >= 1
+    assert spec.out_dir.as_posix() == f"runs/{name}"
