@@ -238,3 +238,19 @@ def test_pack_main(tree, tmp_path, capsys):
     assert pack_main([str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ssl-aug: error: image folder") and err.count("\n") == 1
+
+
+def test_stratified_holdout_per_class_counts_disjoint_and_seeded():
+    from ssl_aug.data.holdout import stratified_holdout
+
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 1 + [-1] * 3 + [3] * 2)
+    bank, held = stratified_holdout(labels, 0.2, seed=0)
+    assert set(bank.tolist()).isdisjoint(held.tolist())
+    assert sorted(bank.tolist() + held.tolist()) == [i for i, y in enumerate(labels.tolist()) if y >= 0]
+    counts = {c: int((labels[held] == c).sum()) for c in range(4)}
+    assert counts == {0: 2, 1: 1, 2: 0, 3: 1}  # round(0.2 n), at least 1, at most n - 1; a lone image stays
+    again, held_again = stratified_holdout(labels, 0.2, seed=0)
+    assert torch.equal(again, bank) and torch.equal(held_again, held)
+    assert any(not torch.equal(stratified_holdout(labels, 0.2, seed=s)[1], held) for s in range(1, 6))
+    with pytest.raises(ValueError):
+        stratified_holdout(labels, 1.0)
