@@ -23,7 +23,10 @@ def check_sizes(cfg, train, test=None, bank=None) -> list[str]:
     """Refuse size/count keys the data cannot satisfy; return notes (one line each) to print."""
     from ssl_aug.augment.recipe import view_specs
 
-    specs, _ = view_specs(cfg.augment)
+    specs, counts = view_specs(cfg.augment)
+    if sum(counts) < 2:
+        _fail("augment.views", cfg.augment.get("views", 2), "gives fewer than 2 views per image; contrastive "
+              "methods compare at least 2 (use augment.views = 2)")
     if len(specs) > 1 and specs[1].size >= specs[0].size:
         _fail("augment.multicrop.size", specs[1].size, f"must be smaller than the global crop size "
               f"augment.size = {specs[0].size} (local crops are the small ones)")

@@ -134,6 +134,7 @@ SIZE_CASES = {
     "local crops not smaller than global": (["augment.multicrop.local_views=2", "augment.multicrop.size=16"],
                                             ["augment.multicrop.size", "smaller"]),
     "batch larger than the data": (["train.batch_size=4096"], ["4096"]),
+    "one view per image": (["augment.views=1"], ["augment.views", "fewer than 2"]),
     "option the data set does not take": (["data.name=cifar10"], ["n_per_class", "cifar10"]),
 }
 

@@ -16,6 +16,9 @@ def validate_before_data(cfg) -> None:
     from ssl_aug.methods import method_options
 
     build_views(cfg.augment)
+    from ssl_aug.sizes import check_sizes
+
+    check_sizes(cfg, None)  # the checks that need no data (view counts, crop sizes)
     allowed = method_options(cfg.method.get("name", "simclr"))
     unknown = sorted(set(cfg.method) - set(allowed) - {"name"})
     if unknown:
