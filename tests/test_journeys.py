@@ -119,3 +119,20 @@ def test_views_grid_before_training(home, capsys):
     cell = 64 + 2  # views are upscaled to at least 64 px, 2 px apart
     assert grid.size[0] == 120 + 3 * cell and grid.size[1] == 18 + (1 + 2 + 2) * cell  # source + 2 + 2 rows
     assert_one_error(["views", recipe, "--out", tmp], capsys, "is a folder")
+
+
+def test_ablation_report_through_the_cli(home, capsys):
+    tmp, _ = home
+    from test_ablation import SPEC
+
+    spec = tmp / "spec.toml"
+    spec.write_text(SPEC.format(out=(tmp / "abl").as_posix()).replace("seeds = 2", "seeds = 1"))
+    _, out = _ok(["ablate", spec, "--no-progress"], capsys)
+    for name in ("results.md", "results.csv", "accuracy.png", "invariance.png"):
+        assert str(tmp / "abl" / name) in out, name  # the console names every file written
+    table = (tmp / "abl" / "results.md").read_text()
+    assert "Base recipe: `quickstart`" in table and "Budget: 2 epochs, batch 64" in table
+    assert "- no_color_jitter: `augment.color_jitter.p=0.0`" in table and "- full: (the base recipe)" in table
+    assert "±" not in table and "identity" not in table
+    code, lines, _ = run_cli(["ablate", spec, "base.train.epochs=1", "--no-progress"], capsys)
+    assert code == 2 and "--rerun-changed" in lines[-1] and "train.epochs: 2 -> 1" in lines[-1]
