@@ -56,10 +56,19 @@ def compare_best(spec, best, search_dir: Path, seeds: int, progress: bool = Fals
     whole training split) and compare kNN top-1 on the test split; -> (Markdown, files written)."""
     from ssl_aug.experiment import run_experiment
 
+    from ssl_aug.search.space import base_point
+
+    base = base_point(spec.base, spec.params) or {}
+    same = set(base) == set(best.params) and all(  # the base recipe won: nothing else to train
+        abs(v - base[k]) < 1e-9 if isinstance(v, float) and isinstance(base[k], float) else v == base[k]
+        for k, v in best.params.items())
     recipes = {"base recipe": spec.base, "best policy": apply_point(spec.base, spec.params, best.params)}
     results: dict[str, list[float]] = {}
     for name, recipe in recipes.items():
         results[name] = []
+        if same and name == "best policy":
+            results[name] = list(results["base recipe"])
+            continue
         for s in range(seeds):
             run_dir = search_dir / "compare" / name.split()[0] / f"seed{s}"
             data = json.loads(json.dumps(recipe))
@@ -86,7 +95,8 @@ def compare_best(spec, best, search_dir: Path, seeds: int, progress: bool = Fals
         lines.append(f"| floor: {name} | {value:.4f} | – |")
     (bm, bs), (dm, ds) = mean_std(results["best policy"]), mean_std(results["base recipe"])
     verdict = ("at least as good as" if bm >= dm else "within one std of" if bm + max(bs, ds) >= dm else "worse than")
-    lines += ["", f"The best policy is {verdict} the base recipe on the test split ({bm - dm:+.4f})."]
+    lines += ["", "The best trial is the base recipe itself: no policy in the space beat it on the validation split."
+              if same else f"The best policy is {verdict} the base recipe on the test split ({bm - dm:+.4f})."]
     text = "\n".join(lines) + "\n"
     summary = {"best_trial": best.number, "seeds": seeds, "results": results, "floors": floor}
     files = [atomic_write_text(search_dir / "compare.md", text),

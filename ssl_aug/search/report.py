@@ -14,7 +14,7 @@ from ssl_aug.io import atomic_write_text
 from ssl_aug.search.objectives import LABEL_FREE
 from ssl_aug.search.space import apply_point
 
-__all__ = ["trial_rows", "spearman", "correlations", "dump_toml", "write_best_recipe", "write_trials", "best_trial"]
+__all__ = ["trial_rows", "first_rung_rows", "spearman", "correlations", "dump_toml", "write_best_recipe", "write_trials", "best_trial"]
 
 SCORE_COLUMNS = ("knn_val", "alignment", "uniformity", "align_uniform", "rotation")
 
@@ -73,6 +73,25 @@ def correlations(rows: list[dict]) -> dict[str, tuple[float, int]]:
         sign = -1.0 if name.startswith("neg_") else 1.0
         pairs = [(sign * r[key], r["knn_val"]) for r in done if r.get(key) is not None]
         out[name] = (spearman([a for a, _ in pairs], [b for _, b in pairs]), len(pairs))
+    return out
+
+
+def first_rung_rows(rows: list[dict], search_dir: Path, epoch: int = 1) -> list[dict]:
+    """Every trial's scores after `epoch` (from its objective.jsonl): the pruner's first rung, where all
+    trials, pruned or not, were scored at the same budget."""
+    out = []
+    for r in rows:
+        path = search_dir / r["run_dir"] / "objective.jsonl" if r["run_dir"] else None
+        if path is None or not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("epoch") == epoch:
+                out.append({**{k: rec.get(k) for k in SCORE_COLUMNS}, "state": "complete"})
+                break
     return out
 
 
