@@ -121,16 +121,18 @@ def build_pipelines(setting: str, x_hwc: np.ndarray) -> dict:
             "ssl_aug exact": lambda: exact(x, gen), "ssl_aug fast": lambda: fast(x, gen)}
 
 
-def measure(fns: dict, rounds: int) -> dict[str, float]:
-    """Median seconds per call over `rounds` interleaved rounds (one warm-up call each)."""
+def measure(fns: dict, rounds: int, clock=time.perf_counter) -> dict[str, float]:
+    """Median seconds per call over `rounds` interleaved rounds (one warm-up call each). `clock`:
+    time.perf_counter (wall) or time.process_time (this process's CPU time: steadier on a machine other
+    jobs load, comparable across pipelines with one thread)."""
     for f in fns.values():
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -155,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="BENCHMARKS.md", help="file whose views section is rewritten")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or this process's CPU time (steadier on a loaded machine; use --threads 1)")
     ap.add_argument("--no-malloc-tune", action="store_true",
                     help="keep glibc's default malloc (otherwise re-exec with high mmap/trim thresholds)")
     args = ap.parse_args(argv)
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         _, _, batch, side, _ = SETTINGS[s]
         batch = max(8, batch // 8) if args.quick else batch
         x, source = load_images(batch, side, args.data)
-        secs = measure(build_pipelines(s, x), rounds)
+        secs = measure(build_pipelines(s, x), rounds, time.process_time if args.clock == "cpu" else time.perf_counter)
         results[s] = {k: batch / v for k, v in secs.items()}
         print(f"{s}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in results[s].items()), flush=True)
     names = list(next(iter(results.values())))
@@ -202,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     x32, _ = load_images(64 if args.quick else 512, 32, args.data)
     mean_d, p99_d, max_d = fast_vs_exact(x32)
     load1 = os.getloadavg()[0]
-    body = (f"Input images/s (all views of an image counted once), median of {rounds} interleaved rounds "
+    per = "CPU-time" if args.clock == "cpu" else "wall-time"
+    body = (f"Input images/s by {per} (all views of an image counted once), median of {rounds} interleaved rounds "
             f"after one warm-up, one process, {torch.get_num_threads()} torch threads, {malloc}; "
             f"1-min load average {load0:.1f} at start, {load1:.1f} at end (other jobs on the machine "
             f"inflate absolute figures; ratios are measured side by side). "
