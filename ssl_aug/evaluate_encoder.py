@@ -78,6 +78,9 @@ def load_eval_data(data: dict, args):
     split = args.split or (data["split"] if same else "train")
     test_split = args.test_split or (data["test_split"] if same else "test")
     train = load_dataset(name, split=split, root=root, **options)
+    if not bool((train.labels >= 0).any()) and args.split is None and split != "train":
+        split = "train"  # trained on an unlabeled split (e.g. stl10 'unlabeled'): the labelled bank is 'train'
+        train = load_dataset(name, split=split, root=root, **options)
     keep = train.labels >= 0  # unlabeled images cannot vote or be scored
     train_x, train_y = train.images[keep], train.labels[keep]
     if test_split == split:
