@@ -85,6 +85,7 @@ class EvalConfig:
     invariance: bool = False  # invariance probe after training
     test_split: str = "test"
     tta: bool = False  # 10-crop + flip test-time augmentation beside plain accuracy/ECE (linear probe if eval.linear, else kNN)
+    online_linear: bool = False  # linear head on detached features trained alongside the SSL loss (accuracy per epoch)
 
 
 @dataclass

@@ -81,7 +81,14 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
         monitor = KnnMonitor(bank_set.images[bank], bank_set.labels[bank], test.images[query], test.labels[query],
                              *normalization(cfg), k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
         callbacks.append(lambda trainer, epoch: monitor(trainer.method.backbone))  # rank 0 only (Trainer)
-    trainer = Trainer(cfg, run_dir, callbacks=callbacks, progress=progress, train_data=train)
+    hooks = []
+    if cfg.eval.online_linear:
+        from ssl_aug.evaluation.online_linear import OnlineLinearProbe
+
+        if train is None:
+            raise SslAugError("eval.online_linear needs the training set in memory; it does not work with data.stream")
+        hooks.append(OnlineLinearProbe(train.labels, len(train.classes)))
+    trainer = Trainer(cfg, run_dir, callbacks=callbacks, progress=progress, train_data=train, hooks=hooks)
     if trainer.is_main and train is not None and not (run_dir / "views.png").exists():
         from ssl_aug.viewgrid import write_view_grid  # what the augmentation does, next to the run's results
 

@@ -28,7 +28,7 @@ from ssl_aug.io import atomic_write_json
 from ssl_aug.train.hard_views import hard_views
 from ssl_aug.train.metrics import MetricsLog, StepTimer
 from ssl_aug.train.setup import (autocast, build_model, build_optimization, build_source, load_training_data,
-                                 training_device)
+                                 training_device, tune_allocator)
 from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted
 from ssl_aug.train.state import load_trainer_state, trainer_state
 
@@ -43,16 +43,21 @@ class Trainer:
     """Self-supervised training of one recipe in one run directory."""
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, callbacks: list[EpochCallback] = (),
-                 progress: bool = True, train_data: ImageDataset | None = None):
+                 progress: bool = True, train_data: ImageDataset | None = None, hooks: list = ()):
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.output_dir)
         self.callbacks = list(callbacks)
+        # Step hooks (e.g. evaluation.OnlineLinearProbe): after_step(trainer, indices, views), end_epoch(trainer)
+        # -> dict for the epoch record, hook_state() / load_hook_state(state) kept in checkpoints.
+        self.hooks = list(hooks)
         self.progress = progress
         self.rank, self.world_size = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
         self.device = training_device(cfg, self.world_size)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if self.device.type == "cpu":
+            tune_allocator()
         if cfg.train.batch_size % self.world_size:
             raise SslAugError(f"train.batch_size = {cfg.train.batch_size} must be divisible by the world size "
                               f"{self.world_size}")
@@ -98,10 +103,15 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """The checkpoint dict (a collective with several ranks)."""
-        return trainer_state(self)
+        state = trainer_state(self)
+        if self.hooks:
+            state["hooks"] = [hook.hook_state() for hook in self.hooks]
+        return state
 
     def load_state_dict(self, ckpt: dict, path: Path) -> None:
         load_trainer_state(self, ckpt, path)
+        for hook, hook_state in zip(self.hooks, ckpt.get("hooks", [])):
+            hook.load_hook_state(hook_state, self.device)
 
     def save_checkpoint(self) -> Path | None:
         """Every rank calls this (the per-rank state is gathered); only rank 0 writes the file."""
@@ -128,8 +138,8 @@ class Trainer:
                               "or choose another output_dir")
         else:
             self.metrics.reset()
-        if self.is_main:
-            atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
+        if self.is_main and (fresh_epoch or not (self.run_dir / "config.json").exists()):
+            atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())  # a resume keeps the original
         self._saved_step = self.step if not fresh_epoch else -1
         return fresh_epoch
 
@@ -173,6 +183,8 @@ class Trainer:
             for callback in self.callbacks:
                 record.update(callback(self, self.epoch))
             self.model.train()
+        for hook in self.hooks:
+            record.update(hook.end_epoch(self))
         self.history.append(record)
         self.metrics.append(record)
         if self.cfg.train.checkpoint_every == 0:
@@ -251,11 +263,13 @@ class Trainer:
         timer = StepTimer(self.device)
         images_seen = 0
         epoch_start = window_start = time.perf_counter()
-        for _, images in self.source:
+        for indices, images in self.source:
             t0 = timer.mark()
             views = self.make_views(images)
             t1 = timer.mark()
             loss, stats = self.optimize(views)
+            for hook in self.hooks:
+                hook.after_step(self, indices, views)
             detached = loss.detach().float()
             nonfinite = nonfinite | ~torch.isfinite(detached)
             self.epoch_loss["sum"] = self.epoch_loss["sum"] + detached.double()
