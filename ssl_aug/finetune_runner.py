@@ -87,8 +87,9 @@ def _data(args, data_keys):
 
 
 def run_cells(encoder, mean, std, train, test, cells: dict[str, dict], seeds: int, out_dir: Path,
-              progress: bool = True) -> dict[str, list[dict]]:
-    """Fine-tune every cell (name -> FinetuneConfig dict) for seeds 0..seeds-1 in out_dir/CELL/seedN."""
+              progress: bool = True, on_result=None) -> dict[str, list[dict]]:
+    """Fine-tune every cell (name -> FinetuneConfig dict) for seeds 0..seeds-1 in out_dir/CELL/seedN;
+    on_result(results so far) after every run (the table is rewritten as runs finish)."""
     results: dict[str, list[dict]] = {}
     total, done = len(cells) * seeds, 0
     for cell, cfg in cells.items():
@@ -101,10 +102,12 @@ def run_cells(encoder, mean, std, train, test, cells: dict[str, dict], seeds: in
                     json.dumps(vars(config))):
                 print(f"[{done}/{total}] {cell} seed {seed}: done earlier, read back")
                 results.setdefault(cell, []).append(json.loads(finished.read_text()))
-                continue
-            print(f"[{done}/{total}] {cell} seed {seed} -> {run_dir}")
-            results.setdefault(cell, []).append(
-                finetune(encoder, mean, std, train, test, config, run_dir=run_dir, progress=progress))
+            else:
+                print(f"[{done}/{total}] {cell} seed {seed} -> {run_dir}")
+                results.setdefault(cell, []).append(
+                    finetune(encoder, mean, std, train, test, config, run_dir=run_dir, progress=progress))
+            if on_result is not None:
+                on_result(results)
     return results
 
 
@@ -124,6 +127,12 @@ def finetune_command(args) -> int:
         seeds = args.seeds or int(spec.get("seeds", 1))
         out_dir = Path(args.output_dir or spec.get("output_dir") or f"runs/{Path(args.spec).stem}")
         title = spec.get("description") or Path(args.spec).stem
+        if args.cells:
+            wanted = [c.strip() for c in args.cells.split(",") if c.strip()]
+            unknown = [c for c in wanted if c not in cells]
+            if unknown:
+                raise SslAugError(f"--cells {unknown[0]!r} is not a cell of {args.spec}; cells: {', '.join(cells)}")
+            cells = {c: cells[c] for c in wanted}
         if not args.test_subset:
             args.test_subset = int(spec.get("test_subset", 0))
     else:
@@ -139,11 +148,18 @@ def finetune_command(args) -> int:
         mean = pixels.mean(dim=(0, 2, 3)).tolist()
         std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     print(f"fine-tuning {label} on {name}: {how}")
-    torch.set_num_threads(args.threads) if args.threads else None
-    results = run_cells(backbone, mean, std, train, test, cells, seeds, out_dir, progress=not args.no_progress)
-    table = results_table(results, title) + f"\nEncoder: `{label}`; data: {name} ({how}).\n"
-    atomic_write_text(out_dir / "results.md", table)
-    atomic_write_json(out_dir / "results.json", {"encoder": label, "data": name, "split": how, "cells": results})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def write(results):
+        table = results_table(results, title) + f"\nEncoder: `{label}`; data: {name} ({how}).\n"
+        atomic_write_text(out_dir / "results.md", table)
+        atomic_write_json(out_dir / "results.json", {"encoder": label, "data": name, "split": how, "cells": results})
+        return table
+
+    results = run_cells(backbone, mean, std, train, test, cells, seeds, out_dir, progress=not args.no_progress,
+                        on_result=write)
+    table = write(results)
     print("\n" + table)
     print(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.json'}")
     return 0

@@ -21,6 +21,7 @@ def register(sub) -> None:
                         "trainable=last_stage freeze_bn=true label_smoothing=0.1 tta=true")
     p.add_argument("--spec", default=None, help="a fine-tuning ablation TOML (cells x seeds), e.g. "
                                                  "ablate_finetune_mixing")
+    p.add_argument("--cells", default=None, help="with --spec: only these cells, comma-separated (in this order)")
     p.add_argument("--seeds", type=int, default=0, help="seeds per cell (default: the spec's, else 1)")
     p.add_argument("--data", default=None, help="data set name (default: the one the encoder was trained on)")
     p.add_argument("--root", default=None, help="data root (default: the run's, then $SSL_AUG_DATA)")
