@@ -114,3 +114,27 @@ def test_balanced_subset():
     assert torch.bincount(labels[idx], minlength=10).tolist() == [20] * 10
     assert torch.equal(idx, balanced_subset(labels, 200, seed=1))
     assert not torch.equal(idx, balanced_subset(labels, 200, seed=2))
+
+
+def test_resume_with_a_changed_setting_is_refused_and_config_kept(tmp_path):
+    """A resume that would train differently (lr, epochs) is refused with the changed keys listed;
+    settings that cannot change the run (log interval, evaluation) are allowed; config.json stays the
+    original recipe."""
+    data = tiny_data()
+    first = StopAfter(tiny_config(tmp_path, epochs=2), progress=False, train_data=data)
+    first.limit = 2
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    original = (tmp_path / "run" / "config.json").read_text()
+    changed = tiny_config(tmp_path, epochs=3, lr=0.05)
+    with pytest.raises(SslAugError) as info:
+        Trainer(changed, progress=False, train_data=data).fit(resume=True)
+    message = str(info.value)
+    assert "\n" not in message and "train.lr 0.1 -> 0.05" in message and "train.epochs 2 -> 3" in message
+    assert "train.log_every" in message  # names what may change
+    allowed = tiny_config(tmp_path, epochs=2, log_every=5)
+    allowed.eval.knn_k = 7
+    resumed = Trainer(allowed, progress=False, train_data=data)
+    resumed.fit(resume=True)
+    assert resumed.step == 6
+    assert (tmp_path / "run" / "config.json").read_text() == original

@@ -23,7 +23,32 @@ from ssl_aug._version import __version__
 from ssl_aug.checkpoint import FORMAT, VERSION
 from ssl_aug.errors import SslAugError
 
-__all__ = ["rng_state", "set_rng_state", "rank_state", "trainer_state", "load_trainer_state"]
+__all__ = ["rng_state", "set_rng_state", "rank_state", "trainer_state", "load_trainer_state", "changed_keys",
+           "RESUME_MAY_CHANGE"]
+
+# Recipe keys a resumed run may change: they decide where files go, how often it logs or keeps files, and
+# what is evaluated, never what is trained. Everything else must equal the checkpoint's recipe.
+RESUME_MAY_CHANGE = ("description", "output_dir", "data.root", "data.download", "train.log_every",
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "eval.")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_keys(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+    """(key, saved value, current value) for every recipe key that differs and may not change on resume.
+    Keys the saved recipe lacks (written by an older ssl_aug) are taken as their current defaults."""
+    old, new = _flat(saved), _flat(current)
+    allowed = lambda key: any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
+    return [(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+            if key in old and old.get(key) != new.get(key) and not allowed(key)]
 
 
 def rng_state(view_generator: torch.Generator, device: torch.device) -> dict:
@@ -75,6 +100,12 @@ def load_trainer_state(trainer, ckpt: dict, path: Path) -> None:
     if saved != trainer.cfg.model.backbone:
         raise SslAugError(f"checkpoint {path} was trained with backbone {saved!r}, "
                           f"the recipe asks for {trainer.cfg.model.backbone!r}")
+    changed = changed_keys(ckpt["config"], trainer.cfg.to_dict())
+    if changed:
+        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed[:8]) + (" ..." if len(changed) > 8 else "")
+        raise SslAugError(f"checkpoint {path} was trained with other settings ({listed}); resume with the recipe "
+                          f"it was trained with (the run's config.json) or use another output_dir; resuming may "
+                          f"change only {', '.join(k + '*' if k.endswith('.') else k for k in RESUME_MAY_CHANGE)}")
     if ckpt.get("world_size", 1) != trainer.world_size:
         raise SslAugError(f"checkpoint {path} was written with world size {ckpt.get('world_size', 1)}; resume "
                           f"with the same number of processes (now {trainer.world_size})")
