@@ -105,7 +105,10 @@ def invariance_probe(encoder: nn.Module, images_uint8: torch.Tensor, mean, std,
                      transforms: dict[str, list[Transform]] | None = None, batch_size: int = 512,
                      seed: int = 0, amp: bool = False, ops=None) -> dict:
     """images_uint8 (N,3,H,W), N >= 2 -> {"sim_rand": float, "families": {name: {"sim": mean cos(x, t(x)),
-    "score": normalised score}}}. `ops` ({name: cfg} or [names]) adds registered / kornia ops by name
+    "score": normalised score, "variance": kernel-view penalty}}}. variance (Dao et al. 2019: augmentation
+    ~ averaging features over transforms + a data-dependent variance term) = mean over images of
+    1/K sum_k |f_k - mean_k f_k|^2 over the K L2-normalised features of x and its transformed versions:
+    how much the transform spreads the representation (0 = invariant; 2 transforms apart: (1 - cos) / 2). `ops` ({name: cfg} or [names]) adds registered / kornia ops by name
     (without `transforms`, after the default families)."""
     check_images(images_uint8, "images_uint8")
     n = images_uint8.shape[0]
@@ -122,8 +125,11 @@ def invariance_probe(encoder: nn.Module, images_uint8: torch.Tensor, mean, std,
     sim_rand = float((f0 * f0[partner]).sum(1).mean())
     out = {}
     for name, fns in transforms.items():
-        sim = sum(float((f0 * feats(fn(images_uint8)).double()).sum(1).mean()) for fn in fns) / len(fns)
-        out[name] = {"sim": sim, "score": (sim - sim_rand) / max(1e-12, 1 - sim_rand)}
+        views = [feats(fn(images_uint8)).double() for fn in fns]
+        sim = sum(float((f0 * v).sum(1).mean()) for v in views) / len(views)
+        stack = torch.stack([f0] + views)  # (K, N, D): the clean image and its K - 1 transformed versions
+        variance = float((stack - stack.mean(0)).square().sum(2).mean())
+        out[name] = {"sim": sim, "score": (sim - sim_rand) / max(1e-12, 1 - sim_rand), "variance": variance}
     return {"sim_rand": sim_rand, "families": out}
 
 
