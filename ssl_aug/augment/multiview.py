@@ -184,14 +184,16 @@ class MultiView:
         return y
 
     def _groups(self) -> list[tuple[ViewSpec, list[int]]]:
-        """Runs of consecutive views with equal specs (made together on a device)."""
-        groups: list[tuple[ViewSpec, list[int]]] = []
-        for i, s in enumerate(self.view_specs):
-            if groups and groups[-1][0] == s:
-                groups[-1][1].append(i)
-            else:
-                groups.append((s, [i]))
-        return groups
+        """Runs of consecutive views with equal specs (made together on a device); computed once."""
+        if getattr(self, "_group_list", None) is None:
+            groups: list[tuple[ViewSpec, list[int]]] = []
+            for i, s in enumerate(self.view_specs):
+                if groups and groups[-1][0] == s:
+                    groups[-1][1].append(i)
+                else:
+                    groups.append((s, [i]))
+            self._group_list = groups
+        return self._group_list
 
     def _apply_masked(self, x, params, normalize, fmt, dtype) -> list[torch.Tensor]:
         n = x.shape[0]
