@@ -137,7 +137,7 @@ def randomization() -> str:
         raw = knn_evaluate(_raw(tr.images), tr.labels, _raw(te_shift.images), te_shift.labels, ks=(200,))["top1"]
         res.setdefault((run.cell, "raw pixels", "kNN shifted"), []).append(raw)
     rows = []
-    for cell in dict.fromkeys(r.cell for r in runs):
+    for cell in sorted(dict.fromkeys(r.cell for r in runs)):
         g = lambda e, m: _ms(res[(cell, e, m)])  # noqa: E731
         rows.append((cell, g("SSL", "kNN in-domain"), g("SSL", "kNN shifted"), g("SSL", "linear shifted"),
                      g("raw pixels", "kNN shifted"), g("random encoder", "kNN shifted")))
