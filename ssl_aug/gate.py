@@ -8,9 +8,9 @@ unlabelled one when its confidence is >= C (it is kept with the predicted class 
 
 CANDIDATES: a folder of npz shards (x (N,H,W,3) uint8, optional y), one .npz file, or a class-per-folder
 image tree (decoded into the cache, at the reference size). The candidates are only read, never
-modified or deleted. DIR gets shard_00000.npz (the kept images; with --with-reference the reference
+modified or deleted. DIR gets train_00000.npz (the kept images; with --with-reference the reference
 images first, so DIR is directly a "real + gated" training set: data.name = "npz", data.root = DIR,
-data.split = "all"), classes.txt, gate_report.json (kept / rejected per class, the classifier's
+split "train"), classes.txt, gate_report.json (kept / rejected per class, the classifier's
 held-out accuracy) and confidence_histogram.png.
 """
 
@@ -73,21 +73,25 @@ def check_confidence(c) -> float:
 
 
 def load_candidates(path, size: int):
-    """Candidate images -> (images uint8 (N,3,H,W), labels (N,) with -1 = unlabelled, class names or None)."""
+    """Candidate images -> (images uint8 (N,3,H,W), labels (N,) with -1 = unlabelled, class names, or None
+    when npz shards name none: then labels are read as the reference's class ids)."""
     from ssl_aug.data.npz import load_shards, read_classes, sorted_shards
 
     p = Path(path).expanduser()
     if p.is_file() and p.suffix == ".npz":
-        ds = load_shards([p], "candidates", read_classes(p.parent))
+        names = read_classes(p.parent)  # None without classes.txt / meta.json: labels are reference class ids
+        ds = load_shards([p], "candidates", names)
     elif p.is_dir() and any(p.glob("*.npz")):
-        ds = load_shards(sorted_shards(p.glob("*.npz")), "candidates", read_classes(p))
+        names = read_classes(p)
+        ds = load_shards(sorted_shards(p.glob("*.npz")), "candidates", names)
     elif p.is_dir():
         from ssl_aug.data.imagefolder import load_imagefolder
 
         ds = load_imagefolder("train", p, size=size, verbose=False)  # decoded into the cache, never in place
+        names = ds.classes
     else:
         raise SslAugError(f"candidates {p} not found: give a folder of npz shards, an .npz file or an image folder")
-    return ds.images, ds.labels, ds.classes
+    return ds.images, ds.labels, names
 
 
 def gate(encoder, mean, std, reference, candidates, min_confidence: float, out_dir, with_reference: bool = False,
@@ -127,7 +131,7 @@ def gate(encoder, mean, std, reference, candidates, min_confidence: float, out_d
         xs, ys = [rx] + xs, [ry] + ys
     x = torch.cat(xs).permute(0, 2, 3, 1).contiguous().numpy()
     y = torch.cat(ys).numpy().astype(np.int64)
-    atomic_write(out / "shard_00000.npz", lambda f: np.savez(f, x=x, y=y), what="gated shard")
+    atomic_write(out / "train_00000.npz", lambda f: np.savez(f, x=x, y=y), what="gated shard")
     atomic_write_text(out / "classes.txt", "".join(c + "\n" for c in classes))
     per_class = {}
     for i, name in enumerate(classes):
