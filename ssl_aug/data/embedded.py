@@ -133,7 +133,9 @@ def _knobs(knobs: dict, where: str = "") -> dict:
         if v is None:
             continue
         if k not in RANDOMIZATION:
-            raise SslAugError(f"embedded option {where}{k}={v!r} is unknown; allowed: {', '.join(RANDOMIZATION)}")
+            allowed = ", ".join(RANDOMIZATION if where else ("seed", "size", "n_per_class", "cache", "spurious", "shift")
+                                + RANDOMIZATION)
+            raise SslAugError(f"embedded option {where}{k}={v!r} is unknown; allowed: {allowed}")
         if k in ("hue", "noise"):
             ok = (isinstance(v, (list, tuple)) and len(v) == 2 and v[0] <= v[1]
                   and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v))
