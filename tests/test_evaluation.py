@@ -1,8 +1,7 @@
-"""Tests of ssl_aug.evaluation: kNN against independent references, linear probe, TTA, invariance probe."""
+"""Tests of ssl_aug.evaluation: features, linear probe, TTA, invariance probe, evaluate_encoder (kNN: test_knn.py)."""
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,33 +13,10 @@ from torch import nn
 
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation import (KnnMonitor, compare_invariance, evaluate_encoder, expected_calibration_error,
-                                extract_features, format_report, invariance_probe, knn_classify, knn_evaluate,
-                                knn_scores, linear_probe, linear_probe_augmented, tta_evaluate, tta_predict, tta_views)
+                                extract_features, format_report, invariance_probe, knn_evaluate, linear_probe,
+                                linear_probe_augmented, tta_evaluate, tta_predict, tta_views)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-
-def knn_numpy(train_f, train_y, test_f, k, T, C):
-    """Plain-loop reference: float64 cosine sims, neighbours sorted by (sim desc, index asc)."""
-    tr = train_f.numpy().astype(np.float64)
-    te = test_f.numpy().astype(np.float64)
-    tr /= np.linalg.norm(tr, axis=1, keepdims=True)
-    te /= np.linalg.norm(te, axis=1, keepdims=True)
-    out = np.zeros((te.shape[0], C))
-    for q in range(te.shape[0]):
-        sims = [float(np.dot(te[q].astype(np.float32).astype(np.float64), tr[j])) for j in range(tr.shape[0])]
-        order = sorted(range(len(sims)), key=lambda j: (-sims[j], j))[:k]
-        for j in order:
-            out[q, int(train_y[j])] += np.exp(sims[j] / T)
-    return out
-
-
-def clustered(n, m, d, c, noise, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(c, d, generator=g)
-    ty, qy = torch.randint(0, c, (n,), generator=g), torch.randint(0, c, (m,), generator=g)
-    return (centers[ty] + noise * torch.randn(n, d, generator=g), ty,
-            centers[qy] + noise * torch.randn(m, d, generator=g), qy)
 
 
 def cifar_subset(n_train, n_test):
@@ -65,123 +41,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.net(x)
-
-
-# ------------------------------------------------------------------------------------------------ kNN
-def test_knn_weighting_hand_case():
-    train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
-    labels = torch.tensor([0, 1, 1, 2])
-    test = torch.tensor([[2.0, 0.0]])                 # sims: 1, 0, 1/sqrt2, -1
-    s = knn_classify(train, labels, test, k=3, temperature=0.5, num_classes=3)
-    expected = [np.exp(1 / 0.5), np.exp(0 / 0.5) + np.exp(2 ** -0.5 / 0.5), 0.0]
-    np.testing.assert_allclose(s[0].numpy(), expected, rtol=1e-6)
-    s1 = knn_classify(train, labels, test, k=1, temperature=0.5, num_classes=3)
-    np.testing.assert_allclose(s1[0].numpy(), [np.exp(2.0), 0, 0], rtol=1e-6)
-
-
-@pytest.mark.parametrize("noise", [1.0, 6.0])
-def test_knn_faiss_equals_torch_and_numpy_reference(noise):
-    tf, ty, qf, qy = clustered(600, 120, 32, 7, noise)
-    ref = knn_numpy(tf, ty, qf, 50, 0.1, 7)
-    for backend in ("faiss", "torch"):
-        s = knn_classify(tf, ty, qf, k=50, temperature=0.1, num_classes=7, backend=backend)
-        assert torch.equal(s.argmax(1), torch.from_numpy(ref.argmax(1)))
-        np.testing.assert_allclose(s.numpy(), ref, rtol=2e-4)
-
-
-def test_knn_ties_in_similarity_follow_lower_index():
-    g = torch.Generator().manual_seed(1)
-    base = torch.randn(40, 16, generator=g)
-    train = torch.cat([base, base, base])             # every point three times, with different labels
-    labels = torch.cat([torch.zeros(40), torch.ones(40), torch.full((40,), 2.0)]).long()
-    labels = labels[torch.randperm(120, generator=g)]
-    test = base[:25] + 0.01 * torch.randn(25, 16, generator=g)
-    for k in (1, 2, 4, 5):
-        ref = knn_numpy(train, labels, test, k, 0.1, 3)
-        for backend in ("faiss", "torch"):
-            for margin in (1, 32):                # 1: too few candidates -> exact search over all rows
-                s = knn_classify(train, labels, test, k=k, temperature=0.1, num_classes=3, backend=backend,
-                                 margin=margin)
-                assert torch.equal(s.argmax(1), torch.from_numpy(ref.argmax(1))), (k, backend, margin)
-
-
-def test_knn_random_features_faiss_identical_to_bruteforce():
-    tf, ty, qf, qy = clustered(20000, 2000, 128, 10, 8.0, seed=3)   # hard: many near-ties at k=200
-    a, st = knn_scores(tf, ty, qf, (10, 200), 0.1, 10, return_stats=True)
-    b = knn_scores(tf, ty, qf, (10, 200), 0.1, 10, backend="torch")
-    for k in (10, 200):
-        assert torch.equal(a[k].argmax(1), b[k].argmax(1))
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=0)
-    assert st["resolved_rows"] < 2000
-
-
-def test_knn_real_cifar_pixels_identical_to_bruteforce():
-    xtr, ytr, xte, yte = cifar_subset(3000, 300)
-    flat = lambda x: (lambda f: f - f.mean(1, keepdim=True))(x.flatten(1).float())  # noqa: E731
-    tf, qf = flat(xtr), flat(xte)
-    a = knn_evaluate(tf, ytr, qf, yte, ks=(20, 200))
-    b = knn_evaluate(tf, ytr, qf, yte, ks=(20, 200), backend="torch")
-    sa, sb = knn_classify(tf, ytr, qf, 200), knn_classify(tf, ytr, qf, 200, backend="torch")
-    assert torch.equal(sa.argmax(1), sb.argmax(1))
-    ref = knn_numpy(tf, ytr, qf[:40], 200, 0.1, 10)
-    assert torch.equal(sa[:40].argmax(1), torch.from_numpy(ref.argmax(1)))
-    assert a["by_k"][200]["top1"] == b["by_k"][200]["top1"] > 0.2      # raw pixels beat chance (0.1)
-    assert len(a["per_class"]) == 10 and 0 <= a["top1"] <= a["top5"] <= 1
-
-
-def test_several_k_in_one_pass_equal_separate_runs():
-    tf, ty, qf, qy = clustered(1000, 200, 16, 5, 2.0)
-    multi = knn_scores(tf, ty, qf, (1, 7, 50, 200), 0.07, 5)
-    for k in (1, 7, 50, 200):
-        torch.testing.assert_close(multi[k], knn_classify(tf, ty, qf, k, 0.07, 5), rtol=0, atol=0)
-    r = knn_evaluate(tf, ty, qf, qy, ks=(50, 1))
-    assert r["k"] == 50 and set(r["by_k"]) == {1, 50}
-    assert r["top1"] == r["by_k"][50]["top1"]
-
-
-def test_knn_per_class_and_top5_match_plain_computation():
-    tf, ty, qf, qy = clustered(500, 300, 8, 6, 3.0)
-    r = knn_evaluate(tf, ty, qf, qy, ks=(30,))
-    s = knn_classify(tf, ty, qf, 30)
-    pred = s.argmax(1)
-    for c in range(6):
-        m = qy == c
-        assert r["per_class"][c] == pytest.approx((pred[m] == c).double().mean().item())
-    top5 = torch.from_numpy(np.stack([np.lexsort((np.arange(6), -row))[:5] for row in s.numpy()]))  # ties: lower class
-    assert r["top5"] == pytest.approx((top5 == qy[:, None]).any(1).double().mean().item())
-
-
-def test_k_larger_than_train_clamps_with_one_warning():
-    tf, ty, qf, qy = clustered(30, 10, 8, 3, 1.0)
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        s = knn_classify(tf, ty, qf, k=200, num_classes=3)
-    assert len([x for x in w if "k=200" in str(x.message)]) == 1
-    torch.testing.assert_close(s, knn_classify(tf, ty, qf, k=30, num_classes=3))
-
-
-def test_ivf_agrees_with_flat():
-    tf, ty, qf, qy = clustered(4000, 500, 32, 10, 2.0)
-    flat = knn_classify(tf, ty, qf, 20)
-    full = knn_classify(tf, ty, qf, 20, index="ivf", nlist=16, nprobe=16)        # all lists: exhaustive
-    assert (full.argmax(1) == flat.argmax(1)).double().mean() >= 0.995
-    part = knn_evaluate(tf, ty, qf, qy, ks=(20,), index="ivf", nlist=16, nprobe=4)
-    assert part["index"] == "ivf" and part["top1"] > 0.8
-
-
-def test_knn_errors_are_one_line_sslaugerrors():
-    tf, ty, qf, qy = clustered(50, 10, 8, 3, 1.0)
-    cases = [lambda: knn_classify(tf, ty, qf[:, :4]),                   # mismatched dims
-             lambda: knn_classify(tf, ty[:-1], qf),                     # label count
-             lambda: knn_evaluate(tf, ty, qf, qy[:-2]),                 # test label count
-             lambda: knn_classify(tf, ty, qf, k=0),
-             lambda: knn_classify(tf, ty, qf, temperature=0.0),
-             lambda: knn_classify(tf, ty, qf, num_classes=2),           # label 2 out of range
-             lambda: knn_classify(tf, ty, qf, index="hnsw")]
-    for case in cases:
-        with pytest.raises(SslAugError) as e:
-            case()
-        assert "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------------------------------------ features

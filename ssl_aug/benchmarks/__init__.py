@@ -14,21 +14,46 @@ from pathlib import Path
 from typing import Callable
 
 
-def machine_line() -> str:
-    """One line describing the machine and library versions."""
+def cpu_info(path: str = "/proc/cpuinfo") -> dict:
+    """The CPU as benchmarks must report it: {"model", "cores", "avx512" (the CPU has AVX-512F),
+    "avx2", "kernels" (the ISA torch dispatches to, e.g. AVX2 under ATEN_CPU_CAPABILITY=avx2),
+    "isa_env" (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA settings that cap it, "" if none)}."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    model, flags = None, set()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("model name") and model is None:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
                     break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    model = model or platform.processor() or platform.machine()
+    try:
+        kernels = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # older torch
+        kernels = "unknown"
+    env = ", ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(k))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"model": model, "cores": cores, "avx512": "avx512f" in flags, "avx2": "avx2" in flags,
+            "kernels": kernels, "isa_env": env}
+
+
+def machine_line(info: dict | None = None) -> str:
+    """One line naming the machine: CPU model, AVX-512 yes/no, the ISA torch uses (and any cap set by
+    environment variables), cores, threads, library versions and the 1-minute load average."""
+    import torch
+
+    c = cpu_info() if info is None else info
+    isa = f"AVX-512 {'yes' if c['avx512'] else 'no'}, torch kernels {c['kernels']}"
+    if c["isa_env"]:
+        isa += f" (capped by {c['isa_env']})"
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return (f"{c['model']} ({isa}), {c['cores']} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}{load}")
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

@@ -12,7 +12,7 @@ from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.features import check_images, extract_features
 from ssl_aug.evaluation.groups import group_metrics, group_table, predictions
 from ssl_aug.evaluation.invariance import invariance_probe, invariance_table
-from ssl_aug.evaluation.knn import knn_evaluate
+from ssl_aug.evaluation.knn import knn_classify, knn_evaluate
 from ssl_aug.evaluation.linear import linear_probe
 from ssl_aug.evaluation.tta import knn_head, tta_evaluate
 
@@ -33,13 +33,24 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
                      temperature: float = 0.1, num_classes: int | None = None, batch_size: int = 512,
                      amp: bool = False, cache_dir=None, progress: bool = True, linear_kw: dict | None = None,
                      tta_views: str = "ten_crop", invariance_images: int = 1000, seed: int = 0,
-                     test_groups=None, classes=None, group_names=None) -> dict:
+                     test_groups=None, classes=None, group_names=None, leave_one_out: bool | None = None,
+                     knn_kw: dict | None = None) -> dict:
     """train/test: (images_uint8 (N,3,H,W), labels (N,)). Returns a JSON-friendly dict with the keys
     "knn", "linear", "tta", "invariance" for the evaluations that ran (+ "num_train", "num_test", "dim").
     TTA uses the linear classifier when linear=True, else kNN votes (first k); the invariance probe
     uses the first `invariance_images` test images. With test_groups (M,) the kNN (first k) and linear
-    sections gain "groups": accuracy per (class, group), worst group and per-class gaps (evaluation.groups)."""
+    sections gain "groups": accuracy per (class, group), worst group and per-class gaps (evaluation.groups).
+    leave_one_out: kNN queries never vote for their own bank row; None = automatic, on when the test
+    images and labels are the train ones (e.g. eval.test_split = "train"). knn_kw: more knn_evaluate
+    options (index "flat"/"ivf", nlist, nprobe)."""
     (tr_x, tr_y), (te_x, te_y) = _pair(train, "train"), _pair(test, "test")
+    same = tr_x.shape == te_x.shape and torch.equal(tr_y, te_y) and torch.equal(tr_x, te_x)
+    if leave_one_out is None:
+        leave_one_out = same
+    elif leave_one_out and not same:
+        raise SslAugError(f"leave_one_out=True needs the test images and labels to be the train ones (same order); "
+                          f"got {te_x.shape[0]} test vs {tr_x.shape[0]} train images that differ")
+    self_index = True if leave_one_out else None
     fkw = dict(batch_size=batch_size, amp=amp, cache_dir=cache_dir, progress=progress)
     tr_f = extract_features(encoder, tr_x, mean, std, **fkw)
     te_f = extract_features(encoder, te_x, mean, std, **fkw)
@@ -47,9 +58,11 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
     out = {"num_train": tr_x.shape[0], "num_test": te_x.shape[0], "dim": tr_f.shape[1]}
     classifier = None
     if knn:
-        out["knn"] = knn_evaluate(tr_f, tr_y, te_f, te_y, ks=ks, temperature=temperature, num_classes=c)
+        out["knn"] = knn_evaluate(tr_f, tr_y, te_f, te_y, ks=ks, temperature=temperature, num_classes=c,
+                                  self_index=self_index, **(knn_kw or {}))
         if test_groups is not None:
-            pred = predictions(knn_head(tr_f, tr_y, ks[0], temperature, c)(te_f))
+            pred = predictions(knn_classify(tr_f, tr_y, te_f, ks[0], temperature, c, self_index=self_index,
+                                            **(knn_kw or {})))
             out["knn"]["groups"] = group_metrics(pred, te_y, test_groups, classes, group_names)
     if linear:
         r = linear_probe(tr_f, tr_y, te_f, te_y, num_classes=c, seed=seed, **(linear_kw or {}))
@@ -82,8 +95,12 @@ def format_report(results: dict) -> str:
     rows = []
     if "knn" in results:
         r = results["knn"]
+        how = ", leave-one-out" if r.get("leave_one_out") else ""
+        if "ivf_agreement" in r:
+            how += (f", IVF index: top-1 agrees with exact search on {100 * r['ivf_agreement']:.1f}% of "
+                    f"{r['ivf_agreement_queries']} sampled queries")
         for k, m in r["by_k"].items():
-            rows.append((f"kNN (k={k}, T={r['temperature']:g})", _pct(m["top1"]), _pct(m["top5"]), "-"))
+            rows.append((f"kNN (k={k}, T={r['temperature']:g}{how})", _pct(m["top1"]), _pct(m["top5"]), "-"))
     if "linear" in results:
         m = results["linear"]
         rows.append((f"linear probe (wd={m['weight_decay']:g})", _pct(m["top1"]), _pct(m["top5"]), f"{m['ece']:.4f}"))
@@ -91,6 +108,13 @@ def format_report(results: dict) -> str:
         m = results["tta"]
         rows.append((f"TTA {m['views']} ({m['head']}): without", _pct(m["top1"]), _pct(m["top5"]), f"{m['ece']:.4f}"))
         rows.append((f"TTA {m['views']} ({m['head']}): with", _pct(m["top1_tta"]), _pct(m["top5_tta"]), f"{m['ece_tta']:.4f}"))
+    if "finetune" in results:
+        m = results["finetune"]
+        rows.append((f"fine-tuned (mix={m['config']['mix']}, {m['num_labelled']} labels)", _pct(m["top1"]),
+                     _pct(m["top5"]), f"{m['ece']:.4f}"))
+        if "tta" in m:
+            rows.append((f"fine-tuned + TTA {m['tta']['views']}", _pct(m["tta"]["top1"]), _pct(m["tta"]["top5"]),
+                         f"{m['tta']['ece']:.4f}"))
     lines = ["| evaluation | top-1 % | top-5 % | ECE |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     text = "\n".join(lines)

@@ -3,17 +3,13 @@
 Scores: for query q with neighbours n_1..n_k, score[q, c] = sum_{i: y(n_i) = c} exp(sim(q, n_i) / T),
 sim = cosine similarity; prediction = argmax (lowest class index on an exact tie).
 
-Exactness contract (why faiss and the torch brute force give identical predictions). Both search the
-top max(k)+margin neighbours with float32 inner products, whose error against the exact product of the
-same float32 vectors is at most delta = D * 2^-24 / (1 - D * 2^-24) for unit vectors (any summation
-order). From that bound each query gets a certificate (see _uncertain): the top-1/top-2 class score
-gap must exceed the largest change that rounding could cause, including neighbours within
-2*delta of the k-th swapping in or out. Queries without a certificate (near-ties, including exact ties
-between duplicate training points) are re-solved exactly: float64 similarities, ties in similarity
-broken by the lower train index, float64 votes. Hence every backend returns the predictions of that
-exact definition (top-1). Scores of certified rows can differ across backends by the rounding bound and
-by swaps of near-tied neighbours at the k-th position (the certificate covers their effect on top-1);
-top-5 is not certified and can differ only on such near-ties.
+Exact search ("flat" index or the torch backend) returns the predictions of that definition computed
+exactly (float64 similarities, ties in similarity -> lower train index): see knn_exact for the rounding
+certificate and the re-solve of near-tied queries. The "ivf" index is approximate (faiss IndexIVFFlat);
+knn_evaluate then measures its agreement with exact search on a sample of queries.
+
+Leave-one-out: when the queries are the bank's own images (e.g. eval.test_split = "train"), pass
+self_index so that a query never votes for itself (similarity 1, weight e^(1/T)).
 """
 
 from __future__ import annotations
@@ -27,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.knn_exact import finish
 
-_U32 = 2.0 ** -24
 INDEXES = ("flat", "ivf")
 
 
@@ -77,113 +73,6 @@ def _check_params(ks, temperature, n_train):
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=1).contiguous()
-
-
-def sim_error_bound(dim: int) -> float:
-    """Max |float32 dot - exact dot| for two unit vectors of dimension `dim` (gamma_D, with slack)."""
-    g = dim * _U32
-    return 1.01 * g / (1.0 - g) + 1e-7
-
-
-# ----------------------------------------------------------------------------------------- voting
-def _votes(sims: torch.Tensor, idx: torch.Tensor, train_y: torch.Tensor, ks: Sequence[int], temperature: float,
-           num_classes: int) -> dict[int, torch.Tensor]:
-    """sims/idx (m, K) sorted by decreasing similarity (idx -1 = missing) -> {k: float64 scores (m, C)}.
-    One scatter per distinct k, accumulated from the smaller k."""
-    valid = idx >= 0
-    labels = torch.where(valid, train_y[idx.clamp_min(0)], 0)
-    w = torch.where(valid, torch.exp(sims.double() / temperature), 0.0)
-    scores, out, prev = torch.zeros(sims.shape[0], num_classes, dtype=torch.float64), {}, 0
-    for k in sorted(set(ks)):
-        scores = scores.scatter_add(1, labels[:, prev:k], w[:, prev:k])
-        out[k], prev = scores, k
-    return out
-
-
-def _uncertain(sims: torch.Tensor, scores: dict[int, torch.Tensor], ks, n_train: int, delta: float,
-               temperature: float) -> torch.Tensor:
-    """(m,) bool: rows whose exact top-1 could differ from the one voted on float32 similarities.
-
-    Each similarity is within delta of exact, so each class score is within a relative rho of exact.
-    Near the k-th neighbour, rows within 2*delta of the boundary (inside: n_in, outside: n_out) may swap:
-    at most n_swap = min(n_in, n_out) swaps, each moving at most w_b = exp((s_k + 3 delta) / T) of vote
-    between two classes. The top-1/top-2 gap is certain if it exceeds both effects."""
-    m, kq = sims.shape
-    bad = torch.zeros(m, dtype=torch.bool)
-    rho = math.expm1(delta / temperature) * 1.001 + 1e-12
-    s64 = sims.double()
-    for k in set(ks):
-        if k < kq:
-            sk, snext = s64[:, k - 1:k], s64[:, k:k + 1]
-            n_out = (s64[:, k:] >= sk - 2 * delta).sum(1)
-            n_in = (s64[:, :k] <= snext + 2 * delta).sum(1)
-            n_swap = torch.minimum(n_in, n_out).double()
-            w_b = torch.exp((sk[:, 0] + 3 * delta) / temperature)
-            swing = 2 * n_swap * w_b * (1 + rho)
-            if kq < n_train:   # an unlisted row might enter the top-k: cannot bound it here
-                bad |= s64[:, -1] >= sk[:, 0] - 2 * delta
-        else:
-            n_swap = swing = torch.zeros(m, dtype=torch.float64)
-        if scores[k].shape[1] > 1:
-            hi, lo = torch.topk(scores[k], 2, dim=1).values.unbind(1)
-            bad |= (hi - lo) <= (hi + lo) * rho + swing
-    return bad
-
-
-def _exact_candidates(train_f, train_y, q, ids, ks, temperature, num_classes, chunk: int = 256):
-    """Exact float64 votes for rows q (r, D) whose exact top-k lies among candidate ids (r, K'):
-    candidates re-scored in float64, ordered by (similarity desc, train index asc)."""
-    out = {k: [] for k in set(ks)}
-    kmax = max(ks)
-    for i in range(0, q.shape[0], chunk):
-        ids_i = torch.sort(ids[i:i + chunk], dim=1).values            # index ascending: tie-break
-        x = train_f.index_select(0, ids_i.flatten()).view(*ids_i.shape, -1).double()
-        sims = (x * q[i:i + chunk].double()[:, None, :]).sum(-1)
-        order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :kmax]
-        v = _votes(torch.gather(sims, 1, order), torch.gather(ids_i, 1, order), train_y, ks, temperature,
-                   num_classes)
-        for k in out:
-            out[k].append(v[k])
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
-def _exact_rows(train_f: torch.Tensor, train_y: torch.Tensor, q: torch.Tensor, ks, temperature: float,
-                num_classes: int, chunk: int = 64) -> dict[int, torch.Tensor]:
-    """Exact float64 kNN votes for a few query rows q (r, D) against the whole train set:
-    ties in similarity -> lower train index (stable sort)."""
-    kmax = max(ks)
-    out = {k: [] for k in set(ks)}
-    for i in range(0, q.shape[0], chunk):
-        qd = q[i:i + chunk].double()
-        sims = torch.cat([qd @ train_f[j:j + 16384].double().T for j in range(0, train_f.shape[0], 16384)], dim=1)
-        order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :kmax]
-        v = _votes(torch.gather(sims, 1, order), order, train_y, ks, temperature, num_classes)
-        for k in out:
-            out[k].append(v[k])
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
-def _finish(train_f, train_y, q, sims, idx, ks, temperature, num_classes, approx):
-    """Votes for a chunk of queries; uncertain rows re-solved exactly. -> ({k: scores}, n_resolved)."""
-    scores = _votes(sims, idx, train_y, ks, temperature, num_classes)
-    if approx:
-        return scores, 0
-    n, delta = train_f.shape[0], sim_error_bound(train_f.shape[1])
-    rows = _uncertain(sims, scores, ks, n, delta, temperature).nonzero().flatten()
-    if rows.numel():
-        # the candidate list holds the exact top-k when every unlisted row is > 2 delta below the k-th
-        kmax = max(ks)
-        covered = (idx.shape[1] >= n) | (sims[rows, -1].double() < sims[rows, kmax - 1].double() - 2 * delta)
-        for sel, exact_fn in ((rows[covered], "cand"), (rows[~covered], "full")):
-            if sel.numel() == 0:
-                continue
-            if exact_fn == "cand":
-                exact = _exact_candidates(train_f, train_y, q[sel], idx[sel], ks, temperature, num_classes)
-            else:
-                exact = _exact_rows(train_f, train_y, q[sel], ks, temperature, num_classes)
-            for k in scores:
-                scores[k][sel] = exact[k]
-    return scores, int(rows.numel())
 
 
 # ----------------------------------------------------------------------------------------- search backends
@@ -245,38 +134,77 @@ def torch_search(train_f: torch.Tensor, q: torch.Tensor, k: int, chunk: int = 81
 
 
 # ----------------------------------------------------------------------------------------- public API
+def _check_self_index(self_index, m: int, n: int) -> torch.Tensor | None:
+    """None / True (queries are the train rows in order) / (M,) ints in -1..N-1 -> None or (M,) int64."""
+    if self_index is None or self_index is False:
+        return None
+    if self_index is True:
+        if m != n:
+            raise SslAugError(f"self_index=True needs the queries to be the train rows (M == N), got M={m}, N={n}")
+        return torch.arange(n)
+    si = torch.as_tensor(self_index)
+    if si.shape != (m,) or si.dtype.is_floating_point or si.dtype == torch.bool:
+        raise SslAugError(f"self_index must be True or ({m},) integer train rows (-1 = none), got "
+                          f"{tuple(si.shape)} {si.dtype}")
+    si = si.long().cpu()
+    if si.numel() and (int(si.min()) < -1 or int(si.max()) >= n):
+        raise SslAugError(f"self_index values must be in -1..{n - 1}, got {int(si.min())}..{int(si.max())}")
+    return si
+
+
+def _drop_self(sims: torch.Tensor, idx: torch.Tensor, si: torch.Tensor):
+    """(m, K+1) candidates -> (m, K) without each query's own row (or without the last when absent)."""
+    hit = (idx == si[:, None]) & (si[:, None] >= 0)
+    hit[:, -1] |= ~hit.any(1)
+    keep = ~hit
+    m, k = idx.shape
+    return sims[keep].view(m, k - 1), idx[keep].view(m, k - 1)
+
+
 def knn_scores(train_features, train_labels, test_features, ks: Sequence[int] = (200,), temperature: float = 0.1,
                num_classes: int | None = None, backend: str = "faiss", index: str = "flat", nlist: int | None = None,
                nprobe: int = 16, query_chunk: int = 4096, normalize: bool = True, progress: bool = False,
-               return_stats: bool = False, margin: int = 32):
+               return_stats: bool = False, margin: int = 32, self_index=None):
     """Several k in one search: returns {k: float64 scores (M, C)} (and stats if return_stats).
 
     train_features (N, D), train_labels (N,) ints in 0..C-1, test_features (M, D); features are
     L2-normalised here unless normalize=False (then they must already be unit rows). backend "faiss"
     (index "flat" exact / "ivf" approximate) or "torch" (chunked mm + topk reference). The search asks
-    for max(k)+margin neighbours once (the margin lets near-ties be re-solved from the candidates); queries are processed query_chunk at a time (bounded memory)."""
+    for max(k)+margin neighbours once (the margin lets near-ties be re-solved from the candidates);
+    queries are processed query_chunk at a time (bounded memory). self_index: leave-one-out, query i
+    never votes for train row self_index[i] (-1 = none); True = the queries are the train rows in order."""
     from tqdm.auto import tqdm
 
     tf, ty, qf, c = _check_inputs(train_features, train_labels, test_features, num_classes)
-    ks = _check_params(ks, temperature, tf.shape[0])
+    si = _check_self_index(self_index, qf.shape[0], tf.shape[0])
+    loo = si is not None and bool((si >= 0).any())
+    if loo and tf.shape[0] < 2:
+        raise SslAugError("leave-one-out kNN needs at least 2 train rows, got 1")
+    n_min = tf.shape[0] - int(loo)          # the smallest bank a query sees
+    ks = _check_params(ks, temperature, n_min)
     if backend not in ("faiss", "torch"):
         raise SslAugError(f"backend must be 'faiss' or 'torch', got {backend!r}")
     if normalize:
         tf, qf = _normalize(tf), _normalize(qf)
-    kq = min(max(ks) + margin, tf.shape[0])
+    kq = min(max(ks) + margin, n_min)
     approx = backend == "faiss" and index != "flat"
     faiss_index = build_index(tf, index, nlist, nprobe) if backend == "faiss" else None
     parts = {k: [] for k in set(ks)}
     resolved = 0
     for i in tqdm(range(0, qf.shape[0], query_chunk), desc="knn", disable=not progress, leave=False):
         q = qf[i:i + query_chunk]
-        sims, idx = faiss_search(faiss_index, q, kq) if faiss_index is not None else torch_search(tf, q, kq)
-        s, n = _finish(tf, ty, q, sims, idx, ks, temperature, c, approx)
+        kk = kq + (si is not None)
+        sims, idx = faiss_search(faiss_index, q, kk) if faiss_index is not None else torch_search(tf, q, kk)
+        s_i = None if si is None else si[i:i + query_chunk]
+        if s_i is not None:
+            sims, idx = _drop_self(sims, idx, s_i)
+        s, n = finish(tf, ty, q, sims, idx, ks, temperature, c, approx, s_i)
         resolved += n
         for k in parts:
             parts[k].append(s[k])
     out = {k: (torch.cat(v) if v else torch.zeros(0, c, dtype=torch.float64)) for k, v in parts.items()}
-    return (out, {"resolved_rows": resolved, "index": index if backend == "faiss" else "torch"}) if return_stats else out
+    stats = {"resolved_rows": resolved, "index": index if backend == "faiss" else "torch", "leave_one_out": loo}
+    return (out, stats) if return_stats else out
 
 
 def knn_classify(train_features, train_labels, test_features, k: int = 200, temperature: float = 0.1,
@@ -303,17 +231,30 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, num_class
 
 
 def knn_evaluate(train_f, train_y, test_f, test_y, ks: Sequence[int] = (200,), temperature: float = 0.1,
-                 num_classes: int | None = None, **kw) -> dict:
-    """kNN accuracy for every k in `ks` from one search.
+                 num_classes: int | None = None, agreement_queries: int = 1000, **kw) -> dict:
+    """kNN accuracy for every k in `ks` from one search; kw: see knn_scores (index, nlist, nprobe, self_index...).
     Returns {"k": ks[0], "temperature", "top1", "top5", "per_class" (for ks[0]), "by_k": {k: {...}},
-    "index", "resolved_rows"} — resolved_rows = queries re-solved exactly because of near-ties."""
-    _, _, qf, c = _check_inputs(train_f, train_y, test_f, num_classes, test_labels=test_y)
+    "index", "resolved_rows", "leave_one_out"} — resolved_rows = queries re-solved exactly because of
+    near-ties. With the approximate index="ivf" also "ivf_agreement": the fraction of top-1 predictions
+    (first k) equal to exact search, measured on "ivf_agreement_queries" (up to agreement_queries,
+    a seeded random sample of the queries)."""
+    tf, _, qf, c = _check_inputs(train_f, train_y, test_f, num_classes, test_labels=test_y)
     qy = torch.as_tensor(test_y).long().cpu()
     if qy.numel() and (int(qy.min()) < 0 or int(qy.max()) >= c):
         raise SslAugError(f"test_labels must be in 0..{c - 1}, got values {int(qy.min())}..{int(qy.max())}")
     ks_in = [int(k) for k in ks]
     scores, stats = knn_scores(train_f, train_y, test_f, ks_in, temperature, c, return_stats=True, **kw)
-    n = torch.as_tensor(train_y).shape[0]
+    n = tf.shape[0] - int(stats["leave_one_out"])
     by_k = {k: classification_metrics(scores[min(k, n)], qy, c) for k in ks_in}
-    first = by_k[ks_in[0]]
-    return {"k": ks_in[0], "temperature": float(temperature), **first, "by_k": by_k, **stats}
+    out = {"k": ks_in[0], "temperature": float(temperature), **by_k[ks_in[0]], "by_k": by_k, **stats}
+    if kw.get("backend", "faiss") == "faiss" and kw.get("index", "flat") != "flat" and qf.shape[0]:
+        m = min(qf.shape[0], max(1, int(agreement_queries)))
+        rows = torch.randperm(qf.shape[0], generator=torch.Generator().manual_seed(0))[:m].sort().values
+        si = _check_self_index(kw.get("self_index"), qf.shape[0], tf.shape[0])
+        exact_kw = {key: v for key, v in kw.items() if key not in ("index", "nlist", "nprobe", "self_index")}
+        exact = knn_scores(train_f, train_y, qf[rows], (min(ks_in[0], n),), temperature, c, index="flat",
+                           self_index=None if si is None else si[rows], **exact_kw)
+        approx_pred = scores[min(ks_in[0], n)][rows].argmax(1)
+        out["ivf_agreement"] = float((approx_pred == next(iter(exact.values())).argmax(1)).double().mean())
+        out["ivf_agreement_queries"] = m
+    return out
