@@ -83,7 +83,10 @@ class EvalConfig:
     final_knn: bool = True
     linear: bool = False  # linear probe on frozen features after training
     invariance: bool = False  # invariance probe after training
-    test_split: str = "test"
+    test_split: str = "test"  # "train": the bank's own images, scored leave-one-out
+    knn_index: str = "flat"  # "flat": exact search; "ivf": faiss IVF (approximate, agreement with exact reported)
+    knn_nlist: int = 0  # IVF lists (0 = about 4 * sqrt(bank size))
+    knn_nprobe: int = 16  # IVF lists searched per query
     tta: bool = False  # 10-crop + flip test-time augmentation beside plain accuracy/ECE (linear probe if eval.linear, else kNN)
     online_linear: bool = False  # linear head on detached features trained alongside the SSL loss (accuracy per epoch)
 
@@ -109,6 +112,7 @@ CHOICES = {
     "train.optimizer": ("sgd", "lars", "adam", "adamw"),
     "train.lr_scaling": ("linear", "none"),
     "train.amp": ("none", "bf16", "fp16"),
+    "eval.knn_index": ("flat", "ivf"),
 }
 AUGMENT_EXTRA_KEYS = {"mode": "exact", "views": 2, "multicrop": None, "preset": None}
 
@@ -160,7 +164,7 @@ def config_from_dict(data: dict) -> Config:
 def _validate(cfg: Config) -> None:
     positive = {"train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
                 "train.log_every": cfg.train.log_every, "train.keep_checkpoints": cfg.train.keep_checkpoints,
-                "eval.knn_k": cfg.eval.knn_k}
+                "eval.knn_k": cfg.eval.knn_k, "eval.knn_nprobe": cfg.eval.knn_nprobe}
     for key, value in positive.items():
         if value <= 0:
             raise SslAugError(f"recipe key '{key}' must be > 0, got {value}")
@@ -171,6 +175,8 @@ def _validate(cfg: Config) -> None:
         raise SslAugError(f"recipe key 'train.lr' must be > 0, got {cfg.train.lr}")
     if cfg.eval.knn_temperature <= 0:
         raise SslAugError(f"recipe key 'eval.knn_temperature' must be > 0, got {cfg.eval.knn_temperature}")
+    if cfg.eval.knn_nlist < 0:
+        raise SslAugError(f"recipe key 'eval.knn_nlist' must be >= 0 (0 = automatic), got {cfg.eval.knn_nlist}")
     if not isinstance(cfg.method.get("name"), str):
         from ssl_aug.methods import METHODS  # the method registry (imported late: config sits below methods)
 

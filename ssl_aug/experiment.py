@@ -44,7 +44,9 @@ def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, devic
                               knn=True, linear=cfg.eval.linear, invariance=cfg.eval.invariance, tta=cfg.eval.tta,
                               ks=(cfg.eval.knn_k,), temperature=cfg.eval.knn_temperature, progress=progress,
                               seed=cfg.seed, test_groups=getattr(test, "groups", None), classes=test.classes,
-                              group_names=getattr(test, "group_names", None))
+                              group_names=getattr(test, "group_names", None),
+                              knn_kw={"index": cfg.eval.knn_index, "nlist": cfg.eval.knn_nlist or None,
+                                      "nprobe": cfg.eval.knn_nprobe})
     return flat_results(report)
 
 
