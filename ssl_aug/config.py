@@ -67,7 +67,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     log_every: int = 10
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 1  # step files kept (last.pt is a hard link to the newest): what resume needs
     threads: int = 0  # 0 = torch default
     view_candidates: int = 1  # >1: hard view sampling, keep the highest-loss of K candidate views per image
     deterministic: bool = False  # true: deterministic CUDA kernels (bit-identical resume on GPU, slower)

@@ -113,6 +113,14 @@ def _output_path(args) -> Path:
     return out
 
 
+def _knn_kw(args) -> dict:
+    """kNN search options of the command line (--knn-index, --nlist, --nprobe)."""
+    if getattr(args, "nprobe", 16) < 1:
+        raise SslAugError(f"--nprobe {args.nprobe} is not allowed: the IVF index needs nprobe >= 1")
+    return {"index": getattr(args, "knn_index", "flat"), "nlist": getattr(args, "nlist", 0) or None,
+            "nprobe": getattr(args, "nprobe", 16)}
+
+
 def eval_command(args) -> int:
     device = resolve_device(args.device)
     out = _output_path(args)  # checked before any work
@@ -133,7 +141,8 @@ def eval_command(args) -> int:
         std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     results = evaluate_encoder(backbone, mean, std, train, test, knn=knn, linear=args.linear or args.tta,
                                tta=args.tta, invariance=args.invariance, ks=tuple(args.k),
-                               temperature=args.temperature, progress=not args.no_progress)
+                               temperature=args.temperature, progress=not args.no_progress,
+                               knn_kw=_knn_kw(args))
     results = {"encoder": label, "data": data_name, "split": how, **results}
     print(format_report(results))
     atomic_write_json(out, json.loads(json.dumps(results, default=float)))

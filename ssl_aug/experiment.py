@@ -4,6 +4,7 @@ quickstart and the ablation runner call. Writes eval.json next to the run's chec
 from __future__ import annotations
 
 import sys
+import sys
 import time
 from pathlib import Path
 
@@ -97,9 +98,15 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
         write_view_grid(cfg, run_dir / "views.png", n=min(8, len(train.labels)), seed=cfg.seed, data=train)
     start = time.perf_counter()
     final = trainer.fit(resume=resume)
+    epochs = trainer.step / trainer.steps_per_epoch  # what ran, also when train.max_steps cut an epoch
     results = {"train_time_s": round(time.perf_counter() - start, 2), "steps": trainer.step,
-               "epochs": trainer.epoch, "final_loss": final.get("loss")}
+               "epochs": int(epochs) if epochs.is_integer() else round(epochs, 3), "final_loss": final.get("loss")}
     if trainer.is_main and cfg.eval.final_knn:
+        if progress:
+            print(f"evaluating: kNN (k={cfg.eval.knn_k}) of {len(test)} {cfg.eval.test_split} images against "
+                  f"{len(bank_set)} training images" + (", linear probe" if cfg.eval.linear else "")
+                  + (", invariance probe" if cfg.eval.invariance else "") + " (eval.final_knn = false skips this)",
+                  file=sys.stderr, flush=True)
         start = time.perf_counter()
         results.update(evaluate_backbone(trainer.method.backbone, cfg, bank_set, test, trainer.device, progress))
         results["eval_time_s"] = round(time.perf_counter() - start, 2)

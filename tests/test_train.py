@@ -138,3 +138,19 @@ def test_resume_with_a_changed_setting_is_refused_and_config_kept(tmp_path):
     resumed.fit(resume=True)
     assert resumed.step == 6
     assert (tmp_path / "run" / "config.json").read_text() == original
+
+
+def test_max_steps_drives_the_schedule_and_the_results(tmp_path):
+    """train.max_steps cuts a 10-epoch, 5-epoch-warm-up budget to 6 steps: warm-up shrinks with it (the lr
+    peaks inside the run and then decays) and the results report the fraction of an epoch that ran."""
+    from ssl_aug.experiment import run_experiment
+
+    cfg = tiny_config(tmp_path, epochs=10, warmup_epochs=5, max_steps=7)
+    cfg.data.root, cfg.data.options = str(tmp_path / "data"), {"n_per_class": 8, "size": 16}  # 80 images
+    results = run_experiment(cfg, progress=False)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["type"] == "step"]
+    assert len(lrs) == 7 and results["steps"] == 7
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < 6 and lrs[-1] < max(lrs)
+    assert results["epochs"] == 3.5  # 7 steps of 2 per epoch (80 images, batch 32)

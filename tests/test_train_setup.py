@@ -82,8 +82,10 @@ def test_each_rank_saves_and_restores_its_own_cuda_rng(monkeypatch):
 
 def test_resume_reads_the_checkpoint_on_cpu(tmp_path, monkeypatch):
     """Checkpoints are read with map_location='cpu' (never the CUDA device): RNG states stay loadable."""
-    cfg = tiny_config(tmp_path, max_steps=2)
-    Trainer(cfg, progress=False, train_data=tiny_data()).fit()
+    cfg = tiny_config(tmp_path, max_steps=3)
+    first = Trainer(cfg, progress=False, train_data=tiny_data())
+    first.total_steps = 2  # stop early, the recipe unchanged
+    first.fit()
     seen = []
     from ssl_aug.train import trainer as trainer_mod
 

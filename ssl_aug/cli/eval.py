@@ -41,6 +41,10 @@ def register(sub) -> None:
     p.add_argument("--invariance", action="store_true", help="invariance probe per transform family")
     p.add_argument("--k", type=int, nargs="+", default=[200], help="kNN neighbours (several allowed)")
     p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--knn-index", choices=("flat", "ivf"), default="flat",
+                   help="flat: exact search; ivf: faiss IVF, approximate (its agreement with exact search is printed)")
+    p.add_argument("--nlist", type=_count, default=0, help="IVF lists (0 = about 4*sqrt(bank size))")
+    p.add_argument("--nprobe", type=_count, default=16, help="IVF lists searched per query")
     p.add_argument("--train-subset", type=_count, default=0, help="use N training images (0 = all)")
     p.add_argument("--test-subset", type=_count, default=0, help="use N test images (0 = all)")
     p.add_argument("--device", default="auto")

@@ -141,14 +141,17 @@ def build_source(cfg: Config, data: ImageDataset | None, device: torch.device, r
 
 def build_optimization(cfg: Config, method: nn.Module, steps_per_epoch: int, device: torch.device):
     """-> (optimizer, scheduler, scaler, total_steps). lr scaled by batch/256 when lr_scaling = linear;
-    warm-up + cosine over the steps that will actually run (train.max_steps caps the epoch budget)."""
+    warm-up + cosine over the steps that will actually run (train.max_steps caps the epoch budget and
+    shortens the warm-up in proportion)."""
     t = cfg.train
     lr = t.lr * (t.batch_size / 256 if t.lr_scaling == "linear" else 1.0)
     optimizer = build_optimizer(method, t.optimizer, lr, t.momentum, t.weight_decay)
     total_steps = t.epochs * steps_per_epoch
     if t.max_steps:
         total_steps = min(total_steps, t.max_steps)
-    warmup = int(round(t.warmup_epochs * steps_per_epoch))
+    # warm-up keeps its share of the run when train.max_steps cuts the epoch budget (else a 20-step
+    # run of a 10-epoch-warm-up recipe would never leave warm-up)
+    warmup = int(round(t.warmup_epochs * steps_per_epoch * total_steps / max(t.epochs * steps_per_epoch, 1)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, total_steps, warmup, t.min_lr_ratio))
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")

@@ -257,8 +257,10 @@ class Trainer:
         cfg = self.cfg.train
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.steps_per_epoch, initial=self.source.position,
-                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not (self.progress and self.is_main),
+        epochs = min(cfg.epochs, -(-self.total_steps // self.steps_per_epoch))  # what train.max_steps leaves
+        position = self.source.position
+        bar = tqdm(total=min(self.steps_per_epoch, position + self.total_steps - self.step), initial=position,
+                   desc=f"epoch {self.epoch + 1}/{epochs}", disable=not (self.progress and self.is_main),
                    dynamic_ncols=True, leave=False)
         timer = StepTimer(self.device)
         images_seen = 0
