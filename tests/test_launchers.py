@@ -97,3 +97,22 @@ output_dir = "{out}"
         saved = json.loads((r.run_dir / "eval.json").read_text())
         assert saved == r.results and 0.0 <= saved["knn_top1"] <= 1.0
     assert "no_color" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--launcher", "ray", "--address", "127.0.0.1:1"], "unreachable"),
+    (["--workers", "0"], "workers = 0"),
+    (["--address", "127.0.0.1:1"], "needs --launcher ray"),
+    (["--report-only"], "no search in"),
+])
+def test_search_cli_refuses_in_one_line_before_writing(tmp_path, capsys, flags, words):
+    pytest.importorskip("optuna")
+    if "ray" in flags:
+        pytest.importorskip("ray")
+    from ssl_aug.cli import main
+
+    spec, out = tiny_spec(tmp_path)
+    assert main(["search", str(spec), *flags, "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("ssl-aug: error: ") and words in err[0], err
+    assert not out.exists()

@@ -72,13 +72,22 @@ def run_search(spec: str | Path, overrides: list[str] = (), launcher: str = "loc
                address: str | None = None, gpus_per_worker: float = 0.0, progress: bool = True,
                report_only: bool = False) -> Path:
     """Validate, create or resume the search directory, run the workers, write the report."""
-    from ssl_aug.launchers import launch, require_ray
-    from ssl_aug.search.study import prepare_search, require_optuna, run_worker
+    from ssl_aug.errors import SslAugError
+    from ssl_aug.launchers import LAUNCHERS, check_ray_address, launch, require_ray
+    from ssl_aug.search.study import SPEC_FILE, prepare_search, require_optuna, run_worker
 
     require_optuna()
+    if launcher not in LAUNCHERS or not isinstance(workers, int) or workers < 1:
+        launch(run_worker, [], launcher=launcher, workers=workers)  # raises the one-line error
+    if address and launcher != "ray":
+        raise SslAugError(f"--address {address} needs --launcher ray (the local launcher runs on this machine)")
     if launcher == "ray":
         require_ray()
+        if address:
+            check_ray_address(address)  # before anything is written
     loaded = load_search(spec, overrides)
+    if report_only and not (loaded.out_dir / SPEC_FILE).is_file():
+        raise SslAugError(f"no search in {loaded.out_dir} to report on; run it first (without --report-only)")
     if not report_only:
         search_dir = prepare_search(loaded)
         threads = max(1, (os.cpu_count() or 1) // workers) if launcher == "local" else 0
