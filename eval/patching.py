@@ -12,25 +12,28 @@ removed, a randomly initialised encoder of the same architecture) are evaluated 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ssl_aug.ablation import execute, load_spec, plan_runs
+from ssl_aug.ablation import execute, load_spec, plan_runs, stale_reason
 from ssl_aug.augment.recipe import normalization
 from ssl_aug.config import config_from_dict
 from ssl_aug.data.embedded import SHIFTED_DOMAIN, load_embedded
 from ssl_aug.evaluation import extract_features, knn_evaluate, linear_probe
 from ssl_aug.evaluation.groups import gap_ratio
-from ssl_aug.evaluation.patching import patched_probe
+from ssl_aug.evaluation.patching import patched_finetune, patched_probe
 from ssl_aug.export import encoder_from_checkpoint
 from ssl_aug.gate import gate
 from ssl_aug.io import atomic_write_text
 from ssl_aug.models import build_backbone
 
 PROBE = dict(epochs=300, lr=0.01, weight_decay=1e-3, eta=0.1)
+FINETUNE = dict(epochs=10, batch_size=128, lr=1e-3, eta=0.1)
+FINETUNED = {"full_recipe": (("erm", 0.0), ("clamp", 1.0))}  # cell -> (objective, consistency weight)
 TEST_PER_CLASS = 1000  # spurious test split: 100 images per (class, colour) cell, so cell accuracies are not noise
 
 
@@ -42,10 +45,21 @@ def _shortcut(r: dict, classes, group_names) -> float:
     return mean(aligned) - mean(others)
 
 
+REUSE = {"stale": False}  # --reuse-stale: evaluate finished runs even if recipe defaults changed since
+
+
 def _runs(spec_name: str):
     spec, path = load_spec(spec_name)
     runs = plan_runs(spec, path)
-    execute(runs, progress=False)
+    if REUSE["stale"]:
+        for run in runs:
+            reason = stale_reason(run)
+            if reason and (run.run_dir / "eval.json").is_file():
+                print(f"reusing {run.run_dir} although {reason}")
+        runs_to_train = [r for r in runs if not (r.run_dir / "eval.json").is_file()]
+    else:
+        runs_to_train = runs
+    execute(runs_to_train, progress=False)
     failed = [r for r in runs if r.error]
     if failed:
         sys.exit(f"training failed: {failed[0].cell} seed {failed[0].seed}: {failed[0].error}")
@@ -103,6 +117,14 @@ def spurious() -> str:
                 r = patched_probe(ftr, tr.labels, tr.groups, fte, te.labels, te.groups, objective=obj, **kw)
                 r["shortcut"] = _shortcut(r, tr.classes, tr.group_names)
                 res.setdefault(f"{name} + {obj} probe", []).append(r)
+        for obj, weight in FINETUNED.get(run.cell, ()):
+            backbone, mean, std = _encoder(run)
+            r = patched_finetune(copy.deepcopy(backbone), mean, std, (tr.images, tr.labels, tr.groups),
+                                 (te.images, te.labels, te.groups), objective=obj, consistency=weight,
+                                 classes=tr.classes, group_names=tr.group_names, seed=run.seed, **FINETUNE)
+            r["shortcut"] = _shortcut(r, tr.classes, tr.group_names)
+            extra = f" + consistency {weight:g}" if weight else ""
+            res.setdefault(f"{run.cell} fine-tuned, {obj}{extra}", []).append(r)
     ref = res["no_color_invariance + erm probe"]
     rows = []
     for name, rs in res.items():
@@ -114,7 +136,9 @@ def spurious() -> str:
     text += (f"\n\nTest split: {TEST_PER_CLASS} images per class, every patch colour 100 times per class. Worst "
              "group = the worst of the 100 (class, colour) cells; class gap = best minus worst cell within a class, "
              "averaged over classes; gap ratio against the no_color_invariance + ERM row of the same seed; last "
-             "column = accuracy on images whose patch has their class's training colour minus on the others.")
+             "column = accuracy on images whose patch has their class's training colour minus on the others. "
+             f"Fine-tuned rows: encoder + linear head, AdamW, {FINETUNE}, consistency = Jensen-Shannon between "
+             "the predictions for an image and for its patch recoloured to a random palette colour.")
     return _finish(out, "spurious", runs, text)
 
 
@@ -209,7 +233,10 @@ def _finish(out: Path, name: str, runs, text: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", choices=("spurious", "gating", "randomization"))
+    ap.add_argument("--reuse-stale", action="store_true", help="evaluate finished encoder runs whose recorded "
+                    "config differs from the spec's current resolution (e.g. a changed default); else they are refused")
     args = ap.parse_args(argv)
+    REUSE["stale"] = args.reuse_stale
     {"spurious": spurious, "gating": gating, "randomization": randomization}[args.experiment]()
     return 0
 
