@@ -159,3 +159,18 @@ def test_image_folder_groups_from_csv(tmp_path):
     with pytest.raises(SslAugError, match="no group for 'dog/2.png'"):
         load_dataset("imagefolder", "train", root=str(tree), size=8, cache=str(tmp_path / "c"), verbose=False,
                      groups=str(csv))
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_nuisance_op_masked_engine_matches_cpu_engine(mode):
+    from ssl_aug.augment import MultiView
+    from ssl_aug.augment.spec import ViewSpec
+
+    x, _ = generate_embedded("train", 0, 20, 4, spurious=1.0)
+    images = torch.from_numpy(x)
+    spec = ViewSpec.from_dict({"size": 16, "nuisance": {"p": 0.7}})
+    params = MultiView([spec], [2], mode=mode).sample(images, torch.Generator().manual_seed(1))
+    a = MultiView([spec], [2], mode=mode, masked=False).apply(images, params)
+    b = MultiView([spec], [2], mode=mode, masked=True).apply(images, params)
+    assert all(torch.allclose(u, v, atol=1e-4) for u, v in zip(a, b))
+    assert params[0].nuisance_on.any() and not params[0].nuisance_on.all()
