@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.io import atomic_write
 
 __all__ = ["CLASSES", "load_embedded", "generate_embedded", "GENERATOR_VERSION", "PALETTE", "PALETTE_NAMES",
            "RANDOMIZATION", "SHIFTED_DOMAIN", "patch_side"]
@@ -319,14 +319,9 @@ def load_embedded(split: str = "train", root: str | os.PathLike | None = None, s
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
-    """Write an npz via a temporary file + os.replace, so readers never see a partial file."""
-    tmp = None
+    """Write the npz cache atomically (ssl_aug.io), so readers never see a partial file; a read-only or
+    full cache location only costs a regeneration next time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError:  # a read-only or full cache location only costs a regeneration next time
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write(path, lambda f: np.savez(f, **arrays), what="cache file")
+    except SslAugError:
+        pass
