@@ -1,5 +1,5 @@
 """faiss kNN vs torch brute force vs the bare matmul floor; writes the knn section of BENCHMARKS.md.
-Usage: python eval/bench_knn.py [--quick] [--repeats 3]"""
+Usage: python eval/bench_knn.py [--quick] [--rounds 3] [--no-write]"""
 import sys
 from pathlib import Path
 

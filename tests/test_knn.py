@@ -258,3 +258,23 @@ def test_machine_line_names_avx512_from_cpu_flags(tmp_path):
         assert info["model"] == "Test CPU 9000" and info["avx2"] is True
         line = machine_line(info)
         assert word in line and "Test CPU 9000" in line and "load average" in line
+
+
+def test_interleaved_times_runs_each_function_in_turn():
+    from ssl_aug.benchmarks import interleaved_times
+
+    calls = []
+    out = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
+    assert calls == ["a", "b"] * 4 and set(out) == {"a", "b"}
+    assert all(len(v) == 2 and v[0] >= 0 and v[1] >= 0 for v in out.values())
+
+
+def test_knn_bench_tiny_run_agrees_with_bruteforce():
+    from ssl_aug.benchmarks.knn import run
+
+    header, rows, notes, results = run(1500, 150, 16, 20, 1, nprobes=(2,))
+    assert len(rows) == 2 * 5 and all(len(r) == len(header) for r in rows)
+    for kind in ("random", "clustered"):
+        assert results[kind]["agree_torch"] == 1.0
+        assert 0 <= results[kind]["ivf"][2]["agree"] <= 1
+    assert results["clustered"]["acc"] > results["random"]["acc"]      # clustered neighbours are meaningful

@@ -1,20 +1,21 @@
-"""kNN benchmark: faiss kNN (ssl_aug.evaluation.knn_scores) vs a plain faiss IndexFlatIP search, the
-chunked torch mm+topk brute force and one bare `test @ train.T` product (the floor of exact search),
-all in one process, medians of several runs; prediction agreement; IVF time and agreement; memory.
+"""kNN benchmark: ssl_aug's exact kNN (faiss flat search + vote + rounding certificate) against a plain
+faiss IndexFlatIP search, the chunked torch mm+topk brute force and one bare `test @ train.T` product
+(the floor of exact search), interleaved in one process, medians of several rounds (wall and process
+CPU time); prediction agreement with brute force; IVF time and agreement with exact search; memory.
 
-Usage: python eval/bench_knn.py [--quick] [--repeats 3] [--no-write]
+Usage: python eval/bench_knn.py [--quick] [--rounds 3] [--no-write]   or   ssl-aug bench knn
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
-import time
 
 import torch
 import torch.nn.functional as F
 
-from ssl_aug.benchmarks import markdown_table, median_time, update_benchmarks_md
+from ssl_aug.benchmarks import interleaved_times, markdown_table, update_benchmarks_md
 from ssl_aug.evaluation.knn import build_index, faiss_search, knn_scores
 
 
@@ -36,45 +37,55 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(n_train: int, n_test: int, dim: int, k: int, repeats: int, kinds=("random", "clustered")):
+def run(n_train: int, n_test: int, dim: int, k: int, rounds: int, kinds=("random", "clustered"),
+        nprobes=(16, 64)):
     rows, results = [], {}
     for kind in kinds:
         tf, ty, qf, qy = make_features(n_train, n_test, dim, 10, kind)
-        res = {}
         kw = dict(ks=(k,), temperature=0.1, num_classes=10, normalize=False)
-        res["ours"] = knn_scores(tf, ty, qf, return_stats=True, **kw)
+        ours, stats = knn_scores(tf, ty, qf, return_stats=True, **kw)
         rss_knn = _rss_mb()
-        t_ours = median_time(lambda: knn_scores(tf, ty, qf, **kw), repeats=repeats, warmup=0)
+        ref = knn_scores(tf, ty, qf, backend="torch", **kw)
         index = build_index(tf)
-        t_plain = median_time(lambda: faiss_search(index, qf, k), repeats=repeats, warmup=0)
-        res["torch"] = knn_scores(tf, ty, qf, backend="torch", **kw)
-        t_torch = median_time(lambda: knn_scores(tf, ty, qf, backend="torch", **kw), repeats=repeats, warmup=0)
-        t_mm = median_time(lambda: qf @ tf.T, repeats=repeats, warmup=1)
-        nlist = int(round(4 * n_train ** 0.5))
-        t0 = time.perf_counter()
-        ivf = knn_scores(tf, ty, qf, index="ivf", nlist=nlist, nprobe=16, **kw)
-        t_ivf = time.perf_counter() - t0
-        pred = res["ours"][0][k].argmax(1)
-        agree_torch = float((pred == res["torch"][k].argmax(1)).double().mean())
-        agree_ivf = float((pred == ivf[k].argmax(1)).double().mean())
+        t = interleaved_times({
+            "mm": lambda: qf @ tf.T,
+            "ours": lambda: knn_scores(tf, ty, qf, **kw),
+            "plain": lambda: faiss_search(index, qf, k),
+            "torch": lambda: knn_scores(tf, ty, qf, backend="torch", **kw),
+        }, rounds=rounds, warmup=0)
+        pred = ours[k].argmax(1)
+        agree_torch = float((pred == ref[k].argmax(1)).double().mean())
         acc = float((pred == qy).double().mean())
-        results[kind] = dict(t_ours=t_ours, t_plain=t_plain, t_torch=t_torch, t_mm=t_mm, t_ivf=t_ivf,
-                             agree_torch=agree_torch, agree_ivf=agree_ivf, acc=acc,
-                             resolved=res["ours"][1]["resolved_rows"], rss_knn=rss_knn)
+        mm_w, mm_c = t["mm"]
+        fmt = lambda name: [f"{t[name][0]:.2f}", f"{t[name][1]:.2f}", f"{t[name][0] / mm_w:.2f}",  # noqa: E731
+                            f"{t[name][1] / mm_c:.2f}"]
         rows += [
-            [kind, "ssl_aug knn_scores (faiss flat, exact)", f"{t_ours:.2f}", f"{t_ours / t_mm:.2f}",
-             f"{agree_torch:.4f} (resolved {res['ours'][1]['resolved_rows']} near-tie rows)", f"{acc:.3f}"],
-            [kind, "plain faiss IndexFlatIP.search (no vote)", f"{t_plain:.2f}", f"{t_plain / t_mm:.2f}", "-", "-"],
-            [kind, "torch chunked mm + topk (reference)", f"{t_torch:.2f}", f"{t_torch / t_mm:.2f}", "1 (reference)", "-"],
-            [kind, "bare test @ train.T (floor)", f"{t_mm:.2f}", "1.00", "-", "-"],
-            [kind, f"faiss IVF (nlist {nlist}, nprobe 16), 1 run", f"{t_ivf:.2f}", f"{t_ivf / t_mm:.2f}",
-             f"{agree_ivf:.4f}", "-"],
+            [kind, "ssl_aug knn_scores (faiss flat, exact)", *fmt("ours"),
+             f"{agree_torch:.4f} (re-solved {stats['resolved_rows']} near-tie rows)", f"{acc:.3f}"],
+            [kind, "plain faiss IndexFlatIP.search (no vote)", *fmt("plain"), "-", "-"],
+            [kind, "torch chunked mm + topk (reference)", *fmt("torch"), "1 (reference)", "-"],
+            [kind, "bare test @ train.T (floor)", *fmt("mm"), "-", "-"],
         ]
-    header = ["features", "method", "time s (median)", "x bare matmul", "top-1 agreement with brute force",
-              "kNN top-1"]
+        nlist = int(round(4 * n_train ** 0.5))
+        ivf = {}
+        for nprobe in nprobes:
+            tiv = interleaved_times({"ivf": lambda: knn_scores(tf, ty, qf, index="ivf", nlist=nlist, nprobe=nprobe,
+                                                               **kw)}, rounds=1, warmup=0)["ivf"]
+            s_ivf = knn_scores(tf, ty, qf, index="ivf", nlist=nlist, nprobe=nprobe, **kw)
+            agree = float((pred == s_ivf[k].argmax(1)).double().mean())
+            ivf[nprobe] = dict(wall=tiv[0], cpu=tiv[1], agree=agree)
+            rows.append([kind, f"faiss IVF (nlist {nlist}, nprobe {nprobe}; build + search), 1 run", f"{tiv[0]:.2f}",
+                         f"{tiv[1]:.2f}", f"{tiv[0] / mm_w:.2f}", f"{tiv[1] / mm_c:.2f}",
+                         f"{agree:.4f} (vs exact)", "-"])
+        results[kind] = dict(times=t, agree_torch=agree_torch, acc=acc, resolved=stats["resolved_rows"],
+                             rss_knn=rss_knn, ivf=ivf)
+    header = ["features", "method", "wall s (median)", "CPU s (median)", "x bare matmul (wall)",
+              "x bare matmul (CPU)", "top-1 agreement with brute force", "kNN top-1"]
     notes = (f"{n_train} train x {n_test} test x {dim}-d L2-normalised features, 10 classes, k={k}, T=0.1, "
-             f"medians of {repeats} runs in one process ({torch.get_num_threads()} threads; faiss uses the same "
-             f"number). Memory: queries go 4096 at a time, so the search holds ~{chunk_mm(k):.0f} MB of results "
+             f"medians of {rounds} interleaved rounds in one process ({torch.get_num_threads()} threads; faiss uses "
+             f"the same number); CPU = process CPU time of all threads. Random features are the hard case for the "
+             f"exactness certificate (many near-tied class votes); their kNN accuracy is chance by construction. "
+             f"Memory: queries go 4096 at a time, so the search holds ~{chunk_mm(k):.0f} MB of results "
              f"+ faiss's 4096x1024 block instead of a {n_test}x{n_train} matrix "
              f"({n_test * n_train * 4 / 2 ** 20:.0f} MB); process peak RSS after the first kNN run, before any "
              f"brute-force or matmul ran: {results[kinds[0]]['rss_knn']:.0f} MB (includes the features). "
@@ -89,13 +100,16 @@ def chunk_mm(k: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="10k x 2k x 128 instead of 50k x 10k x 512, 1 run")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="10k x 2k x 128 instead of 50k x 10k x 512, 1 round")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--k", type=int, default=200)
     p.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     a = p.parse_args(argv)
-    n_train, n_test, dim, repeats = (10000, 2000, 128, 1) if a.quick else (50000, 10000, 512, a.repeats)
-    header, rows, notes, _ = run(n_train, n_test, dim, a.k, repeats)
+    n_train, n_test, dim, rounds = (10000, 2000, 128, 1) if a.quick else (50000, 10000, 512, a.rounds)
+    load0 = os.getloadavg()[0]
+    header, rows, notes, _ = run(n_train, n_test, dim, a.k, rounds)
+    notes += (f" 1-minute load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end (other jobs on the "
+              "machine inflate absolute times; ratios are measured side by side).")
     table = markdown_table(header, rows)
     print(table)
     print(notes)
