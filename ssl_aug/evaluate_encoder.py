@@ -128,7 +128,8 @@ def eval_command(args) -> int:
     (train, test), data_name, how = load_eval_data(data, args)
     train = _subset(*train, args.train_subset, "--train-subset")
     test = _subset(*test, args.test_subset, "--test-subset")
-    knn = args.knn or not (args.linear or args.tta or args.invariance)
+    fine = getattr(args, "finetune", False)
+    knn = args.knn or not (args.linear or args.tta or args.invariance or fine)
     if min(args.k) < 1:
         raise SslAugError(f"--k {min(args.k)} is not allowed: kNN needs k >= 1 neighbours")
     if knn and max(args.k) > len(train[1]):
@@ -139,10 +140,15 @@ def eval_command(args) -> int:
         pixels = train[0][:5000].float().div_(255)
         mean = pixels.mean(dim=(0, 2, 3)).tolist()
         std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    results = evaluate_encoder(backbone, mean, std, train, test, knn=knn, linear=args.linear or args.tta,
-                               tta=args.tta, invariance=args.invariance, ks=tuple(args.k),
-                               temperature=args.temperature, progress=not args.no_progress,
-                               knn_kw=_knn_kw(args))
+    results = {} if not (knn or args.linear or args.tta or args.invariance) else evaluate_encoder(
+        backbone, mean, std, train, test, knn=knn, linear=args.linear or args.tta, tta=args.tta,
+        invariance=args.invariance, ks=tuple(args.k), temperature=args.temperature, progress=not args.no_progress,
+        knn_kw=_knn_kw(args))
+    if fine:  # default fine-tuning settings (ssl-aug finetune sets them all); TTA with --tta
+        from ssl_aug.evaluation.finetune import finetune
+
+        results["finetune"] = finetune(backbone, mean, std, train, test, {"tta": args.tta},
+                                       run_dir=out.parent / f"{out.stem}_finetune", progress=not args.no_progress)
     results = {"encoder": label, "data": data_name, "split": how, **results}
     print(format_report(results))
     atomic_write_json(out, json.loads(json.dumps(results, default=float)))

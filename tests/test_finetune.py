@@ -165,3 +165,19 @@ def test_cli_on_a_random_encoder(tmp_path, capsys):
     assert "| none | 1 |" in (out / "results.md").read_text()
     assert main(["finetune", "random:small_cnn", "mix=blend", "--data", "embedded"]) == 2
     assert "mix='blend' is not allowed" in capsys.readouterr().err
+
+
+def test_eval_finetune_flag(tmp_path, monkeypatch, capsys):
+    import ssl_aug.evaluation.finetune as ft
+    from ssl_aug.cli import main
+
+    real = ft.finetune
+    monkeypatch.setattr(ft, "finetune", lambda *a, **kw: real(*a[:5], {**a[5], "epochs": 1, "label_fraction": 0.01},
+                                                             **kw))
+    out = tmp_path / "e.json"
+    assert main(["eval", "random:small_cnn", "--data", "embedded", "--finetune", "--test-subset", "60", "--json",
+                 str(out), "--no-progress"]) == 0
+    results = json.loads(out.read_text())
+    assert "finetune" in results and "knn" not in results and results["finetune"]["num_labelled"] == 50
+    assert "fine-tuned (mix=none, 50 labels)" in capsys.readouterr().out
+    assert (tmp_path / "e_finetune" / "finetune.json").is_file()

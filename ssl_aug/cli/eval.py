@@ -39,6 +39,8 @@ def register(sub) -> None:
     p.add_argument("--linear", action="store_true", help="linear probe on frozen features")
     p.add_argument("--tta", action="store_true", help="linear probe with 10-crop test-time augmentation")
     p.add_argument("--invariance", action="store_true", help="invariance probe per transform family")
+    p.add_argument("--finetune", action="store_true", help="supervised fine-tuning with default settings (with "
+                                                           "--tta: also 10-crop TTA); see `ssl-aug finetune` for all")
     p.add_argument("--k", type=int, nargs="+", default=[200], help="kNN neighbours (several allowed)")
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--knn-index", choices=("flat", "ivf"), default="flat",
