@@ -227,3 +227,9 @@ def test_a_run_with_two_kornia_ops_trains_and_resumes_bit_identically(tmp_path):
     resumed.fit(resume=True)
     a, b = full.method.state_dict(), resumed.method.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kornia_spec_with_tuple_arguments_round_trips():
+    spec = ViewSpec(kornia=[{"op": "RandomErasing", "scale": (0.02, 0.2), "p": 0.5}])
+    assert ViewSpec.from_dict(spec.to_dict()) == spec
+    assert spec.cfg("kornia").modules[0].p == 0.5

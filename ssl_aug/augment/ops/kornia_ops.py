@@ -41,7 +41,7 @@ def build_kornia_op(entry) -> torch.nn.Module:
         raise SslAugError(f"view spec: kornia entry {entry!r} is not allowed; use a table like "
                           f'{{op = "RandomErasing", p = 0.5}}')
     name = entry["op"]
-    kwargs = {k: v for k, v in entry.items() if k != "op"}
+    kwargs = {k: _tuples(v) for k, v in entry.items() if k != "op"}  # kornia's hints ask for tuples
     cls = getattr(K, name, None)
     if not (inspect.isclass(cls) and issubclass(cls, K.AugmentationBase2D)):
         allowed = sorted(n for n in dir(K) if inspect.isclass(getattr(K, n)) and issubclass(getattr(K, n), K.AugmentationBase2D)
@@ -83,7 +83,11 @@ def capture(prefix: str, generate: Callable[[torch.Size], dict], shape: tuple, s
         if k == "forward_input_shape":
             continue  # rebuilt from the input at apply time
         if not torch.is_tensor(v):
-            v = torch.as_tensor(v)
+            try:
+                v = torch.as_tensor(v)
+            except (TypeError, ValueError, RuntimeError):
+                raise SslAugError(f"kornia parameter {prefix}.{k} of type {type(v).__name__} cannot be captured for "
+                                  f"replay; use an op whose parameters are tensors") from None
         if k in rows:
             out[f"{prefix}.{k}"] = v
         else:
@@ -105,6 +109,16 @@ def unpack(prefix: str, p, rows=None, shape=None) -> dict:
     return out
 
 
+def _tuples(v):
+    return tuple(_tuples(a) for a in v) if isinstance(v, (list, tuple)) else v
+
+
+def _lists(v):
+    if isinstance(v, dict):
+        return {k: _lists(a) for k, a in v.items()}
+    return [_lists(a) for a in v] if isinstance(v, (list, tuple)) else v
+
+
 @dataclass
 class KorniaOps:
     """`kornia`: list of {op = "<kornia.augmentation class>", **its arguments}."""
@@ -114,7 +128,7 @@ class KorniaOps:
         if not isinstance(self.kornia, (list, tuple)):
             raise SslAugError(f"view spec: kornia={self.kornia!r} is not allowed; use a list of tables like "
                               f'[{{op = "RandomErasing", p = 0.5}}]')
-        self.kornia = tuple(dict(e) if isinstance(e, dict) else e for e in self.kornia)
+        self.kornia = tuple(_lists(e) for e in self.kornia)  # TOML form: tuples as lists, so specs compare equal
         self.modules = [build_kornia_op(e) for e in self.kornia]
 
 
