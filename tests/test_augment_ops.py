@@ -233,3 +233,11 @@ def test_kornia_spec_with_tuple_arguments_round_trips():
     spec = ViewSpec(kornia=[{"op": "RandomErasing", "scale": (0.02, 0.2), "p": 0.5}])
     assert ViewSpec.from_dict(spec.to_dict()) == spec
     assert spec.cfg("kornia").modules[0].p == 0.5
+
+
+def test_crop_only_switches_every_other_op_off():
+    from ssl_aug.augment import edit_specs
+    s = ViewSpec(kornia=[{"op": "RandomErasing"}], auto_augment="randaugment", blur={"p": 0.5}, scale=(0.3, 1.0))
+    c = edit_specs([s], "crop_only")[0]
+    assert c.kornia == () and c.auto_augment is None and c.blur.p == 0 and not c.color_jitter.active
+    assert c.grayscale_p == 0 and c.solarize.p == 0 and (c.scale, c.flip_p) == ((0.3, 1.0), 0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from ssl_aug.augment.ops import OPS
 from ssl_aug.augment.spec import IMAGENET_MEAN, IMAGENET_STD, Blur, ColorJitter, Solarize, ViewSpec
 from ssl_aug.errors import SslAugError
 
@@ -83,9 +84,13 @@ def jitter_strength(spec: ViewSpec, s: float) -> ViewSpec:
 
 
 def crop_only(spec: ViewSpec) -> ViewSpec:
-    """Random resized crop (and flip) only: no colour, grayscale, blur, solarize or policy."""
-    return spec.replace(color_jitter={"p": 0.0}, grayscale_p=0.0, blur={"p": 0.0}, solarize={"p": 0.0},
-                        auto_augment=None)
+    """Random resized crop (and flip) only: every other registered op off (colour, grayscale, blur,
+    solarize, policy, kornia ops, ...)."""
+    changes: dict = {}
+    for name, op in OPS.items():
+        if name != "crop":
+            changes.update(op.off())
+    return spec.replace(**changes)
 
 
 EDITS = {"no_color_jitter": no_color_jitter, "no_grayscale": no_grayscale, "no_blur": no_blur,
