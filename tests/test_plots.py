@@ -101,3 +101,21 @@ def test_reference_accuracies_match_independent_computations():
         preds.append(votes.argmax())
     assert abs(floors["raw pixels"] - float(np.mean(np.array(preds) == y[40:].numpy()))) < 1e-9
     assert 0 <= floors["random encoder"] <= 1
+
+
+def test_ablation_report_draws_the_floors(tmp_path, figures):
+    import torch
+
+    from ssl_aug.ablation.report import write_report
+    from ssl_aug.ablation.spec import Run
+    from ssl_aug.config import config_from_dict
+
+    cfg = config_from_dict({"data": {"name": "embedded", "options": {"n_per_class": 12, "cache": False}},
+                            "model": {"backbone": "small_cnn", "backbone_args": {"widths": [4]}},
+                            "eval": {"knn_k": 5}})
+    runs = [Run("full", 0, {}, tmp_path / "full" / "seed0", cfg, results={"knn_top1": 0.7})]
+    write_report(runs, tmp_path, "floors")
+    labels = figures[0]["lines"]
+    assert any(x.startswith("chance (0.100)") for x in labels)
+    assert any(x.startswith("raw pixels") for x in labels) and any(x.startswith("random encoder") for x in labels)
+    assert (tmp_path / "floors.json").is_file()

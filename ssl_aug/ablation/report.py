@@ -106,7 +106,9 @@ def write_report(runs: list[Run], out_dir: Path, title: str, metrics: list[str] 
     for r in runs:
         writer.writerow([r.cell, r.seed] + [r.results.get(m, "") for m in metrics] + [r.error or ""])
     written.append(atomic_write_text(out_dir / "results.csv", buf.getvalue()))
+    from ssl_aug.evaluation.floors import reference_lines
     from ssl_aug.plots import plot_results
 
-    plots, note = plot_results(rows, metrics, out_dir, title)
+    refs = reference_lines(runs, out_dir) if any(m.endswith("top1") for m in metrics) else {}
+    plots, note = plot_results(rows, metrics, out_dir, title, references=refs)
     return table + (f"\n{note}\n" if note else ""), written + plots

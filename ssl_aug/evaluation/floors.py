@@ -13,7 +13,7 @@ import torch
 from ssl_aug.evaluation.features import extract_features
 from ssl_aug.evaluation.knn import knn_evaluate
 
-__all__ = ["raw_pixel_features", "reference_accuracies", "floors_for_config"]
+__all__ = ["raw_pixel_features", "reference_accuracies", "floors_for_config", "reference_lines"]
 
 
 def raw_pixel_features(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -66,3 +66,17 @@ def floors_for_config(cfg, cache_dir: str | Path | None = None) -> dict:
 
         atomic_write_json(cache, {"key": key, "floors": floors})
     return floors
+
+
+def reference_lines(runs, out_dir: str | Path) -> dict:
+    """Reference lines for an ablation's accuracy plot: floors_for_config of its first run's recipe (cached in
+    out_dir); {} when no run has a config or the data cannot be loaded (the plot then has no lines)."""
+    from ssl_aug.errors import SslAugError
+
+    cfg = next((r.config for r in runs if getattr(r, "config", None) is not None), None)
+    if cfg is None:
+        return {}
+    try:
+        return floors_for_config(cfg, cache_dir=out_dir)
+    except (SslAugError, OSError, RuntimeError, ValueError):
+        return {}
