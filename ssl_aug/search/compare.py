@@ -1,7 +1,7 @@
 """The best policy vs the base recipe at equal budget on the TEST split, over seeds, with the floors (raw
 pixels with the per-image mean removed, a randomly initialised encoder) measured on the same split.
 
-Runs are ordinary experiments (run_experiment: full training split, kNN on the test split) in
+Runs are ordinary experiments (run_experiment: the recipe's whole training set, kNN on the test split) in
 compare/{base,best}/seed{S}; finished ones (eval.json present) are reused. Writes compare.md."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def floors(cfg, seed: int = 0) -> dict:
 
 def compare_best(spec, best, search_dir: Path, seeds: int, progress: bool = False) -> tuple[str, list[Path]]:
     """Train the base recipe and the best trial's policy for `seeds` seeds each (the trials' budget, on the
-    whole training split) and compare kNN top-1 on the test split; -> (Markdown, files written)."""
+    recipe's whole training set) and compare kNN top-1 on the test split; -> (Markdown, files written)."""
     from ssl_aug.experiment import run_experiment
 
     from ssl_aug.search.space import base_point
@@ -86,8 +86,8 @@ def compare_best(spec, best, search_dir: Path, seeds: int, progress: bool = Fals
     floor = floors(cfg, seed=spec.raw["seed"])
     epochs = cfg.train.epochs
     lines = [f"Best policy (trial {best.number}) vs the base recipe on the **test** split: kNN top-1 (k = "
-             f"{cfg.eval.knn_k}, T = {cfg.eval.knn_temperature}), {epochs} epochs each on the whole training "
-             f"split, {seeds} seed(s), mean ± std:", "", "| encoder | kNN top-1 (test) | per seed |", "|---|---|---|"]
+             f"{cfg.eval.knn_k}, T = {cfg.eval.knn_temperature}), {epochs} epochs each on the recipe's whole "
+             f"training set (validation images included), {seeds} seed(s), mean ± std:", "", "| encoder | kNN top-1 (test) | per seed |", "|---|---|---|"]
     for name, values in results.items():
         m, s = mean_std(values)
         lines.append(f"| {name} | {m:.4f} ± {s:.4f} | {', '.join(f'{v:.4f}' for v in values)} |")

@@ -66,7 +66,7 @@ def _scores(rows: list[dict], path: Path, plt) -> Path | None:
         pts = [(r[key], r["knn_val"]) for r in done if r.get(key) is not None]
         ax.scatter([a for a, _ in pts], [b for _, b in pts], s=14)
         rho = spearman([a for a, _ in pts], [b for _, b in pts])
-        ax.set_xlabel(key)
+        ax.set_xlabel(key + (" (lower = better)" if key in ("alignment", "uniformity") else " (higher = better)"))
         ax.set_title(f"Spearman ρ = {rho:.2f}", fontsize=9)
     axes[0][0].set_ylabel("knn_val")
     return _save(fig, path)
