@@ -27,7 +27,8 @@ def check_sizes(cfg, train, test=None, bank=None) -> list[str]:
     if sum(counts) < 2:
         _fail("augment.views", cfg.augment.get("views", 2), "gives fewer than 2 views per image; contrastive "
               "methods compare at least 2 (use augment.views = 2)")
-    if len(specs) > 1 and specs[1].size >= specs[0].size:
+    local = (cfg.augment.get("multicrop") or {}).get("local_views", 0) if cfg.augment.get("preset") is None else 0
+    if local and specs[1].size >= specs[0].size:  # presets may have equal-size families (BYOL's asymmetric views)
         _fail("augment.multicrop.size", specs[1].size, f"must be smaller than the global crop size "
               f"augment.size = {specs[0].size} (local crops are the small ones)")
     if train is None:

@@ -46,3 +46,14 @@ def test_bad_preset_recipes_are_one_line(augment, message):
 def test_without_preset_unchanged():
     specs, counts = view_specs({"size": 16, "views": 3})
     assert counts == [3] and specs[0].size == 16
+
+
+def test_size_checks_accept_a_preset_with_equal_size_families():
+    from ssl_aug.config import config_from_dict
+    from ssl_aug.sizes import check_sizes
+
+    cfg = config_from_dict({"augment": {"preset": "byol_asymmetric", "size": 20}})
+    assert check_sizes(cfg, None) == []
+    bad = config_from_dict({"augment": {"size": 20, "multicrop": {"local_views": 2, "size": 20}}})
+    with pytest.raises(SslAugError, match="augment.multicrop.size' = 20 must be smaller"):
+        check_sizes(bad, None)
