@@ -124,7 +124,7 @@ def plot_reliability(bins: dict, path: Path, title: str = "") -> Path | None:
     ax.bar(centers, acc, width * 0.95, color="tab:blue", edgecolor="k", linewidth=0.5, label="accuracy")
     gap_lo = [min(a, c) for a, c in zip(acc, conf)]
     ax.bar(centers, [abs(c - a) if k else 0 for a, c, k in zip(acc, conf, counts)], width * 0.95, bottom=gap_lo,
-           color="tab:red", alpha=0.3, hatch="//", label="gap to confidence")
+           fill=False, edgecolor="tab:red", linewidth=0.8, hatch="//", label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
