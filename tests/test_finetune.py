@@ -135,7 +135,8 @@ def test_bad_inputs_are_one_line_errors():
     train, test = quadrant_data(40, 0), quadrant_data(8, 1)
     cases = [(dict(label_fraction=0.0), "label_fraction"), (dict(label_fraction=1.5), "label_fraction"),
              (dict(mix="blend"), "mix='blend'"), (dict(mix_alpha=0.0), "alpha"), (dict(mix_p=1.2), "p=1.2"),
-             (dict(trainable="middle"), "trainable"), (dict(tta_views="five"), "tta_views")]
+             (dict(trainable="middle"), "trainable"), (dict(tta_views="five"), "tta_views"),
+             (dict(lr="fast"), "lr='fast'"), (dict(tta="yes"), "tta='yes'")]
     for kw, word in cases:
         with pytest.raises(SslAugError, match=word) as info:
             small_cfg(**kw)

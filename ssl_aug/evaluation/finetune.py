@@ -67,6 +67,13 @@ class FinetuneConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SslAugError(f"finetune {key}={value!r} is not allowed; use an integer >= 1")
+        for key in ("lr", "weight_decay", "mix_alpha", "mix_p", "label_fraction", "val_fraction", "label_smoothing"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SslAugError(f"finetune {key}={value!r} is not allowed; use a number")
+        for key in ("freeze_bn", "crop_flip", "tta"):
+            if not isinstance(getattr(self, key), bool):
+                raise SslAugError(f"finetune {key}={getattr(self, key)!r} is not allowed; use true or false")
         if self.trainable not in TRAINABLE:
             raise SslAugError(f"finetune trainable={self.trainable!r} is not allowed; use one of {', '.join(TRAINABLE)}")
         if self.mix not in ("none",) + MIX_MODES:
