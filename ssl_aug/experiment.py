@@ -81,8 +81,15 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
     if cfg.eval.knn_every:
         bank = balanced_subset(bank_set.labels, min(cfg.eval.monitor_train, len(bank_set.labels)), cfg.seed)
         query = balanced_subset(test.labels, min(cfg.eval.monitor_test, len(test.labels)), cfg.seed)
+        self_index = None
+        same = test is bank_set or (cfg.eval.test_split == cfg.data.split and len(test.labels) == len(bank_set.labels))
+        if same:  # the monitor's queries are bank images: each leaves itself out of its vote
+            self_index = torch.full((len(bank_set.labels),), -1, dtype=torch.long)
+            self_index[bank] = torch.arange(len(bank))
+            self_index = self_index[query]
         monitor = KnnMonitor(bank_set.images[bank], bank_set.labels[bank], test.images[query], test.labels[query],
-                             *normalization(cfg), k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
+                             *normalization(cfg), k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature,
+                             self_index=self_index)
         callbacks.append(lambda trainer, epoch: monitor(trainer.method.backbone))  # rank 0 only (Trainer)
     hooks = []
     if cfg.eval.online_linear:

@@ -278,3 +278,20 @@ def test_knn_bench_tiny_run_agrees_with_bruteforce():
         assert results[kind]["agree_torch"] == 1.0
         assert 0 <= results[kind]["ivf"][2]["agree"] <= 1
     assert results["clustered"]["acc"] > results["random"]["acc"]      # clustered neighbours are meaningful
+
+
+def test_knn_monitor_leaves_queries_out_of_their_own_vote():
+    from ssl_aug.evaluation import KnnMonitor, extract_features
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (120, 3, 4, 4), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 4, (120,), generator=g)        # labels unrelated to images
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    enc = torch.nn.Flatten()
+    plain = KnnMonitor(x, y, x[:40], y[:40], mean, std, k=10)(enc)
+    loo = KnnMonitor(x, y, x[:40], y[:40], mean, std, k=10, self_index=torch.arange(40))(enc)
+    f = extract_features(enc, x, mean, std, progress=False)
+    ref = knn_numpy(f, y, f[:40], 10, 0.1, 4, exclude=list(range(40)))
+    assert plain["knn_top1"] == 1.0                      # self-matches: the bug the self_index removes
+    assert loo["knn_top1"] == pytest.approx(float((torch.from_numpy(ref.argmax(1)) == y[:40]).double().mean()))
+    assert loo["knn_top1"] < 0.6

@@ -22,7 +22,9 @@ class KnnMonitor:
     restored afterwards."""
 
     def __init__(self, bank_images, bank_labels, query_images, query_labels, mean, std, k: int = 200,
-                 temperature: float = 0.1, batch_size: int = 512, log_path: str | os.PathLike | None = None):
+                 temperature: float = 0.1, batch_size: int = 512, log_path: str | os.PathLike | None = None,
+                 self_index=None):
+        """self_index (M,): the bank row that is query i itself (-1 = none), left out of its vote."""
         check_images(bank_images, "bank_images")
         check_images(query_images, "query_images")
         self.bank_images, self.query_images = bank_images, query_images
@@ -32,7 +34,7 @@ class KnnMonitor:
             raise SslAugError(f"labels must have one entry per image: bank {self.bank_labels.shape[0]} labels for "
                               f"{bank_images.shape[0]} images, query {self.query_labels.shape[0]} for {query_images.shape[0]}")
         self.mean, self.std, self.k, self.temperature = mean, std, k, temperature
-        self.batch_size, self.log_path = batch_size, log_path
+        self.batch_size, self.log_path, self.self_index = batch_size, log_path, self_index
         self.num_classes = int(max(int(self.bank_labels.max()), int(self.query_labels.max())) + 1)
 
     @classmethod
@@ -51,7 +53,7 @@ class KnnMonitor:
         bank = extract_features(encoder, self.bank_images, self.mean, self.std, **kw)
         query = extract_features(encoder, self.query_images, self.mean, self.std, **kw)
         r = knn_evaluate(bank, self.bank_labels, query, self.query_labels, ks=(min(self.k, bank.shape[0]),),
-                         temperature=self.temperature, num_classes=self.num_classes)
+                         temperature=self.temperature, num_classes=self.num_classes, self_index=self.self_index)
         out = {"knn_top1": r["top1"], "knn_top5": r["top5"]}
         if self.log_path is not None:
             with open(self.log_path, "a") as f:
