@@ -295,3 +295,17 @@ def test_knn_monitor_leaves_queries_out_of_their_own_vote():
     assert plain["knn_top1"] == 1.0                      # self-matches: the bug the self_index removes
     assert loo["knn_top1"] == pytest.approx(float((torch.from_numpy(ref.argmax(1)) == y[:40]).double().mean()))
     assert loo["knn_top1"] < 0.6
+
+
+def test_eval_command_line_reaches_the_ivf_index():
+    from ssl_aug.cli import build_parser
+    from ssl_aug.evaluate_encoder import _knn_kw
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "random:small_cnn", "--knn-index", "ivf", "--nlist", "8", "--nprobe", "2"])
+    assert _knn_kw(args) == {"index": "ivf", "nlist": 8, "nprobe": 2}
+    assert _knn_kw(parser.parse_args(["eval", "random:small_cnn"])) == {"index": "flat", "nlist": None, "nprobe": 16}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "random:small_cnn", "--knn-index", "hnsw"])
+    with pytest.raises(SslAugError, match="--nprobe 0"):
+        _knn_kw(parser.parse_args(["eval", "random:small_cnn", "--nprobe", "0"]))
