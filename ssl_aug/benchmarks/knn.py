@@ -15,7 +15,7 @@ import resource
 import torch
 import torch.nn.functional as F
 
-from ssl_aug.benchmarks import interleaved_times, markdown_table, update_benchmarks_md
+from ssl_aug.benchmarks import interleaved_times, machine_line, markdown_table, update_benchmarks_md
 from ssl_aug.evaluation.knn import build_index, faiss_search, knn_scores
 
 
@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     notes += (f" 1-minute load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end (other jobs on the "
               "machine inflate absolute times; ratios are measured side by side).")
     table = markdown_table(header, rows)
+    print(f"Machine: {machine_line()}")
     print(table)
     print(notes)
     if not a.no_write and not a.quick:
