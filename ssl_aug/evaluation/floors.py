@@ -12,6 +12,7 @@ import torch
 
 from ssl_aug.evaluation.features import extract_features
 from ssl_aug.evaluation.knn import knn_evaluate
+from ssl_aug.models import backbone_args_for
 
 __all__ = ["raw_pixel_features", "reference_accuracies", "floors_for_config", "reference_lines"]
 
@@ -58,7 +59,8 @@ def floors_for_config(cfg, cache_dir: str | Path | None = None) -> dict:
     train, test = load_training_data(cfg), load_training_data(cfg, split=cfg.eval.test_split)
     keep, keep_t = train.labels >= 0, test.labels >= 0
     floors = reference_accuracies((train.images[keep], train.labels[keep]), (test.images[keep_t], test.labels[keep_t]),
-                                  cfg.model.backbone, dict(cfg.model.backbone_args), *normalization(cfg),
+                                  cfg.model.backbone, backbone_args_for(cfg.model.backbone, cfg.model.backbone_args),
+                                  *normalization(cfg),
                                   k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, seed=cfg.seed,
                                   num_classes=len(train.classes) or None)
     if cache is not None:

@@ -37,6 +37,7 @@ from ssl_aug.export.encoder import (CIFAR_STEM, Encoder, build_and_load, load_st
                                     torchvision_backbone, torchvision_name)
 from ssl_aug.export.reader import BACKBONE_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, METADATA, SCRIPT_FILE
 from ssl_aug.io import atomic_write_bytes, atomic_write_json
+from ssl_aug.models import backbone_args_for
 
 __all__ = ["export_encoder", "encoder_from_checkpoint", "resolve_checkpoint", "read_training_checkpoint"]
 
@@ -94,7 +95,7 @@ def _backbone_spec(config: dict) -> tuple[str, dict]:
     model = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict) or not isinstance(model.get("backbone"), str):
         raise SslAugError("checkpoint config has no model.backbone; it is not an ssl_aug training checkpoint")
-    return model["backbone"], dict(model.get("backbone_args") or {})
+    return model["backbone"], backbone_args_for(model["backbone"], dict(model.get("backbone_args") or {}))
 
 
 def _method_name(config: dict) -> str:

@@ -1,7 +1,10 @@
 """Backbone registry and heads.
 
 ``build_backbone(name, **kw)`` returns an ``nn.Module`` mapping a normalised float batch
-(N, 3, H, W) to features (N, feature_dim), with the int attribute ``feature_dim``.
+(N, 3, H, W) to features (N, feature_dim), with the int attribute ``feature_dim``. Names: the registry
+``BACKBONES``, ``torchvision:NAME`` (any torchvision classification model) and ``timm:NAME`` (extra ``timm``).
+``backbone_args_for(name, args)``: recipe ``model.backbone_args`` may be one flat table (for the chosen
+backbone) or tables keyed by backbone name, so switching backbones is one override.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from typing import Callable
 import torch.nn as nn
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.models.external import timm_backbone, torchvision_backbone
 from ssl_aug.models.heads import ProjectionHead, Prototypes
 from ssl_aug.models.resnet import cifar_resnet18, resnet18, resnet50
 
-__all__ = ["BACKBONES", "build_backbone", "ProjectionHead", "Prototypes"]
+__all__ = ["BACKBONES", "build_backbone", "backbone_args_for", "ProjectionHead", "Prototypes"]
+PREFIXED = {"torchvision": torchvision_backbone, "timm": timm_backbone}
 
 
 def _small_cnn_class() -> type:
@@ -40,10 +45,30 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _is_backbone_name(name: str) -> bool:
+    return name in BACKBONES or name.split(":", 1)[0] in PREFIXED and ":" in name
+
+
+def backbone_args_for(name: str, args: dict) -> dict:
+    """The options for backbone `name` from a recipe's ``model.backbone_args``: a flat table is used as is;
+    a table keyed by backbone names (e.g. ``{small_cnn = {widths = [...]}}``) gives `name`'s entry ({} if none)."""
+    keyed = [k for k, v in args.items() if _is_backbone_name(k) and isinstance(v, dict)]
+    if keyed and len(keyed) != len(args):
+        flat = sorted(set(args) - set(keyed))
+        raise SslAugError(f"recipe key 'model.backbone_args' mixes per-backbone tables ({', '.join(keyed)}) with "
+                          f"plain options ({', '.join(flat)}); use one form")
+    return dict(args.get(name, {})) if keyed else dict(args)
+
+
 def build_backbone(name: str, **kw) -> nn.Module:
-    """Build a registered backbone (random init, no downloads); unknown names/kwargs -> SslAugError."""
+    """Build a backbone (random init, no downloads): a registered name, ``torchvision:NAME`` or
+    ``timm:NAME``; unknown names/kwargs -> SslAugError."""
+    prefix, _, rest = name.partition(":")
+    if rest and prefix in PREFIXED:
+        return PREFIXED[prefix](rest, **kw)
     if name not in BACKBONES:
-        raise SslAugError(f"unknown backbone {name!r}: use one of {', '.join(sorted(BACKBONES))}")
+        raise SslAugError(f"unknown backbone {name!r}: use one of {', '.join(sorted(BACKBONES))}, "
+                          f"torchvision:NAME or timm:NAME")
     builder = BACKBONES[name]
     if builder is small_cnn:
         builder = _small_cnn_class()

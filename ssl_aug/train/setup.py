@@ -22,7 +22,7 @@ from ssl_aug.data.subset import balanced_subset
 from ssl_aug.device import resolve_device
 from ssl_aug.errors import SslAugError
 from ssl_aug.methods import build_method
-from ssl_aug.models import build_backbone
+from ssl_aug.models import backbone_args_for, build_backbone
 from ssl_aug.optim import build_optimizer, warmup_cosine
 
 __all__ = ["tune_allocator", "load_training_data", "build_model", "autocast", "training_device", "check_fits_device",
@@ -61,7 +61,7 @@ def load_training_data(cfg: Config, split: str | None = None) -> ImageDataset:
 def build_model(cfg: Config) -> nn.Module:
     """Backbone + method head(s) from the recipe (seeded, so every rank starts identical)."""
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.model.backbone, **cfg.model.backbone_args)
+    backbone = build_backbone(cfg.model.backbone, **backbone_args_for(cfg.model.backbone, cfg.model.backbone_args))
     method_args = {k: v for k, v in cfg.method.items() if k != "name"}
     return build_method(cfg.method["name"], backbone, **method_args)
 
