@@ -4,7 +4,6 @@ quickstart and the ablation runner call. Writes eval.json next to the run's chec
 from __future__ import annotations
 
 import sys
-import sys
 import time
 from pathlib import Path
 

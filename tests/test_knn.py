@@ -1,9 +1,7 @@
 """Tests of ssl_aug.evaluation.knn: kNN against independent references (plain loops, numpy, torch brute
 force), leave-one-out, the IVF index and its measured agreement, and the benchmark's machine line."""
 
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ import torch
 
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation import evaluate_encoder, format_report, knn_classify, knn_evaluate, knn_scores
+from test_evaluation import cifar_subset
 
 
 def knn_numpy(train_f, train_y, test_f, k, T, C, exclude=None):
@@ -36,19 +35,6 @@ def clustered(n, m, d, c, noise, seed=0):
     ty, qy = torch.randint(0, c, (n,), generator=g), torch.randint(0, c, (m,), generator=g)
     return (centers[ty] + noise * torch.randn(n, d, generator=g), ty,
             centers[qy] + noise * torch.randn(m, d, generator=g), qy)
-
-
-def cifar_subset(n_train, n_test):
-    root = os.environ.get("SSL_AUG_DATA")
-    if not root:
-        pytest.skip("SSL_AUG_DATA is not set (folder holding cifar10/ npz shards)")
-    folder = Path(root) / "cifar10"
-    if not (folder / "cifar10_train_1.npz").exists():
-        pytest.skip(f"no CIFAR-10 shards in {folder}")
-    tr, te = np.load(folder / "cifar10_train_1.npz"), np.load(folder / "cifar10_test.npz")
-    to_t = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # noqa: E731
-    return (to_t(tr["x"][:n_train]), torch.from_numpy(tr["y"][:n_train]).long(),
-            to_t(te["x"][:n_test]), torch.from_numpy(te["y"][:n_test]).long())
 
 
 # ------------------------------------------------------------------------------------------------ kNN

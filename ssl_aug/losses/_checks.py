@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from ssl_aug.errors import SslAugError
 
 

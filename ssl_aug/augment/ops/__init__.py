@@ -39,4 +39,4 @@ __all__ = ["OPS", "Op", "Context", "register_op", "list_ops", "get_op", "constan
            "Grayscale", "Blur", "Solarize", "Policy", "KorniaOps", "AUTO_AUGMENT", "LUMA", "luma", "adjust_hue",
            "color_matrix", "apply_color_matrix", "hue_matrices", "crop_grid", "resized_crops", "sample_crop_boxes",
            "color_jitter_", "color_jitter_masked", "grayscale_", "gaussian_blur", "gaussian_kernels", "blur_",
-           "solarize_", "build_kornia_op"]
+           "solarize_", "build_kornia_op", "Nuisance", "NuisanceOp", "recolor_nuisance"]
