@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.io import atomic_torch_save
 
 
 def check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -125,8 +126,5 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, mean: Seque
                  lambda i, j, dev: normalize_images(images_uint8[i:j].to(dev, non_blocking=True), mean, std),
                  batch_size, amp, normalize, progress)
     if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(feats, tmp)
-        os.replace(tmp, cache_path)
+        atomic_torch_save(feats, cache_path)
     return feats
