@@ -56,18 +56,20 @@ def resolve_encoder(spec: str, device: torch.device):
     return backbone, mean, std, _data_of(config), str(path)
 
 
-def _subset(images, labels, n: int, flag: str):
+def _subset(images, labels, n: int, flag: str, groups=None, with_groups: bool = False):
+    """A class-balanced subset of n images (0 = all); with_groups also returns the subset's group ids."""
     if n and n > len(labels):
         raise SslAugError(f"{flag} {n} is larger than the {len(labels)} images available; use at most "
                           f"{len(labels)}, or 0 for all")
     if n and n < len(labels):
         idx = balanced_subset(labels, n, 0)
-        return images[idx], labels[idx]
-    return images, labels
+        images, labels, groups = images[idx], labels[idx], None if groups is None else groups[idx]
+    return (images, labels, groups) if with_groups else (images, labels)
 
 
-def load_eval_data(data: dict, args):
-    """((bank images, labels), (query images, labels), data name, description of the split used)."""
+def load_eval_data(data: dict, args, with_groups: bool = False):
+    """((bank images, labels), (query images, labels), data name, description of the split used); with_groups
+    also a dict {test_groups (M,) or None, classes, group_names} for the subgroup report."""
     name = args.data or data["name"]
     if name is None:
         raise SslAugError("no data set known for this encoder: pass --data NAME (cifar10, cifar100, stl10, "
@@ -90,13 +92,18 @@ def load_eval_data(data: dict, args):
         how = (f"seeded stratified hold-out of split {split!r}: {len(bank)} bank / {len(held)} query images "
                f"({HOLDOUT_FRACTION:.0%} of each class held out)")
         pair = (train_x[bank], train_y[bank]), (train_x[held], train_y[held])
+        source, query_rows = train, keep.nonzero().squeeze(1)[held]
     else:
         test = load_dataset(name, split=test_split, root=root, **options)
         keep_t = test.labels >= 0
         pair = (train_x, train_y), (test.images[keep_t], test.labels[keep_t])
+        source, query_rows = test, keep_t.nonzero().squeeze(1)
         how = f"bank: split {split!r} ({len(train_y)} images), queries: split {test_split!r} ({int(keep_t.sum())})"
     if len(pair[0][1]) == 0 or len(pair[1][1]) == 0:
         raise SslAugError(f"data set {name!r} has no labelled images in {how}")
+    if with_groups:
+        groups = None if source.groups is None else source.groups[query_rows]
+        return pair, name, how, {"test_groups": groups, "classes": source.classes, "group_names": source.group_names}
     return pair, name, how
 
 
@@ -125,9 +132,10 @@ def eval_command(args) -> int:
     device = resolve_device(args.device)
     out = _output_path(args)  # checked before any work
     backbone, mean, std, data, label = resolve_encoder(args.encoder, device)
-    (train, test), data_name, how = load_eval_data(data, args)
+    (train, test), data_name, how, groups = load_eval_data(data, args, with_groups=True)
     train = _subset(*train, args.train_subset, "--train-subset")
-    test = _subset(*test, args.test_subset, "--test-subset")
+    *test, groups["test_groups"] = _subset(*test, args.test_subset, "--test-subset", groups["test_groups"], True)
+    test = tuple(test)
     fine = getattr(args, "finetune", False)
     knn = args.knn or not (args.linear or args.tta or args.invariance or fine)
     if min(args.k) < 1:
@@ -143,7 +151,7 @@ def eval_command(args) -> int:
     results = {} if not (knn or args.linear or args.tta or args.invariance) else evaluate_encoder(
         backbone, mean, std, train, test, knn=knn, linear=args.linear or args.tta, tta=args.tta,
         invariance=args.invariance, ks=tuple(args.k), temperature=args.temperature, progress=not args.no_progress,
-        knn_kw=_knn_kw(args))
+        knn_kw=_knn_kw(args), **groups)
     if fine:  # default fine-tuning settings (ssl-aug finetune sets them all); TTA with --tta
         from ssl_aug.evaluation.finetune import finetune
 
