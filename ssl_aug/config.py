@@ -71,6 +71,7 @@ class TrainConfig:
     threads: int = 0  # 0 = torch default
     view_candidates: int = 1  # >1: hard view sampling, keep the highest-loss of K candidate views per image
     deterministic: bool = False  # true: deterministic CUDA kernels (bit-identical resume on GPU, slower)
+    logger: str = "none"  # "tensorboard": also write metrics as TensorBoard scalars into <run>/tensorboard
 
 
 @dataclass
@@ -112,6 +113,7 @@ CHOICES = {
     "train.optimizer": ("sgd", "lars", "adam", "adamw"),
     "train.lr_scaling": ("linear", "none"),
     "train.amp": ("none", "bf16", "fp16"),
+    "train.logger": ("none", "tensorboard"),
     "eval.knn_index": ("flat", "ivf"),
 }
 AUGMENT_EXTRA_KEYS = {"mode": "exact", "views": 2, "multicrop": None, "preset": None}

@@ -3,6 +3,7 @@ quickstart and the ablation runner call. Writes eval.json next to the run's chec
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,11 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
         write_view_grid(cfg, run_dir / "views.png", n=min(8, len(train.labels)), seed=cfg.seed, data=train)
     start = time.perf_counter()
     final = trainer.fit(resume=resume)
+    if trainer.is_main:  # loss / lr / kNN monitor curves next to metrics.jsonl (skipped without matplotlib)
+        from ssl_aug.plots import plot_training_curves
+
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        plot_training_curves(records, run_dir / "curves.png", title=cfg.description or run_dir.name)
     epochs = trainer.step / trainer.steps_per_epoch  # what ran, also when train.max_steps cut an epoch
     results = {"train_time_s": round(time.perf_counter() - start, 2), "steps": trainer.step,
                "epochs": int(epochs) if epochs.is_integer() else round(epochs, 3), "final_loss": final.get("loss")}

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 __all__ = ["plot_results", "plot_accuracy", "plot_invariance", "plot_reliability", "plot_confidence_histogram",
-           "MISSING"]
+           "plot_training_curves", "MISSING"]
 
 MISSING = "(plots skipped: matplotlib is not installed; pip install 'ssl_aug[plot]')"
 REFERENCE_STYLES = {"chance": ("0.4", ":"), "raw pixels": ("tab:red", "--"), "random encoder": ("tab:purple", "-.")}
@@ -155,4 +155,30 @@ def plot_confidence_histogram(confidence, kept, threshold: float, path: Path, ti
     ax.set_ylabel("candidates")
     ax.legend(fontsize=8)
     ax.set_title(_wrap(title or "quality gate", 60))
+    return _save(fig, path)
+
+
+def plot_training_curves(records: list[dict], path: Path, title: str = "") -> Path | None:
+    """Loss and learning rate per logged step, and the epoch kNN monitor (when it ran), from the records
+    of a run's metrics.jsonl (dicts with "type" = "step" | "epoch"). None without matplotlib or steps."""
+    plt = _pyplot()
+    steps = [r for r in records if r.get("type") == "step" and "loss" in r]
+    if plt is None or not steps:
+        return None
+    knn = [r for r in records if r.get("type") == "epoch" and "knn_top1" in r]
+    panels = 3 if knn else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
+    x = [r["step"] for r in steps]
+    axes[0].plot(x, [r["loss"] for r in steps], color="tab:blue")
+    axes[0].set(xlabel="step", ylabel="loss", title="training loss")
+    axes[1].plot(x, [r.get("lr", float("nan")) for r in steps], color="tab:orange")
+    axes[1].set(xlabel="step", ylabel="learning rate", title="learning rate")
+    if knn:
+        axes[2].plot([r["step"] for r in knn], [r["knn_top1"] for r in knn], marker="o", color="tab:green")
+        axes[2].set(xlabel="step", ylabel="kNN top-1", title="kNN monitor", ylim=(0, 1))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(_wrap(title, 30 * panels))
+    fig.tight_layout()
     return _save(fig, path)

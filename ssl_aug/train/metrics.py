@@ -10,15 +10,18 @@ import torch
 
 from ssl_aug.io import atomic_write_text
 
-__all__ = ["MetricsLog", "StepTimer"]
+__all__ = ["MetricsLog", "StepTimer", "LOGGERS"]
+LOGGERS = ("none", "tensorboard")
 
 
 class MetricsLog:
     """Appends JSON lines to `path` (only when `enabled`, i.e. on rank 0) and counts them, so a resume
     can cut the lines an interrupted run wrote after its checkpoint."""
 
-    def __init__(self, path: str | Path, enabled: bool = True):
+    def __init__(self, path: str | Path, enabled: bool = True, logger: str = "none"):
         self.path, self.enabled, self.lines = Path(path), enabled, 0
+        self.tensorboard = _tensorboard_writer(self.path.parent / "tensorboard") if (
+            enabled and logger == "tensorboard") else None
 
     def reset(self) -> None:
         """Start a fresh log (a new run)."""
@@ -32,6 +35,12 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         self.lines += 1
+        if self.tensorboard is not None:
+            kind, step = record.get("type", "step"), record.get("step", self.lines)
+            for key, value in record.items():
+                if key not in ("type", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tensorboard.add_scalar(f"{kind}/{key}", value, step)
+            self.tensorboard.flush()
 
     def trim(self) -> None:
         """Keep exactly the first `lines` complete lines (an interrupted run may have logged further
@@ -46,6 +55,17 @@ class MetricsLog:
                 continue
             kept.append(line)
         atomic_write_text(self.path, "".join(line + "\n" for line in kept[:self.lines]))
+
+
+def _tensorboard_writer(folder: Path):
+    """torch's SummaryWriter into the run's tensorboard/ folder (train.logger = "tensorboard")."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from ssl_aug.errors import SslAugError
+
+        raise SslAugError("train.logger = 'tensorboard' needs tensorboard: pip install 'ssl_aug[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(folder))
 
 
 class StepTimer:

@@ -91,7 +91,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.history: list[dict] = []
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_main)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_main, logger=cfg.train.logger)
         self.epoch_loss = self._new_epoch_loss()  # running sum/count of this epoch's losses (checkpointed)
         self._warned: set[str] = set()
         self._last_loss: float | None = None
