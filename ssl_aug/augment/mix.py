@@ -340,3 +340,14 @@ def mix_batch(mode: str, images: torch.Tensor, labels: Optional[torch.Tensor] = 
     if cams is None:
         raise SslAugError("snapmix needs class activation maps (cams); fine-tuning computes them from the model")
     return snapmix(images, labels, cams, alpha, **kw)
+
+
+def mix_view(mix: dict, view: torch.Tensor, generator: torch.Generator):
+    """i-Mix input mixing of one view batch (N, C, H, W) with a parsed ``mix`` table (:func:`parse_mix`):
+    with probability p per image the image is mixed with a partner of the batch. Returns (mixed (N, C, H, W)
+    in the view's dtype, lam (N,) own-content weights (1 where not mixed), perm (N,) partner indices)."""
+    n = view.shape[0]
+    gate = (torch.rand(n, generator=generator) < mix["p"]).to(view.device)
+    m = mix_batch(mix["mode"], view, alpha=mix["alpha"], generator=generator, grid=mix["grid"])
+    mixed = torch.where(gate[:, None, None, None], m.images.to(view.dtype), view)
+    return mixed, torch.where(gate, m.lam, torch.ones_like(m.lam)), m.perm

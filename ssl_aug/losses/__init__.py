@@ -7,7 +7,7 @@ byol: BYOL's symmetrised normalised-MSE.
 from ssl_aug.losses.ntxent import nt_xent, nt_xent_multiview, nt_xent_per_sample
 from ssl_aug.losses.swav import sinkhorn, swav_loss
 from ssl_aug.losses.byol import byol_loss
-from ssl_aug.losses.imix import imix_nt_xent
+from ssl_aug.losses.imix import imix_byol_loss, imix_nt_xent
 
 __all__ = ["nt_xent", "nt_xent_multiview", "nt_xent_per_sample", "sinkhorn", "swav_loss", "byol_loss",
-           "imix_nt_xent"]
+           "imix_nt_xent", "imix_byol_loss"]

@@ -28,7 +28,7 @@ import torch.nn as nn
 from ssl_aug.errors import SslAugError
 
 __all__ = ["Method", "METHODS", "register_method", "method_options", "build_method", "encode_views",
-           "check_views", "require", "preserved_norm_buffers"]
+           "check_views", "require", "preserved_norm_buffers", "step_generator"]
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -147,3 +147,12 @@ def preserved_norm_buffers(module: nn.Module):
         with torch.no_grad():
             for buf, copy in saved:
                 buf.copy_(copy)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator that is a pure function of (seed, step, rank): a resumed run draws what an
+    uninterrupted one drew at the same step (used for i-Mix's mixing)."""
+    from ssl_aug import distributed as dist_utils
+
+    return torch.Generator().manual_seed((seed * 1_000_003 + int(step) * 7919 + dist_utils.rank() * 104_729)
+                                         % (2 ** 62))

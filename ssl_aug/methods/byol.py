@@ -8,9 +8,11 @@ import math
 import torch
 import torch.nn as nn
 
+from ssl_aug.augment.mix import LABEL_FREE_MODES, mix_view, parse_mix
 from ssl_aug.losses.byol import byol_loss
+from ssl_aug.losses.imix import imix_byol_loss
 from ssl_aug.methods.base import (Method, check_views, encode_views, preserved_norm_buffers, register_method,
-                                  require)
+                                  require, step_generator)
 from ssl_aug.models.heads import ProjectionHead
 
 __all__ = ["BYOL", "target_momentum"]
@@ -35,6 +37,9 @@ class BYOL(Method):
     cosine over the run). Exported: ``backbone`` (online); heads: projector, predictor; the target network
     is training state only. stats: loss, cos (mean online-target cosine of the pairs), momentum.
     Use the asymmetric views of the ``byol_asymmetric`` preset (blur p 1.0 / 0.1, solarize p 0 / 0.2).
+    ``mix = {mode, alpha, p}`` turns on i-Mix (Lee et al. 2021) in training mode: view 0 is mixed within the
+    batch (as SimCLR's i-Mix, seeded from (seed, step, rank)) and its prediction regresses the same mix of
+    the other view's targets (:func:`ssl_aug.losses.imix_byol_loss`); two views only.
     """
 
     heads = ("projector", "predictor")
@@ -48,6 +53,7 @@ class BYOL(Method):
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
         proj_layers: int = 2,
+        mix: dict | None = None,
     ):
         super().__init__()
         require(proj_hidden_dim >= 1, "proj_hidden_dim", proj_hidden_dim, "use an integer >= 1")
@@ -64,6 +70,9 @@ class BYOL(Method):
             p.requires_grad_(False)
         self.base_momentum, self.final_momentum = float(base_momentum), float(final_momentum)
         self.register_buffer("momentum", torch.tensor(self.base_momentum, dtype=torch.float64))
+        self.mix = None if mix is None else parse_mix(mix, LABEL_FREE_MODES)
+        # Drawn after the layers are built, only when mixing is on: plain BYOL's init is unchanged.
+        self._mix_seed = int(torch.randint(0, 2 ** 31, (1,))) if self.mix is not None else 0
 
     def _target_parameters(self):
         return [*self.target_backbone.parameters(), *self.target_projector.parameters()]
@@ -80,10 +89,23 @@ class BYOL(Method):
         return q, z
 
     def forward(self, views, step: int = 0, epoch: int = 0):
+        if self.mix is not None and self.training:
+            return self._imix_forward(views, step)
         q, z = self._embed(views)
         loss = byol_loss(q, z)
         cos = 1.0 - loss.detach() / 4.0  # mean cosine of the V(V-1) online-target pairs
         return loss, {"loss": loss.detach(), "cos": cos, "momentum": self.momentum.detach().float()}
+
+    def _imix_forward(self, views, step: int):
+        check_views(views)
+        require(len(views) == 2, "number of views with method.mix", len(views), "i-Mix uses exactly 2 views")
+        mixed, lam, perm = mix_view(self.mix, views[0], step_generator(self._mix_seed, step))
+        q = self.predictor(self.projector(self.backbone(mixed)))
+        with torch.no_grad():
+            z = self.target_projector(self.target_backbone(views[1]))
+        loss = imix_byol_loss(q, z, lam, perm)
+        return loss, {"loss": loss.detach(), "cos": 1.0 - loss.detach() / 4.0,
+                      "momentum": self.momentum.detach().float(), "mix_lam": lam.detach().float().mean()}
 
     @torch.no_grad()
     def per_image_loss(self, views) -> torch.Tensor:

@@ -7,10 +7,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssl_aug import distributed as dist_utils
-from ssl_aug.augment.mix import LABEL_FREE_MODES, mix_batch, parse_mix
+from ssl_aug.augment.mix import LABEL_FREE_MODES, mix_view, parse_mix
 from ssl_aug.losses import imix_nt_xent, nt_xent_multiview, nt_xent_per_sample
 from ssl_aug.methods.base import (Method, check_views, encode_views, preserved_norm_buffers, register_method,
-                                  require)
+                                  require, step_generator)
 from ssl_aug.models.heads import ProjectionHead
 
 __all__ = ["SimCLR", "similarity_stats"]
@@ -75,8 +75,7 @@ class SimCLR(Method):
 
     def mix_generator(self, step: int) -> torch.Generator:
         """The CPU generator i-Mix uses at ``step`` on this rank (a pure function of seed, step, rank)."""
-        seed = (self._mix_seed * 1_000_003 + int(step) * 7919 + dist_utils.rank() * 104_729) % (2 ** 62)
-        return torch.Generator().manual_seed(seed)
+        return step_generator(self._mix_seed, step)
 
     def forward(self, views, step: int = 0, epoch: int = 0):
         n = check_views(views)
@@ -89,13 +88,9 @@ class SimCLR(Method):
     def _imix_forward(self, views, n: int, step: int):
         require(len(views) == 2, "number of views with method.mix", len(views), "i-Mix uses exactly 2 views "
                 "(set augment.views = 2 and no multicrop)")
-        mix, g = self.mix, self.mix_generator(step)
-        gate = (torch.rand(n, generator=g) < mix["p"]).to(views[0].device)
-        m = mix_batch(mix["mode"], views[0], alpha=mix["alpha"], generator=g, grid=mix["grid"])
-        mixed = torch.where(gate[:, None, None, None], m.images.to(views[0].dtype), views[0])
-        lam = torch.where(gate, m.lam, torch.ones_like(m.lam))
+        mixed, lam, perm = mix_view(self.mix, views[0], self.mix_generator(step))
         z = self.projector(encode_views(self.backbone, [mixed, views[1]])).view(2, n, -1)
-        loss = imix_nt_xent(z[0], z[1], lam, m.perm, self.temperature)
+        loss = imix_nt_xent(z[0], z[1], lam, perm, self.temperature)
         return loss, {"loss": loss.detach(), **similarity_stats(z.detach()), "mix_lam": lam.detach().float().mean()}
 
     @torch.no_grad()
