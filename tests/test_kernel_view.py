@@ -26,3 +26,11 @@ def test_variance_matches_numpy_and_is_zero_for_invariant_transforms():
     # with one transform the variance is (1 - cos) / 2 per image
     one = invariance_probe(enc, x, [0.5] * 3, [0.25] * 3, transforms={"neg": [lambda v: 255 - v]})["families"]["neg"]
     assert abs(one["variance"] - (1 - one["sim"]) / 2) < 1e-6
+
+
+def test_invariance_table_shows_score_and_variance():
+    from ssl_aug.evaluation import invariance_table
+
+    results = {"enc": {"families": {"blur": {"score": 0.5, "variance": 0.0123}}, "sim_rand": 0.1}}
+    table = invariance_table(results)
+    assert "| blur | 0.500 (0.0123) |" in table and "feature variance" in table

@@ -141,11 +141,16 @@ def compare_invariance(encoders: dict[str, nn.Module], images_uint8: torch.Tenso
 
 
 def invariance_table(results: dict[str, dict]) -> str:
-    """Markdown table of scores, families as rows and encoders as columns (plus the sim_rand row)."""
+    """Markdown table, families as rows and encoders as columns: each cell "score (variance)", i.e. the
+    invariance score and the kernel-view variance penalty of that transform (plus the sim_rand row)."""
     names = list(results)
     families = list(next(iter(results.values()))["families"]) if results else []
-    lines = ["| transform | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines = ["| transform: score (feature variance) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for fam in families:
-        lines.append(f"| {fam} | " + " | ".join(f"{results[n]['families'][fam]['score']:.3f}" for n in names) + " |")
+        cells = []
+        for n in names:
+            entry = results[n]["families"][fam]
+            cells.append(f"{entry['score']:.3f}" + (f" ({entry['variance']:.3g})" if "variance" in entry else ""))
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
     lines.append("| (sim of random pairs) | " + " | ".join(f"{results[n]['sim_rand']:.3f}" for n in names) + " |")
     return "\n".join(lines)
