@@ -142,3 +142,14 @@ def test_changed_cell_config_is_refused_then_rerun_on_request(tmp_path, capsys):
     assert all(r.results["epochs"] == 1 for r in again)
     assert (first[0].run_dir.parent / "seed0.old" / "eval.json").is_file()  # the old run is kept aside
     assert all(r.skipped for r in run_ablation(spec, changed, progress=False))  # unchanged now: reused
+
+
+def test_quickstart_output_dir_is_where_the_runs_go(tmp_path, capsys):
+    from ssl_aug.cli import main
+
+    one_seed = SPEC.replace("seeds = 2", "seeds = 1").replace('"eval.invariance" = true', '"eval.invariance" = false')
+    spec = write_spec(tmp_path, one_seed)
+    elsewhere = tmp_path / "chosen"
+    assert main(["quickstart", "--spec", str(spec), "--output-dir", str(elsewhere), "--no-progress"]) == 0
+    assert (elsewhere / "results.md").is_file() and (elsewhere / "full" / "seed0" / "eval.json").is_file()
+    assert not (tmp_path / "out").exists()

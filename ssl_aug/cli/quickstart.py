@@ -12,7 +12,7 @@ def run(args) -> int:
     from ssl_aug.ablation import run_ablation
 
     spec = args.spec or "ablate_quickstart"
-    overrides = [f"base.output_dir={json.dumps(args.output_dir)}"] if args.output_dir else []
+    overrides = [f"output_dir={json.dumps(args.output_dir)}"] if args.output_dir else []
     run_ablation(spec, overrides=overrides, progress=not args.no_progress)
     return 0
 
