@@ -84,6 +84,7 @@ class EvalConfig:
     final_knn: bool = True
     linear: bool = False  # linear probe on frozen features after training
     invariance: bool = False  # invariance probe after training
+    invariance_ops: list = field(default_factory=list)  # also probe these registered / kornia ops by name
     test_split: str = "test"  # "train": the bank's own images, scored leave-one-out
     knn_index: str = "flat"  # "flat": exact search; "ivf": faiss IVF (approximate, agreement with exact reported)
     knn_nlist: int = 0  # IVF lists (0 = about 4 * sqrt(bank size))
@@ -175,6 +176,13 @@ def _validate(cfg: Config) -> None:
                           f"got {cfg.train.view_candidates}")
     if cfg.train.lr <= 0:
         raise SslAugError(f"recipe key 'train.lr' must be > 0, got {cfg.train.lr}")
+    if cfg.eval.invariance_ops:
+        if not all(isinstance(name, str) for name in cfg.eval.invariance_ops):
+            raise SslAugError(f"recipe key 'eval.invariance_ops' = {cfg.eval.invariance_ops!r} must be a list of op "
+                              "names, e.g. [\"blur\", \"RandomErasing\"]")
+        from ssl_aug.evaluation.invariance import op_transforms  # imported late: config sits below evaluation
+
+        op_transforms(cfg.eval.invariance_ops)  # unknown names: one line now, not after training
     if cfg.eval.knn_temperature <= 0:
         raise SslAugError(f"recipe key 'eval.knn_temperature' must be > 0, got {cfg.eval.knn_temperature}")
     if cfg.eval.knn_nlist < 0:

@@ -137,6 +137,12 @@ def eval_command(args) -> int:
     *test, groups["test_groups"] = _subset(*test, args.test_subset, "--test-subset", groups["test_groups"], True)
     test = tuple(test)
     fine = getattr(args, "finetune", False)
+    ops = getattr(args, "invariance_op", []) or []
+    if ops:
+        from ssl_aug.evaluation.invariance import op_transforms
+
+        op_transforms(ops)  # unknown names: one line before any work
+    args.invariance = args.invariance or bool(ops)
     knn = args.knn or not (args.linear or args.tta or args.invariance or fine)
     if min(args.k) < 1:
         raise SslAugError(f"--k {min(args.k)} is not allowed: kNN needs k >= 1 neighbours")
@@ -151,7 +157,7 @@ def eval_command(args) -> int:
     results = {} if not (knn or args.linear or args.tta or args.invariance) else evaluate_encoder(
         backbone, mean, std, train, test, knn=knn, linear=args.linear or args.tta, tta=args.tta,
         invariance=args.invariance, ks=tuple(args.k), temperature=args.temperature, progress=not args.no_progress,
-        knn_kw=_knn_kw(args), **groups)
+        knn_kw=_knn_kw(args), invariance_ops=ops, **groups)
     if fine:  # default fine-tuning settings (ssl-aug finetune sets them all); TTA with --tta
         from ssl_aug.evaluation.finetune import finetune
 

@@ -43,6 +43,7 @@ def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, devic
     mean, std = normalization(cfg)
     report = evaluate_encoder(backbone.to(device), mean, std, (train.images, train.labels), (test.images, test.labels),
                               knn=True, linear=cfg.eval.linear, invariance=cfg.eval.invariance, tta=cfg.eval.tta,
+                              invariance_ops=list(cfg.eval.invariance_ops),
                               ks=(cfg.eval.knn_k,), temperature=cfg.eval.knn_temperature, progress=progress,
                               seed=cfg.seed, test_groups=getattr(test, "groups", None), classes=test.classes,
                               group_names=getattr(test, "group_names", None),

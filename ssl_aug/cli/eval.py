@@ -39,6 +39,9 @@ def register(sub) -> None:
     p.add_argument("--linear", action="store_true", help="linear probe on frozen features")
     p.add_argument("--tta", action="store_true", help="linear probe with 10-crop test-time augmentation")
     p.add_argument("--invariance", action="store_true", help="invariance probe per transform family")
+    p.add_argument("--invariance-op", action="append", default=[], metavar="OP",
+                   help="also probe this registered or kornia.augmentation op by name (repeatable; implies "
+                        "--invariance), e.g. --invariance-op blur --invariance-op RandomErasing")
     p.add_argument("--finetune", action="store_true", help="supervised fine-tuning with default settings (with "
                                                            "--tta: also 10-crop TTA); see `ssl-aug finetune` for all")
     p.add_argument("--k", type=int, nargs="+", default=[200], help="kNN neighbours (several allowed)")

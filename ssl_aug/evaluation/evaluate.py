@@ -34,7 +34,7 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
                      amp: bool = False, cache_dir=None, progress: bool = True, linear_kw: dict | None = None,
                      tta_views: str = "ten_crop", invariance_images: int = 1000, seed: int = 0,
                      test_groups=None, classes=None, group_names=None, leave_one_out: bool | None = None,
-                     knn_kw: dict | None = None) -> dict:
+                     knn_kw: dict | None = None, invariance_ops=None) -> dict:
     """train/test: (images_uint8 (N,3,H,W), labels (N,)). Returns a JSON-friendly dict with the keys
     "knn", "linear", "tta", "invariance" for the evaluations that ran (+ "num_train", "num_test", "dim").
     TTA uses the linear classifier when linear=True, else kNN votes (first k); the invariance probe
@@ -82,7 +82,7 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
                                                                     outputs="scores", batch_size=batch_size)}
     if invariance:
         out["invariance"] = invariance_probe(encoder, te_x[:invariance_images], mean, std, batch_size=batch_size,
-                                             seed=seed, amp=amp)
+                                             seed=seed, amp=amp, ops=invariance_ops or None)
     return out
 
 
