@@ -52,9 +52,6 @@ class Method(nn.Module):
     heads: ClassVar[tuple[str, ...]] = ("projector",)
     rank_local_buffers: ClassVar[bool] = False
 
-    def forward(self, views, step: int = 0, epoch: int = 0):  # pragma: no cover - interface
-        raise NotImplementedError
-
     def per_image_loss(self, views) -> torch.Tensor:
         raise SslAugError(f"method {self.name!r} has no per-image loss, so hard view sampling "
                           f"(train.view_candidates > 1) cannot use it; allowed: "
