@@ -152,6 +152,33 @@ def test_policy_is_per_image_and_replays(policy):
     assert all(v.min() >= 0 and v.max() <= 1 for v in views)
 
 
+@pytest.mark.parametrize("n, m", [(1, 0), (3, 12), (5, 30)])
+def test_randaugment_n_and_m(n, m):
+    """N distinct ops per image; magnitude M of 30 on the RandAugment paper's linear scales: rotate
+    0-30 degrees, brightness 0.1-1.9, posterize 8 -> 4 bits (kornia's ranges, computed by hand here)."""
+    x = images(16)
+    mv = MultiView(ViewSpec(auto_augment="randaugment", randaugment_n=n, randaugment_m=m, **RAW), 2)
+    views, params = mv(x, torch.Generator().manual_seed(0), return_params=True)
+    choice = params[0].policy_choice
+    assert choice.shape == (16, n) and all(len(set(r)) == n for r in choice.tolist())
+    d = params[0].as_dict()
+    assert torch.allclose(d["policy3.0.degrees"].abs(), torch.full((16,), float(m)))
+    assert torch.allclose(d["policy9.0.brightness_factor"], torch.full((16,), m / 30 * 1.8 + 0.1))
+    assert (d["policy4.0.bits_factor"] == int((1 - m / 30) * 4 + 4)).all()
+    assert same(views, mv.apply(x, params))
+    default = ViewSpec(auto_augment="randaugment", **RAW)
+    assert (default.cfg("policy").randaugment_n, default.cfg("policy").randaugment_m) == (2, 10)
+
+
+@pytest.mark.parametrize("key, value, allowed", [("randaugment_n", 0, "1-15"), ("randaugment_n", 16, "1-15"),
+                                                  ("randaugment_n", 2.5, "1-15"), ("randaugment_m", 31, "0-30"),
+                                                  ("randaugment_m", -1, "0-30"), ("randaugment_m", "high", "0-30")])
+def test_randaugment_n_and_m_bad_values(key, value, allowed):
+    with pytest.raises(SslAugError) as e:
+        ViewSpec(auto_augment="randaugment", **{key: value})
+    assert key in str(e.value) and allowed in str(e.value) and "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 @pytest.mark.parametrize("name, kw", [("simclr_cifar", {}), ("swav_multicrop", {}), ("simclr_imagenet", {"size": 24}),
                                       ("byol_asymmetric", {})])

@@ -62,6 +62,22 @@ def test_space_points_become_recipes(base):
     assert again["brightness"] == pytest.approx(0.4) and again["hue"] == pytest.approx(0.1)
 
 
+def test_randaugment_n_and_m_are_searchable(base):
+    space = {"augment.auto_augment": {"choices": ["none", "randaugment"]},
+             "augment.randaugment_n": {"low": 1, "high": 3}, "augment.randaugment_m": {"low": 2.0, "high": 20.0}}
+    params = parse_space(space, base)
+    assert [p.kind for p in params] == ["choice", "int", "float"]
+    point = {"augment.auto_augment": "randaugment", "augment.randaugment_n": 3, "augment.randaugment_m": 14.5}
+    aug = apply_point(base, params, point)["augment"]
+    assert (aug["auto_augment"], aug["randaugment_n"], aug["randaugment_m"]) == ("randaugment", 3, 14.5)
+    from ssl_aug.augment.recipe import view_specs
+    from ssl_aug.config import config_from_dict
+    cfg = view_specs(config_from_dict(apply_point(base, params, point)).augment)[0][0].cfg("policy")
+    assert (cfg.randaugment_n, cfg.randaugment_m) == (3, 14.5)
+    bp = base_point(base, params)  # the base recipe has no policy: the op's defaults N=2, M=10
+    assert bp == {"augment.auto_augment": "none", "augment.randaugment_n": 2, "augment.randaugment_m": 10.0}
+
+
 @pytest.mark.parametrize("space, words", [
     ({"augment.colour_jitter.p": {"low": 0.0, "high": 1.0}}, ["colour_jitter", "allowed keys"]),
     ({"train.nope": {"low": 1, "high": 2}}, ["unknown parameter 'train.nope'", "epochs"]),
@@ -72,6 +88,8 @@ def test_space_points_become_recipes(base):
     ({"augment.auto_augment": {"choices": []}}, ["is empty"]),
     ({"augment.grayscale_p": {"low": 0.0, "high": 2.0}}, ["grayscale_p", "2.0", "[0, 1]"]),
     ({"augment.grayscale_p": 0.5}, ["use a table"]),
+    ({"augment.randaugment_n": {"low": 1, "high": 20}}, ["randaugment_n", "20", "1-15"]),
+    ({"augment.randaugment_m": {"low": 0.0, "high": 45.0}}, ["randaugment_m", "45.0", "0-30"]),
     ({}, ["non-empty [space]"]),
 ])
 def test_bad_space_is_one_line(base, space, words):

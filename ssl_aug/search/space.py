@@ -228,7 +228,8 @@ def parse_space(space, base: dict) -> list[Param]:
         _check_key(p.key, base)
         if p.key == "augment.auto_augment" and p.kind != "choice":
             raise SslAugError("search space parameter 'augment.auto_augment' needs { choices = [\"none\", "
-                              "\"randaugment\", \"autoaugment\"] } (RandAugment N and M are fixed by the op)")
+                              "\"randaugment\", \"autoaugment\"] } (RandAugment N and M: augment.randaugment_n, "
+                              "augment.randaugment_m)")
         for value in p.values():
             try:
                 cfg = config_from_dict(apply_point(base, [p], {p.key: value}))

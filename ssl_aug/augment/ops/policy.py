@@ -1,6 +1,6 @@
-"""Per-image RandAugment / AutoAugment (kornia's operation set). Flat view field auto_augment = None |
-"randaugment" (n=2 distinct ops per image, magnitude m=10 of 30) | "autoaugment" (one CIFAR-10
-sub-policy per image). Each image draws its own ops and their parameters (kornia draws one op set per
+"""Per-image RandAugment / AutoAugment (kornia's operation set). Flat view fields auto_augment = None |
+"randaugment" (randaugment_n distinct ops per image, default 2, at magnitude randaugment_m of 30,
+default 10; Cubuk et al. 2020) | "autoaugment" (one CIFAR-10 sub-policy per image). Each image draws its own ops and their parameters (kornia draws one op set per
 call). Parameters: policy_seed (N,) int64 (one draw per view, kept for every view so the parameters
 of the other ops never depend on the policy); when active, policy_choice (N, n) int64 (index of the
 sub-policy applied k-th) and each sub-policy's kornia parameters for every image
@@ -18,33 +18,42 @@ from ssl_aug.augment.ops.kornia_ops import capture, unpack
 from ssl_aug.errors import SslAugError
 
 AUTO_AUGMENT = (None, "randaugment", "autoaugment")
-RAND_N, RAND_M = 2, 10
+RAND_OPS = 15  # kornia's RandAugment operation set
 _POLICIES: dict = {}
 
 
 @dataclass
 class Policy:
     auto_augment: Optional[str] = None
+    randaugment_n: int = 2  # RandAugment N: distinct ops per image
+    randaugment_m: float = 10.0  # RandAugment M: magnitude on kornia's 0-30 scale
 
     def __post_init__(self):
         if self.auto_augment not in AUTO_AUGMENT:
             raise SslAugError(f"view spec: auto_augment={self.auto_augment!r} is not allowed; "
                               f"use one of {', '.join(repr(a) for a in AUTO_AUGMENT)}")
+        n = self.randaugment_n
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= RAND_OPS:
+            raise SslAugError(f"view spec: randaugment_n={n!r} is not allowed; use an integer 1-{RAND_OPS}")
+        m = self.randaugment_m
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 30:
+            raise SslAugError(f"view spec: randaugment_m={m!r} is not allowed; use a number 0-30")
 
 
 def policy_module(name: str):
     """The kornia policy whose children (PolicySequential of OperationBase ops) are the sub-policies."""
     if name not in _POLICIES:
         from kornia.augmentation import auto
-        _POLICIES[name] = auto.RandAugment(n=RAND_N, m=RAND_M) if name == "randaugment" else auto.AutoAugment("cifar10")
+        # n and m are applied by PolicyOp itself (choice and _magnitude), so one module serves every (n, m)
+        _POLICIES[name] = auto.RandAugment(n=2, m=10) if name == "randaugment" else auto.AutoAugment("cifar10")
     return _POLICIES[name]
 
 
-def _magnitude(op, shape) -> Optional[torch.Tensor]:
-    """RandAugment's fixed magnitude for `op` (kornia RandAugment.forward_parameters)."""
+def _magnitude(op, shape, m_of_30: float) -> Optional[torch.Tensor]:
+    """RandAugment's fixed magnitude M (of 30) for `op` (as kornia RandAugment.forward_parameters)."""
     if op.magnitude_range is None:
         return None
-    m = torch.tensor([RAND_M / 30] * shape[0])
+    m = torch.tensor([m_of_30 / 30] * shape[0])
     lo, hi = op.magnitude_range
     mag = (1 - m) * float(hi - lo) + lo if op._factor_name == "bits_factor" else m * float(hi - lo) + lo
     if op._factor_name == "translate_x":
@@ -68,7 +77,7 @@ class PolicyOp(Op):
         children = list(pol.children())
         sub = torch.Generator().manual_seed(int(seed[0]))
         if cfg.auto_augment == "randaugment":
-            choice = torch.rand((n, len(children)), generator=sub).argsort(1)[:, :RAND_N]
+            choice = torch.rand((n, len(children)), generator=sub).argsort(1)[:, :cfg.randaugment_n]
         else:
             choice = torch.randint(0, len(children), (n, 1), generator=sub)
         out = {"policy_seed": seed, "policy_choice": choice}
@@ -76,9 +85,9 @@ class PolicyOp(Op):
         for j, child in enumerate(children):
             for o, op in enumerate(child.children()):
                 s = int(torch.randint(0, 2 ** 62, (1,), generator=sub))
-                rand = cfg.auto_augment == "randaugment"
-                gen = (lambda bs, op=op, rand=rand: op.forward_parameters(bs, mag=_magnitude(op, bs) if rand else None))
-                out.update(capture(f"policy{j}.{o}", gen, shape, s, (cfg.auto_augment, j, o, size)))
+                m = float(cfg.randaugment_m) if cfg.auto_augment == "randaugment" else None
+                gen = (lambda bs, op=op, m=m: op.forward_parameters(bs, mag=None if m is None else _magnitude(op, bs, m)))
+                out.update(capture(f"policy{j}.{o}", gen, shape, s, (cfg.auto_augment, j, o, size, m)))
         return out
 
     def apply(self, x, cfg, p, ctx):
