@@ -14,6 +14,7 @@ from ssl_aug.augment.ops.kornia_ops import KorniaOp, KorniaOps, build_kornia_op
 from ssl_aug.augment.ops.nuisance import Nuisance, NuisanceOp, recolor_nuisance
 from ssl_aug.augment.ops.policy import AUTO_AUGMENT, Policy, PolicyOp
 from ssl_aug.augment.ops.solarize import Solarize, SolarizeOp, solarize_
+from ssl_aug.augment.ops.tf_sequence import TfSequence, TfSequenceOp, tf_names
 
 # registration order = sampling order (kept: the parameters of the built-in ops never change)
 register_op(Crop())
@@ -24,6 +25,7 @@ register_op(SolarizeOp())
 register_op(PolicyOp())
 register_op(KorniaOp())
 register_op(NuisanceOp())
+register_op(TfSequenceOp())  # appended: the older ops' sampled parameters never change
 
 
 def color_matrix(x, factors, order, on, gray):
@@ -39,4 +41,5 @@ __all__ = ["OPS", "Op", "Context", "register_op", "list_ops", "get_op", "constan
            "Grayscale", "Blur", "Solarize", "Policy", "KorniaOps", "AUTO_AUGMENT", "LUMA", "luma", "adjust_hue",
            "color_matrix", "apply_color_matrix", "hue_matrices", "crop_grid", "resized_crops", "sample_crop_boxes",
            "color_jitter_", "color_jitter_masked", "grayscale_", "gaussian_blur", "gaussian_kernels", "blur_",
-           "solarize_", "build_kornia_op", "Nuisance", "NuisanceOp", "recolor_nuisance"]
+           "solarize_", "build_kornia_op", "Nuisance", "NuisanceOp", "recolor_nuisance", "TfSequence",
+           "TfSequenceOp", "tf_names"]
