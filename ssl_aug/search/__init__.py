@@ -1,7 +1,8 @@
 """Augmentation policy search: a base recipe + a search space over view parameters -> Optuna trials (TPE,
 successive halving / Hyperband on the per-epoch validation score), each an ordinary run directory ->
 the best policy as a recipe, a trial table, rank correlations of label-free scores, plots, and the best
-policy vs the base recipe on the test split.
+policy vs the base recipe on the test split. Strategy "tanda" (spec key `strategy`) instead learns a TF
+sequence adversarially (`tanda`, `tanda_search`) and compares it the same way.
 
 - `spec`: the search TOML; `space`: parameters; `objectives`: knn_val and label-free scores;
 - `study`: the Optuna study and its workers; `report`, `plots`, `compare`: the outputs.
@@ -86,6 +87,15 @@ def run_search(spec: str | Path, overrides: list[str] = (), launcher: str = "loc
         if address:
             check_ray_address(address)  # before anything is written
     loaded = load_search(spec, overrides)
+    if loaded.raw.get("strategy") == "tanda":  # one seeded learner on this machine, no trials
+        from ssl_aug.search.tanda_search import run_tanda_search
+
+        if launcher != "local" or workers != 1:
+            raise SslAugError("search strategy 'tanda' runs one learner on this machine; use --launcher local --workers 1")
+        report, files = run_tanda_search(loaded, loaded.raw["compare_seeds"], progress=progress, report_only=report_only)
+        print("\n" + report)
+        print("wrote " + ", ".join(str(p) for p in files))
+        return loaded.out_dir
     if report_only and not (loaded.out_dir / SPEC_FILE).is_file():
         raise SslAugError(f"no search in {loaded.out_dir} to report on; run it first (without --report-only)")
     if not report_only:

@@ -16,7 +16,7 @@ from ssl_aug.config import config_from_dict, set_dotted
 from ssl_aug.io import atomic_write_text
 from ssl_aug.search.space import apply_point
 
-__all__ = ["compare_best", "floors", "mean_std"]
+__all__ = ["compare_best", "compare_recipes", "floors", "mean_std"]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -54,15 +54,23 @@ def floors(cfg, seed: int = 0) -> dict:
 def compare_best(spec, best, search_dir: Path, seeds: int, progress: bool = False) -> tuple[str, list[Path]]:
     """Train the base recipe and the best trial's policy for `seeds` seeds each (the trials' budget, on the
     recipe's whole training set) and compare kNN top-1 on the test split; -> (Markdown, files written)."""
-    from ssl_aug.experiment import run_experiment
-
     from ssl_aug.search.space import base_point
 
     base = base_point(spec.base, spec.params) or {}
     same = set(base) == set(best.params) and all(  # the base recipe won: nothing else to train
         abs(v - base[k]) < 1e-9 if isinstance(v, float) and isinstance(base[k], float) else v == base[k]
         for k, v in best.params.items())
-    recipes = {"base recipe": spec.base, "best policy": apply_point(spec.base, spec.params, best.params)}
+    return compare_recipes(spec, apply_point(spec.base, spec.params, best.params), f"Best policy (trial {best.number})",
+                           search_dir, seeds, same=same, summary={"best_trial": best.number}, progress=progress)
+
+
+def compare_recipes(spec, policy: dict, title: str, search_dir: Path, seeds: int, same: bool = False,
+                    summary: dict | None = None, progress: bool = False) -> tuple[str, list[Path]]:
+    """Train the base recipe and the recipe `policy` (the best policy of any search strategy) for `seeds`
+    seeds each and compare kNN top-1 on the test split; same = the policy is the base recipe (trained once)."""
+    from ssl_aug.experiment import run_experiment
+
+    recipes = {"base recipe": spec.base, "best policy": policy}
     results: dict[str, list[float]] = {}
     for name, recipe in recipes.items():
         results[name] = []
@@ -85,7 +93,7 @@ def compare_best(spec, best, search_dir: Path, seeds: int, progress: bool = Fals
     cfg = config_from_dict(spec.base)
     floor = floors(cfg, seed=spec.raw["seed"])
     epochs = cfg.train.epochs
-    lines = [f"Best policy (trial {best.number}) vs the base recipe on the **test** split: kNN top-1 (k = "
+    lines = [f"{title} vs the base recipe on the **test** split: kNN top-1 (k = "
              f"{cfg.eval.knn_k}, T = {cfg.eval.knn_temperature}), {epochs} epochs each on the recipe's whole "
              f"training set (validation images included), {seeds} seed(s), mean ± std:", "", "| encoder | kNN top-1 (test) | per seed |", "|---|---|---|"]
     for name, values in results.items():
@@ -98,7 +106,7 @@ def compare_best(spec, best, search_dir: Path, seeds: int, progress: bool = Fals
     lines += ["", "The best trial is the base recipe itself: no policy in the space beat it on the validation split."
               if same else f"The best policy is {verdict} the base recipe on the test split ({bm - dm:+.4f})."]
     text = "\n".join(lines) + "\n"
-    summary = {"best_trial": best.number, "seeds": seeds, "results": results, "floors": floor}
+    summary = {**(summary or {}), "seeds": seeds, "results": results, "floors": floor}
     files = [atomic_write_text(search_dir / "compare.md", text),
              atomic_write_text(search_dir / "compare.json", json.dumps(summary, indent=2) + "\n")]
     return text, files

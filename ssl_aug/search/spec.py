@@ -13,6 +13,8 @@
                                      # reduction_factor
     [sampler]                        # TPE: n_startup_trials
     [space]                          # see space.py
+    strategy = "tpe"                 # "tpe" (Optuna trials over [space]) | "tanda": a learned TF sequence
+    [tanda]                          # strategy "tanda" (no [space]): length, m, steps, lr, seed, ... (tanda.py)
 
 `load_search` validates all of it (space values build configs and views, objective vs labels needs the
 data and is checked by the study) and writes nothing.
@@ -29,14 +31,16 @@ from ssl_aug.config import apply_overrides, config_from_dict, read_toml, resolve
 from ssl_aug.errors import SslAugError
 from ssl_aug.search.objectives import OBJECTIVES
 from ssl_aug.search.space import Param, parse_space
+from ssl_aug.search.tanda import check_tanda
 
 __all__ = ["SearchSpec", "load_search", "SPEC_KEYS", "PRUNERS", "spec_hash"]
 
 SPEC_KEYS = ("description", "base", "output_dir", "trials", "objective", "validation", "seed", "compare_seeds",
-             "base_overrides", "pruner", "sampler", "space")
+             "base_overrides", "pruner", "sampler", "space", "strategy", "tanda")
 PRUNERS = ("successive_halving", "hyperband", "none")
 PRUNER_KEYS = ("name", "min_resource", "reduction_factor")
 SAMPLER_KEYS = ("n_startup_trials",)
+STRATEGIES = ("tpe", "tanda")
 
 
 @dataclass
@@ -116,7 +120,19 @@ def load_search(spec: str | Path | dict, overrides: list[str] = (), validate: bo
     if not isinstance(sampler, dict) or set(sampler) - set(SAMPLER_KEYS):
         raise SslAugError(f"search [sampler] = {sampler!r} is not allowed; keys: {', '.join(SAMPLER_KEYS)}")
     _int("sampler.n_startup_trials", sampler.setdefault("n_startup_trials", 8), 0)
-    params = parse_space(raw.get("space"), base) if validate else _unchecked(raw.get("space"), base)
+    strategy = raw.get("strategy", "tpe")  # not written into raw: the hash of existing TPE searches stays
+    if strategy not in STRATEGIES:
+        raise SslAugError(f"search strategy {strategy!r} is not allowed; choose one of: {', '.join(STRATEGIES)}")
+    if strategy == "tanda":
+        if raw.get("space"):
+            raise SslAugError("search spec: [space] is not used by strategy = \"tanda\" (it learns a TF sequence); "
+                              "remove [space] or use strategy = \"tpe\"")
+        raw["tanda"] = check_tanda(raw.get("tanda"), raw["seed"])
+        params = []
+    elif "tanda" in raw:
+        raise SslAugError("search spec: [tanda] is only used with strategy = \"tanda\"; remove it or set the strategy")
+    else:
+        params = parse_space(raw.get("space"), base) if validate else _unchecked(raw.get("space"), base)
     out_dir = Path(raw.get("output_dir") or f"runs/{path.stem}")
     if out_dir.exists() and not out_dir.is_dir():
         raise SslAugError(f"search output_dir {out_dir} is a file, not a folder; give a folder path")
