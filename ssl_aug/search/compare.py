@@ -93,9 +93,10 @@ def compare_recipes(spec, policy: dict, title: str, search_dir: Path, seeds: int
     cfg = config_from_dict(spec.base)
     floor = floors(cfg, seed=spec.raw["seed"])
     epochs = cfg.train.epochs
+    held = "" if spec.raw.get("strategy") == "tanda" else " (validation images included)"
     lines = [f"{title} vs the base recipe on the **test** split: kNN top-1 (k = "
              f"{cfg.eval.knn_k}, T = {cfg.eval.knn_temperature}), {epochs} epochs each on the recipe's whole "
-             f"training set (validation images included), {seeds} seed(s), mean ± std:", "", "| encoder | kNN top-1 (test) | per seed |", "|---|---|---|"]
+             f"training set{held}, {seeds} seed(s), mean ± std:", "", "| encoder | kNN top-1 (test) | per seed |", "|---|---|---|"]
     for name, values in results.items():
         m, s = mean_std(values)
         lines.append(f"| {name} | {m:.4f} ± {s:.4f} | {', '.join(f'{v:.4f}' for v in values)} |")

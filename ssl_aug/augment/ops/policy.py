@@ -44,12 +44,12 @@ def policy_module(name: str):
     """The kornia policy whose children (PolicySequential of OperationBase ops) are the sub-policies."""
     if name not in _POLICIES:
         from kornia.augmentation import auto
-        # n and m are applied by PolicyOp itself (choice and _magnitude), so one module serves every (n, m)
+        # n and m are applied by PolicyOp itself (choice and rand_magnitude), so one module serves every (n, m)
         _POLICIES[name] = auto.RandAugment(n=2, m=10) if name == "randaugment" else auto.AutoAugment("cifar10")
     return _POLICIES[name]
 
 
-def _magnitude(op, shape, m_of_30: float) -> Optional[torch.Tensor]:
+def rand_magnitude(op, shape, m_of_30: float) -> Optional[torch.Tensor]:
     """RandAugment's fixed magnitude M (of 30) for `op` (as kornia RandAugment.forward_parameters)."""
     if op.magnitude_range is None:
         return None
@@ -86,7 +86,7 @@ class PolicyOp(Op):
             for o, op in enumerate(child.children()):
                 s = int(torch.randint(0, 2 ** 62, (1,), generator=sub))
                 m = float(cfg.randaugment_m) if cfg.auto_augment == "randaugment" else None
-                gen = (lambda bs, op=op, m=m: op.forward_parameters(bs, mag=None if m is None else _magnitude(op, bs, m)))
+                gen = (lambda bs, op=op, m=m: op.forward_parameters(bs, mag=None if m is None else rand_magnitude(op, bs, m)))
                 out.update(capture(f"policy{j}.{o}", gen, shape, s, (cfg.auto_augment, j, o, size, m)))
         return out
 

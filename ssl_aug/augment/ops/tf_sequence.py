@@ -18,7 +18,7 @@ import torch
 
 from ssl_aug.augment.ops.base import Op, index_rows
 from ssl_aug.augment.ops.kornia_ops import capture, unpack
-from ssl_aug.augment.ops.policy import RAND_OPS, _magnitude, policy_module
+from ssl_aug.augment.ops.policy import RAND_OPS, rand_magnitude, policy_module
 from ssl_aug.errors import SslAugError
 
 SUM_TOLERANCE = 1e-4
@@ -90,7 +90,7 @@ class TfSequenceOp(Op):
                     s = int(torch.randint(0, 2 ** 62, (1,), generator=sub))  # drawn for every TF: stable seeds
                     if row[j] <= 0:
                         continue
-                    gen = (lambda bs, op=op: op.forward_parameters(bs, mag=_magnitude(op, bs, cfg.m)))
+                    gen = (lambda bs, op=op: op.forward_parameters(bs, mag=rand_magnitude(op, bs, cfg.m)))
                     out.update(capture(f"tf{pos}.{j}.{o}", gen, shape, s, ("tf_sequence", j, o, size, cfg.m)))
         return out
 
