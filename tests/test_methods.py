@@ -158,11 +158,13 @@ def test_swav_forward_backward_multicrop_and_stats():
 
 
 def test_swav_collapse_flag_at_log_k():
-    method = swav().eval()
+    method = swav(freeze_prototypes_iters=5).eval()
     with torch.no_grad():
         method.prototypes.weight.zero_()  # scores all 0: uniform predictions
-        loss, stats = method(views())
+        _, early = method(views(), step=method.prototypes.freeze_iters - 1)
+        loss, stats = method(views(), step=method.prototypes.freeze_iters)
     assert loss.item() == pytest.approx(math.log(12), rel=1e-6)
+    assert early["collapse"] == 0 and method.health_messages(early) == []  # prototypes still frozen: no warning
     assert stats["collapse"] == 1
     assert "ln(K)" in method.health_messages(stats)[0]
     _, ok = swav()(views())

@@ -112,7 +112,9 @@ class SwAV(Method):
             scores, self.temperature, self.epsilon, self.sinkhorn_iterations, self.crops_for_assign,
             queue_scores=queue_scores, sinkhorn_dtype=self.sinkhorn_dtype, return_codes=True,
         )
-        return loss, self._stats(loss.detach(), torch.cat(codes), queue_scores is not None)
+        # while the prototypes are frozen, near-uniform predictions are the start of training, not a collapse
+        frozen = step < self.prototypes.freeze_iters
+        return loss, self._stats(loss.detach(), torch.cat(codes), queue_scores is not None, frozen)
 
     @torch.no_grad()
     def _queue_step(self, z: torch.Tensor, epoch: int):
@@ -135,7 +137,8 @@ class SwAV(Method):
         return queue_scores
 
     @torch.no_grad()
-    def _stats(self, loss: torch.Tensor, codes: torch.Tensor, queue_used: bool) -> dict[str, torch.Tensor]:
+    def _stats(self, loss: torch.Tensor, codes: torch.Tensor, queue_used: bool,
+               frozen: bool = False) -> dict[str, torch.Tensor]:
         k = codes.shape[1]
         entropy = -(codes * codes.clamp_min(1e-12).log()).sum(dim=1).mean()
         used = torch.zeros(k, device=codes.device, dtype=torch.bool)
@@ -146,7 +149,7 @@ class SwAV(Method):
             "code_entropy": entropy,
             "code_max": codes.max(dim=1).values.mean(),
             "proto_usage": used.float().mean(),
-            "collapse": ((loss - ln_k).abs() <= 0.01 * ln_k).float(),
+            "collapse": ((loss - ln_k).abs() <= 0.01 * ln_k).float() * (not frozen),
             "queue_used": loss.new_tensor(float(queue_used)),
         }
 
