@@ -17,9 +17,17 @@ from typing import Any, Callable, Sequence
 
 from ssl_aug.errors import SslAugError
 
-__all__ = ["launch", "LAUNCHERS", "check_ray_address", "require_ray"]
+__all__ = ["launch", "LAUNCHERS", "check_ray_address", "require_ray", "threads_per_worker"]
 
 LAUNCHERS = ("local", "ray")
+
+
+def threads_per_worker(workers: int) -> int:
+    """Torch threads for each of `workers` local workers: the cores split between them, never more than this
+    process uses (so OMP_NUM_THREADS or torch.set_num_threads of the caller is honoured)."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // max(1, workers)))
 
 
 def _init_worker(threads: int) -> None:
@@ -34,7 +42,7 @@ def _local(fn: Callable, tasks: Sequence[tuple], workers: int) -> list:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads_per_worker(workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(fn, *args) for args in tasks]

@@ -116,3 +116,21 @@ def test_search_cli_refuses_in_one_line_before_writing(tmp_path, capsys, flags, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("ssl-aug: error: ") and words in err[0], err
     assert not out.exists()
+
+
+def test_local_workers_honour_the_callers_thread_count(monkeypatch):
+    """Workers split the cores but never use more threads than the caller (OMP_NUM_THREADS=1 stays 1): a
+    search run in this process must not raise its thread count (and change the numerics of later runs)."""
+    import torch
+
+    from ssl_aug.launchers import threads_per_worker
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert threads_per_worker(1) == 1 and threads_per_worker(4) == 1
+        torch.set_num_threads(4)
+        assert [threads_per_worker(w) for w in (1, 2, 4, 16)] == [4, 4, 2, 1]
+    finally:
+        torch.set_num_threads(before)

@@ -11,7 +11,6 @@ Workers run here (`--workers N`) or on Ray (`ssl_aug.launchers`). Needs the `sea
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ssl_aug.search.spec import SearchSpec, load_search
@@ -74,7 +73,7 @@ def run_search(spec: str | Path, overrides: list[str] = (), launcher: str = "loc
                report_only: bool = False) -> Path:
     """Validate, create or resume the search directory, run the workers, write the report."""
     from ssl_aug.errors import SslAugError
-    from ssl_aug.launchers import LAUNCHERS, check_ray_address, launch, require_ray
+    from ssl_aug.launchers import LAUNCHERS, check_ray_address, launch, require_ray, threads_per_worker
     from ssl_aug.search.study import SPEC_FILE, prepare_search, require_optuna, run_worker
 
     require_optuna()
@@ -100,7 +99,7 @@ def run_search(spec: str | Path, overrides: list[str] = (), launcher: str = "loc
         raise SslAugError(f"no search in {loaded.out_dir} to report on; run it first (without --report-only)")
     if not report_only:
         search_dir = prepare_search(loaded)
-        threads = max(1, (os.cpu_count() or 1) // workers) if launcher == "local" else 0
+        threads = threads_per_worker(workers) if launcher == "local" else 0
         tasks = [(str(search_dir.resolve()), i, threads, progress and workers == 1) for i in range(workers)]
         launch(run_worker, tasks, launcher=launcher, workers=workers, address=address, gpus_per_task=gpus_per_worker)
     else:
