@@ -90,8 +90,10 @@ def run_search(spec: str | Path, overrides: list[str] = (), launcher: str = "loc
         from ssl_aug.search.tanda_search import run_tanda_search
 
         if launcher != "local" or workers != 1:
-            raise SslAugError("search strategy 'tanda' runs one learner on this machine; use --launcher local --workers 1")
-        report, files = run_tanda_search(loaded, loaded.raw["compare_seeds"], progress=progress, report_only=report_only)
+            raise SslAugError("search strategy 'tanda' runs one learner on this machine; "
+                              "use --launcher local --workers 1")
+        report, files = run_tanda_search(loaded, loaded.raw["compare_seeds"], progress=progress,
+                                         report_only=report_only)
         print("\n" + report)
         print("wrote " + ", ".join(str(p) for p in files))
         return loaded.out_dir

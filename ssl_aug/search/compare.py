@@ -65,9 +65,11 @@ def compare_best(spec, best, search_dir: Path, seeds: int, progress: bool = Fals
 
 
 def compare_recipes(spec, policy: dict, title: str, search_dir: Path, seeds: int, same: bool = False,
-                    summary: dict | None = None, progress: bool = False) -> tuple[str, list[Path]]:
+                    summary: dict | None = None, held_out: bool = True,
+                    progress: bool = False) -> tuple[str, list[Path]]:
     """Train the base recipe and the recipe `policy` (the best policy of any search strategy) for `seeds`
-    seeds each and compare kNN top-1 on the test split; same = the policy is the base recipe (trained once)."""
+    seeds each and compare kNN top-1 on the test split; same = the policy is the base recipe (trained once);
+    held_out = the search scored on a validation split (now trained on, which the text says)."""
     from ssl_aug.experiment import run_experiment
 
     recipes = {"base recipe": spec.base, "best policy": policy}
@@ -93,10 +95,11 @@ def compare_recipes(spec, policy: dict, title: str, search_dir: Path, seeds: int
     cfg = config_from_dict(spec.base)
     floor = floors(cfg, seed=spec.raw["seed"])
     epochs = cfg.train.epochs
-    held = "" if spec.raw.get("strategy") == "tanda" else " (validation images included)"
+    held = " (validation images included)" if held_out else ""
     lines = [f"{title} vs the base recipe on the **test** split: kNN top-1 (k = "
              f"{cfg.eval.knn_k}, T = {cfg.eval.knn_temperature}), {epochs} epochs each on the recipe's whole "
-             f"training set{held}, {seeds} seed(s), mean ± std:", "", "| encoder | kNN top-1 (test) | per seed |", "|---|---|---|"]
+             f"training set{held}, {seeds} seed(s), mean ± std:", "",
+             "| encoder | kNN top-1 (test) | per seed |", "|---|---|---|"]
     for name, values in results.items():
         m, s = mean_std(values)
         lines.append(f"| {name} | {m:.4f} ± {s:.4f} | {', '.join(f'{v:.4f}' for v in values)} |")

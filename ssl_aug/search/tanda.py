@@ -137,7 +137,8 @@ def apply_tf_sequence(x: torch.Tensor, probs: list, m: float, g: torch.Generator
     return op.apply(x, cfg, params, Context("exact", False, params)), params.tf_choice
 
 
-def sequence_rewards(d_logits: torch.Tensor, out: torch.Tensor, x: torch.Tensor, distance_weight: float) -> torch.Tensor:
+def sequence_rewards(d_logits: torch.Tensor, out: torch.Tensor, x: torch.Tensor,
+                     distance_weight: float) -> torch.Tensor:
     """D logits (N,), outputs and inputs (N,3,s,s) -> (N,) reward log D(h(x)) - w / (mse(h(x), x) + eps)."""
     mse = (out - x).pow(2).flatten(1).mean(1)
     return F.logsigmoid(d_logits) - distance_weight / (mse + DISTANCE_EPS)
@@ -173,7 +174,8 @@ def learn_tf_sequence(source: torch.Tensor, real: torch.Tensor, settings: TandaS
         with torch.no_grad():
             reward = sequence_rewards(d_fake.detach(), out, x, settings.distance_weight)
         mean = float(reward.mean())
-        baseline = mean if baseline is None else settings.baseline_decay * baseline + (1 - settings.baseline_decay) * mean
+        decay = settings.baseline_decay
+        baseline = mean if baseline is None else decay * baseline + (1 - decay) * mean
         loss_g = reinforce_loss(gen.logits, choice, reward - baseline, settings.entropy_weight)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

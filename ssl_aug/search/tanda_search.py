@@ -76,7 +76,8 @@ def _learn(spec, search_dir: Path, progress: bool) -> TandaResult:
     return result
 
 
-def run_tanda_search(spec, compare_seeds: int, progress: bool = True, report_only: bool = False) -> tuple[str, list[Path]]:
+def run_tanda_search(spec, compare_seeds: int, progress: bool = True,
+                     report_only: bool = False) -> tuple[str, list[Path]]:
     """Learn the TF sequence of `spec` (strategy "tanda"), write its recipe, log and report, and with
     compare_seeds > 0 the test-split comparison with the base recipe; -> (report Markdown, files written)."""
     search_dir = spec.out_dir
@@ -106,8 +107,8 @@ def run_tanda_search(spec, compare_seeds: int, progress: bool = True, report_onl
         from ssl_aug.search.compare import compare_recipes
 
         text, written = compare_recipes(spec, recipe, "The TANDA-learned TF sequence (best policy)", search_dir,
-                                        compare_seeds, summary={"strategy": "tanda", "probs": recipe["augment"]["tf_sequence"]},
-                                        progress=progress)
+                                        compare_seeds, held_out=False, progress=progress,
+                                        summary={"strategy": "tanda", "probs": recipe["augment"]["tf_sequence"]})
         lines += ["", text]
         files += written
     report = "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """Per-image RandAugment / AutoAugment (kornia's operation set). Flat view fields auto_augment = None |
 "randaugment" (randaugment_n distinct ops per image, default 2, at magnitude randaugment_m of 30,
-default 10; Cubuk et al. 2020) | "autoaugment" (one CIFAR-10 sub-policy per image). Each image draws its own ops and their parameters (kornia draws one op set per
+default 10; Cubuk et al. 2020) | "autoaugment" (one CIFAR-10 sub-policy per image). Each image draws
+its own ops and their parameters (kornia draws one op set per
 call). Parameters: policy_seed (N,) int64 (one draw per view, kept for every view so the parameters
 of the other ops never depend on the policy); when active, policy_choice (N, n) int64 (index of the
 sub-policy applied k-th) and each sub-policy's kornia parameters for every image
@@ -63,6 +64,17 @@ def rand_magnitude(op, shape, m_of_30: float) -> Optional[torch.Tensor]:
     return mag
 
 
+def apply_sub_policy(y: torch.Tensor, child, prefix: str, host, rows: torch.Tensor) -> torch.Tensor:
+    """One sub-policy (a kornia PolicySequential) on y (M,3,h,w), the images `rows` of the batch, with the
+    parameters captured under `prefix` (`{prefix}.{o}.{key}` for its o-th op)."""
+    for o, op in enumerate(child.children()):
+        params = unpack(f"{prefix}.{o}", host, rows=rows, shape=y.shape)
+        params = {k: (v if k == "forward_input_shape" else v.to(y.device, non_blocking=True))
+                  for k, v in params.items()}
+        y = op(y, params=params)
+    return y
+
+
 class PolicyOp(Op):
     name, config, stage, nested = "policy", Policy, 10, False
 
@@ -86,7 +98,8 @@ class PolicyOp(Op):
             for o, op in enumerate(child.children()):
                 s = int(torch.randint(0, 2 ** 62, (1,), generator=sub))
                 m = float(cfg.randaugment_m) if cfg.auto_augment == "randaugment" else None
-                gen = (lambda bs, op=op, m=m: op.forward_parameters(bs, mag=None if m is None else rand_magnitude(op, bs, m)))
+                gen = (lambda bs, op=op, m=m: op.forward_parameters(
+                    bs, mag=None if m is None else rand_magnitude(op, bs, m)))
                 out.update(capture(f"policy{j}.{o}", gen, shape, s, (cfg.auto_augment, j, o, size, m)))
         return out
 
@@ -99,12 +112,7 @@ class PolicyOp(Op):
                 if not rows.numel():
                     continue
                 rows_d = rows.to(x.device, non_blocking=True)
-                y = x.index_select(0, rows_d)
-                for o, op in enumerate(child.children()):
-                    params = unpack(f"policy{j}.{o}", ctx.host, rows=rows, shape=y.shape)
-                    params = {kk: (v if kk == "forward_input_shape" else v.to(x.device, non_blocking=True))
-                              for kk, v in params.items()}
-                    y = op(y, params=params)
+                y = apply_sub_policy(x.index_select(0, rows_d), child, f"policy{j}", ctx.host, rows)
                 x = x.index_copy(0, rows_d, y.clamp(0.0, 1.0))
         return x
 

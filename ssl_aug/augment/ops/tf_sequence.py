@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ssl_aug.augment.ops.base import Op, index_rows
-from ssl_aug.augment.ops.kornia_ops import capture, unpack
-from ssl_aug.augment.ops.policy import RAND_OPS, rand_magnitude, policy_module
+from ssl_aug.augment.ops.kornia_ops import capture
+from ssl_aug.augment.ops.policy import RAND_OPS, apply_sub_policy, policy_module, rand_magnitude
 from ssl_aug.errors import SslAugError
 
 SUM_TOLERANCE = 1e-4
@@ -59,16 +59,6 @@ class TfSequence:
         self.m = float(m)
 
 
-def _apply_tf(y: torch.Tensor, child, prefix: str, host, rows: torch.Tensor) -> torch.Tensor:
-    """One TF (a kornia PolicySequential) on y (M,3,h,w) with the captured parameters of `rows`."""
-    for o, op in enumerate(child.children()):
-        params = unpack(f"{prefix}.{o}", host, rows=rows, shape=y.shape)
-        params = {k: (v if k == "forward_input_shape" else v.to(y.device, non_blocking=True))
-                  for k, v in params.items()}
-        y = op(y, params=params)
-    return y
-
-
 class TfSequenceOp(Op):
     name, config, stage = "tf_sequence", TfSequence, 12
 
@@ -102,7 +92,7 @@ class TfSequenceOp(Op):
                 if not rows.numel():
                     continue
                 rows_d = rows.to(x.device, non_blocking=True)
-                y = _apply_tf(x.index_select(0, rows_d), child, f"tf{pos}.{j}", ctx.host, rows)
+                y = apply_sub_policy(x.index_select(0, rows_d), child, f"tf{pos}.{j}", ctx.host, rows)
                 x = x.index_copy(0, rows_d, y.clamp(0.0, 1.0))
         return x
 
