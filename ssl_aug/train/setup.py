@@ -24,9 +24,10 @@ from ssl_aug.errors import SslAugError
 from ssl_aug.methods import build_method
 from ssl_aug.models import backbone_args_for, build_backbone
 from ssl_aug.optim import build_optimizer, warmup_cosine
+from ssl_aug.schedules import parse_schedule
 
 __all__ = ["tune_allocator", "load_training_data", "build_model", "autocast", "training_device", "check_fits_device",
-           "build_source", "build_optimization", "DEVICE_DATA_SHARE"]
+           "build_source", "build_optimization", "build_schedules", "apply_schedules", "DEVICE_DATA_SHARE"]
 
 DEVICE_DATA_SHARE = 0.5  # the training set may take at most this share of the GPU's free memory
 
@@ -111,6 +112,38 @@ def build_source(cfg: Config, data: ImageDataset | None, device: torch.device, r
     return get_source(cfg.data.name).batches(cfg.data, data, split=cfg.data.split,
                                              batch_size=cfg.train.batch_size // world_size, seed=cfg.seed,
                                              rank=rank, world_size=world_size, device=device)
+
+
+def build_schedules(cfg: Config, method: nn.Module, optimizer) -> dict:
+    """The recipe's schedules (ssl_aug.schedules) checked against what they drive: a method key must be
+    a plain float attribute of the method; train.momentum needs an optimiser with momentum."""
+    schedules = {key: parse_schedule(key, table) for key, table in cfg.schedules.items()}
+    for key in schedules:
+        section, name = key.split(".", 1)
+        if section == "method":
+            value = getattr(method, name, None)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SslAugError(f"recipe key '{key}' cannot follow a schedule: method {cfg.method['name']!r} has "
+                                  f"no float hyperparameter {name!r} read at step time")
+        elif name == "momentum" and "momentum" not in optimizer.param_groups[0]:
+            raise SslAugError(f"recipe key 'train.momentum' cannot follow a schedule with train.optimizer = "
+                              f"{cfg.train.optimizer!r}; allowed with: sgd, lars")
+    return schedules
+
+
+def apply_schedules(schedules: dict, method: nn.Module, optimizer, step: int, steps_per_epoch: int,
+                    total_steps: int) -> dict:
+    """Set every scheduled value for optimiser step `step` (Python floats: no device work). train.* keys
+    set the decayed parameter group (group 0). -> {key: value}."""
+    values = {}
+    for key, sched in schedules.items():
+        value = values[key] = sched.at(step, steps_per_epoch, total_steps)
+        section, name = key.split(".", 1)
+        if section == "method":
+            setattr(method, name, value)
+        else:
+            optimizer.param_groups[0][name] = value
+    return values
 
 
 def build_optimization(cfg: Config, method: nn.Module, steps_per_epoch: int, device: torch.device):
