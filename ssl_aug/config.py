@@ -92,6 +92,7 @@ class EvalConfig:
     knn_nprobe: int = 16  # IVF lists searched per query
     tta: bool = False  # 10-crop + flip test-time augmentation beside plain accuracy/ECE (linear probe if eval.linear, else kNN)
     online_linear: bool = False  # linear head on detached features trained alongside the SSL loss (accuracy per epoch)
+    evaluators: dict = field(default_factory=dict)  # eval.<name> = true | {its keys}: registered evaluators
 
 
 @dataclass
@@ -185,9 +186,31 @@ def _pull_schedules(data: dict) -> dict:
     return data
 
 
+def _pull_evaluators(data: dict) -> dict:
+    """[eval] keys that are not EvalConfig fields, and tables given for the on/off keys (linear, tta,
+    invariance), name registered evaluators: move them into eval.evaluators (names are checked against the
+    evaluator registry before any work, by the workflow that runs them)."""
+    section = data.get("eval")
+    if not isinstance(section, dict):
+        return data
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    section = dict(section)
+    tables = dict(section.pop("evaluators", None) or {})
+    for key in list(section):
+        value = section[key]
+        if key not in fields or (key in ("linear", "tta", "invariance") and isinstance(value, dict)):
+            tables[key] = section.pop(key)
+            if key in fields:
+                section[key] = True
+    if tables:
+        section["evaluators"] = tables
+    data["eval"] = section
+    return data
+
+
 def config_from_dict(data: dict) -> Config:
     """Validate a plain nested dict (e.g. a parsed recipe) into a Config."""
-    cfg = _build(Config, _pull_schedules(copy.deepcopy(data)), "")
+    cfg = _build(Config, _pull_evaluators(_pull_schedules(copy.deepcopy(data))), "")
     _validate(cfg)
     return cfg
 

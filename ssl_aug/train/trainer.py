@@ -180,8 +180,7 @@ class Trainer:
         self.epoch += 1
         self.source.set_epoch(self.epoch)
         record = {"type": "epoch", "epoch": self.epoch, "step": self.step, **self._epoch_stats}
-        knn_every = self.cfg.eval.knn_every
-        if self.is_main and self.callbacks and knn_every and self.epoch % knn_every == 0:  # rank 0 only
+        if self.is_main and self.callbacks:  # rank 0 only; each callback decides whether this epoch is its turn
             for callback in self.callbacks:
                 record.update(callback(self, self.epoch))
             self.model.train()
