@@ -21,6 +21,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import check_keys
 from ssl_aug.schedules import parse_schedule, split_schedules
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"  # package data: ssl_aug/recipes/*.toml
@@ -142,10 +143,7 @@ def _build(cls, data: dict, prefix: str):
         raise SslAugError(f"recipe section '{prefix.rstrip('.')}' must be a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise SslAugError(f"unknown recipe key '{prefix}{unknown[0]}'; allowed keys in "
-                          f"[{prefix.rstrip('.') or 'top level'}]: {', '.join(names)}")
+    check_keys(sorted(data), names, "recipe key", prefix, f" in [{prefix.rstrip('.') or 'top level'}]")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]

@@ -24,14 +24,16 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" did you mean {close[0]!r}?" if close else ""
 
 
-def check_keys(given: Iterable[str], allowed: Iterable[str], where: str) -> None:
-    """Refuse the first key of `given` that is not in `allowed`, in one line naming the closest key and
-    the allowed ones. `where` names the place, e.g. "recipe key 'augment." (the key is appended)."""
+def check_keys(given: Iterable[str], allowed: Iterable[str], what: str = "key", prefix: str = "",
+               where: str = "") -> None:
+    """The one unknown-key check: refuse the first key of `given` not in `allowed` in one line,
+    "unknown {what} '{prefix}{key}'; did you mean 'x'? allowed keys{where}: a, b", e.g. what="recipe key",
+    prefix="train.", where=" in [train]" (the closest key is suggested when one is close)."""
     allowed = list(allowed)
     for key in given:
         if key not in allowed:
-            raise SslAugError(f"{where}{key}': unknown key;{did_you_mean(key, allowed)} allowed: "
-                              f"{', '.join(allowed) or 'none'}")
+            raise SslAugError(f"unknown {what} '{prefix}{key}';{did_you_mean(key, allowed)} allowed keys{where}: "
+                              f"{', '.join(map(str, allowed)) or 'none'}")
 
 
 class Registry:

@@ -28,8 +28,8 @@ def test_recipe_keys_map_onto_evaluators():
 
 
 @pytest.mark.parametrize("section,match", [
-    ({"knn_kk": 5}, r"recipe key 'eval.knn_kk': unknown key; did you mean 'knn_k'\?"),
-    ({"toy_spread": {"scal": 2}}, r"recipe key 'eval.toy_spread.scal': unknown key; did you mean 'scale'\?"),
+    ({"knn_kk": 5}, r"unknown recipe key 'eval.knn_kk'; did you mean 'knn_k'\?"),
+    ({"toy_spread": {"scal": 2}}, r"unknown recipe key 'eval.toy_spread.scal'; did you mean 'scale'\?"),
     ({"toy_spread": {"scale": "big"}}, r"'eval.toy_spread.scale' = 'big' must be float"),
     ({"toy_spread": 3}, r"'eval.toy_spread' = 3 is not allowed; use true, false or a table"),
 ])

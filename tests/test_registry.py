@@ -41,10 +41,10 @@ def test_unknown_name_is_one_line_with_suggestion_and_choices():
 
 def test_check_keys_suggests_the_closest_key():
     with pytest.raises(SslAugError) as e:
-        check_keys(["size", "colour_jitter"], ["size", "color_jitter", "blur"], "recipe key 'augment.")
-    assert str(e.value) == ("recipe key 'augment.colour_jitter': unknown key; did you mean 'color_jitter'? "
-                            "allowed: size, color_jitter, blur")
-    check_keys(["blur"], ["blur"], "x")  # known keys pass
+        check_keys(["size", "colour_jitter"], ["size", "color_jitter", "blur"], "recipe key", "augment.")
+    assert str(e.value) == ("unknown recipe key 'augment.colour_jitter'; did you mean 'color_jitter'? "
+                            "allowed keys: size, color_jitter, blur")
+    check_keys(["blur"], ["blur"])  # known keys pass
     assert did_you_mean("zzz", ["a"]) == ""
 
 

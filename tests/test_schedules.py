@@ -34,7 +34,7 @@ def test_reference_values():
     ({"schedule": "cosin", "start": 1}, "did you mean 'cosine'"),
     ({"schedule": "cosine"}, "needs a start value"),
     ({"schedule": "cosine", "start": math.nan}, "must be a finite number"),
-    ({"schedule": "cosine", "start": 1, "ends": 2}, "did you mean 'end'"),
+    ({"schedule": "cosine", "start": 1, "ends": 2}, "unknown schedule key 'method.x.ends'; did you mean 'end'"),
     ({"schedule": "linear", "start": 1, "epochs": 0}, "epochs = 0 must be > 0"),
     ({"schedule": "step", "start": 1, "milestones": [2]}, "milestones"),
 ])

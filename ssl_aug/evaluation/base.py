@@ -101,7 +101,7 @@ def build_evaluator(name: str, value: Any = True) -> Evaluator:
         raise SslAugError(f"recipe key 'eval.{name}' = {value!r} is not allowed; use true, false or a table of its "
                           f"keys: {', '.join(f.name for f in dataclasses.fields(cls.Config))}")
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
-    check_keys(value, fields, f"recipe key 'eval.{name}.")
+    check_keys(value, fields, "recipe key", f"eval.{name}.", f" of evaluator {name!r}")
     for key, v in value.items():
         default = fields[key].default
         if isinstance(default, bool) != isinstance(v, bool) or (

@@ -91,7 +91,7 @@ def evaluators_from_config(eval_cfg, final: bool = True) -> list[Evaluator]:
     fields = [f.name for f in dataclasses.fields(type(eval_cfg)) if f.name != "evaluators"]
     for name in eval_cfg.evaluators:
         if name not in EVALUATORS:
-            raise SslAugError(f"recipe key 'eval.{name}': unknown key;{did_you_mean(name, fields + list_evaluators())}"
+            raise SslAugError(f"unknown recipe key 'eval.{name}';{did_you_mean(name, fields + list_evaluators())}"
                               f" allowed: {', '.join(fields)}, or an evaluator: {', '.join(list_evaluators())}")
     chosen: list[Evaluator] = []
     tables = dict(eval_cfg.evaluators)

@@ -28,6 +28,7 @@ from torch import nn
 from ssl_aug.augment.mix import MIX_MODES, check_alpha, check_p, mix_batch
 from ssl_aug.data.subset import balanced_subset
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import check_keys
 from ssl_aug.evaluation.calibration import calibration_report
 from ssl_aug.evaluation.features import check_images, module_device, normalize_images
 from ssl_aug.evaluation.groups import group_metrics, predictions
@@ -94,9 +95,7 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "FinetuneConfig":
         names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise SslAugError(f"unknown finetune key {unknown[0]!r}; allowed: {', '.join(names)}")
+        check_keys(sorted(data), names, "finetune key")
         return cls(**data)
 
 

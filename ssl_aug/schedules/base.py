@@ -87,7 +87,7 @@ def parse_schedule(key: str, table: dict) -> Schedule:
                           f"{', '.join(list_schedules())}; got {table!r}")
     fn = get_schedule(table["schedule"])
     own = [p for p in inspect.signature(fn).parameters if p not in ("t", "start", "end")]
-    check_keys(table, list(COMMON_KEYS) + own, f"schedule of '{key}': key '")
+    check_keys(table, list(COMMON_KEYS) + own, "schedule key", f"{key}.")
     if "start" not in table:
         raise SslAugError(f"schedule of '{key}' needs a start value, e.g. start = 0.996")
     start = _number(key, "start", table["start"])

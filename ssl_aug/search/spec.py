@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ssl_aug.config import apply_overrides, config_from_dict, read_toml, resolve_recipe_path
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import check_keys
 from ssl_aug.search.objectives import OBJECTIVES
 from ssl_aug.search.space import Param, parse_space
 from ssl_aug.search.tanda import check_tanda
@@ -83,9 +84,7 @@ def load_search(spec: str | Path | dict, overrides: list[str] = (), validate: bo
         raw = dict(read_toml(path))
     raw = apply_overrides(raw, [o for o in overrides if not o.startswith("base.")])
     base_extra = [o[len("base."):] for o in overrides if o.startswith("base.")]
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
-    if unknown:
-        raise SslAugError(f"unknown search spec key '{unknown[0]}' in {path}; allowed: {', '.join(SPEC_KEYS)}")
+    check_keys(sorted(raw), list(SPEC_KEYS), "search spec key", "", f" in {path}")
     if not isinstance(raw.get("base"), (str, dict)):
         raise SslAugError(f"search spec {path} needs a 'base' recipe (a recipe name or a TOML path)")
     if isinstance(raw["base"], dict):
