@@ -54,3 +54,23 @@ def test_every_registry_uses_the_pattern(registry, name):
     assert isinstance(registry, Registry) and name in registry.names()
     with pytest.raises(SslAugError, match="did you mean"):
         registry.get(name + "x")
+
+
+@pytest.mark.parametrize("what,names", [("methods", ["simclr", "swav", "byol"]), ("sources", ["cifar10", "embedded"]),
+                                        ("evaluators", ["knn", "linear"]), ("schedules", ["cosine"]),
+                                        ("ops", ["color_jitter"]), ("commands", ["train", "list"])])
+def test_ssl_aug_list_prints_each_registry(what, names, capsys):
+    from cli_helpers import run_cli
+
+    code, _, out = run_cli(["list", what], capsys)
+    listed = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert code == 0 and all(n in listed for n in names)
+
+
+def test_ssl_aug_list_recipes_groups_the_shipped_recipes(capsys):
+    from cli_helpers import run_cli
+
+    code, _, out = run_cli(["list", "recipes"], capsys)
+    head, abl, search = out.split("ablations (")[0], out.split("ablations (")[1].split("searches (")[0], out.split("searches (")[1]
+    assert code == 0 and "quickstart " in head and "ablate_quickstart" in abl and "search_quickstart_tanda" in search
+    assert "ablate_" not in head and "search_" not in head

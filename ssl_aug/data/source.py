@@ -94,6 +94,10 @@ class Source:
         return BatchSource(dataset.images, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
                            drop_last=True, device=device)
 
+    def describe(self) -> str:
+        """One line for `ssl-aug list sources` (the first line of the class docstring)."""
+        return (type(self).__doc__ or "").strip().split("\n")[0]
+
     @property
     def name(self) -> str:
         return next((n for n, s in SOURCES.items() if s is self), type(self).__name__)
@@ -115,6 +119,10 @@ class LazySource(Source):
         if "download" in inspect.signature(fn).parameters:
             opts["download"] = download
         return fn(split, root=root, **opts)
+
+    def describe(self) -> str:
+        lines = (self._fn(self.target).__doc__ or "").strip().split("\n")
+        return lines[0] + (" (streams with data.stream)" if self.shards else "")
 
     def options(self) -> list[str] | None:
         params = inspect.signature(self._fn(self.target)).parameters
