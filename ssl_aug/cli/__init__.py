@@ -8,6 +8,7 @@ as one line `ssl-aug: error: ...` (exit code 2); an unknown flag names the sub-c
 from __future__ import annotations
 
 import argparse
+import builtins  # `list` in this package's namespace is the `ssl-aug list` command module
 import importlib
 import sys
 
@@ -38,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     from ssl_aug.cli._common import find_passthrough
 
     parser = build_parser()
-    argv = [*(sys.argv[1:] if argv is None else argv)]  # (`list` is also the name of a command module)
+    argv = builtins.list(sys.argv[1:] if argv is None else argv)
     handed_over = find_passthrough(argv)
     if handed_over is None:
         args, extra = parser.parse_known_args(argv)
-        if extra and isinstance(getattr(args, "overrides", None), list) \
+        if extra and isinstance(getattr(args, "overrides", None), builtins.list) \
                 and not any(e.startswith("-") for e in extra):  # key=value after a flag
             args.overrides += extra
             extra = []

@@ -49,6 +49,12 @@ def recipe_kinds() -> dict[str, list[tuple[str, str]]]:
 
 
 def run(args) -> int:
+    from ssl_aug.errors import SslAugError
+    from ssl_aug.registry import did_you_mean
+
+    if args.what not in KINDS:
+        raise SslAugError(f"ssl-aug list {args.what!r} is not allowed;{did_you_mean(args.what, KINDS)} choose one of: "
+                          f"{', '.join(KINDS)}")
     if args.what == "recipes":
         for kind, rows in recipe_kinds().items():
             command = {"training recipes": "train", "ablations": "ablate", "searches": "search"}[kind]
@@ -71,4 +77,4 @@ def run(args) -> int:
 def register(sub) -> None:
     p = add_command(sub, "list", run, help="list methods, ops, presets, backbones, sources, evaluators, schedules, "
                                           "commands or the shipped recipes")
-    p.add_argument("what", choices=KINDS, help="what to list")
+    p.add_argument("what", help=f"what to list: {', '.join(KINDS)}")
