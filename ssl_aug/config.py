@@ -225,21 +225,16 @@ def _validate(cfg: Config) -> None:
                           f"got {cfg.train.view_candidates}")
     if cfg.train.lr <= 0:
         raise SslAugError(f"recipe key 'train.lr' must be > 0, got {cfg.train.lr}")
-    if cfg.eval.invariance_ops:
-        if not all(isinstance(name, str) for name in cfg.eval.invariance_ops):
-            raise SslAugError(f"recipe key 'eval.invariance_ops' = {cfg.eval.invariance_ops!r} must be a list of op "
-                              "names, e.g. [\"blur\", \"RandomErasing\"]")
-        from ssl_aug.evaluation.invariance import op_transforms  # imported late: config sits below evaluation
-
-        op_transforms(cfg.eval.invariance_ops)  # unknown names: one line now, not after training
+    if cfg.eval.invariance_ops and not all(isinstance(name, str) for name in cfg.eval.invariance_ops):
+        raise SslAugError(f"recipe key 'eval.invariance_ops' = {cfg.eval.invariance_ops!r} must be a list of op "
+                          "names, e.g. [\"blur\", \"RandomErasing\"]")  # the names: by the invariance evaluator
     if cfg.eval.knn_temperature <= 0:
         raise SslAugError(f"recipe key 'eval.knn_temperature' must be > 0, got {cfg.eval.knn_temperature}")
     if cfg.eval.knn_nlist < 0:
         raise SslAugError(f"recipe key 'eval.knn_nlist' must be >= 0 (0 = automatic), got {cfg.eval.knn_nlist}")
     if not isinstance(cfg.method.get("name"), str):
-        from ssl_aug.methods import METHODS  # the method registry (imported late: config sits below methods)
-
-        raise SslAugError(f"recipe key 'method.name' is required; choose one of: {', '.join(sorted(METHODS))}")
+        raise SslAugError("recipe key 'method.name' is required: a registered method (`ssl-aug list methods`), "
+                          "e.g. simclr")
     extra = cfg.augment.get("multicrop")
     if extra is not None:
         _build(MultiCropConfig, extra, "augment.multicrop.")

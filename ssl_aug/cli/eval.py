@@ -19,7 +19,7 @@ def _count(text: str) -> int:
 
 
 def run(args) -> int:
-    from ssl_aug.evaluate_encoder import eval_command
+    from ssl_aug.workflows.evaluate_encoder import eval_command
 
     return eval_command(args)
 

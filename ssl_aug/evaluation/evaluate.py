@@ -93,6 +93,8 @@ def evaluators_from_config(eval_cfg, final: bool = True) -> list[Evaluator]:
         if name not in EVALUATORS:
             raise SslAugError(f"unknown recipe key 'eval.{name}';{did_you_mean(name, fields + list_evaluators())}"
                               f" allowed: {', '.join(fields)}, or an evaluator: {', '.join(list_evaluators())}")
+    if eval_cfg.invariance_ops:  # checked also while the invariance probe is off: a typo is one line now
+        InvarianceEvaluator.Config(ops=list(eval_cfg.invariance_ops))
     chosen: list[Evaluator] = []
     tables = dict(eval_cfg.evaluators)
     if eval_cfg.final_knn or "knn" in tables:

@@ -169,6 +169,10 @@ class InvarianceEvaluator(Evaluator):
         images: int = 1000
         ops: list = field(default_factory=list)  # also probe these registered / kornia ops by name
 
+        def __post_init__(self):
+            if self.ops:
+                op_transforms(self.ops)  # unknown names: one line when the evaluator is built, before any work
+
     def run(self, ctx) -> dict:
         return invariance_probe(ctx.encoder, ctx.test[0][:self.config.images], ctx.mean, ctx.std,
                                 batch_size=ctx.batch_size, seed=ctx.seed, amp=ctx.amp, ops=self.config.ops or None)

@@ -55,7 +55,7 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
     evaluate = bool(cfg.eval.knn_every or final_evaluators)
     bank_set = labelled_bank(cfg, train) if evaluate else None
     test = load_training_data(cfg, split=cfg.eval.test_split) if evaluate else None
-    from ssl_aug.sizes import check_sizes  # size/count keys against the loaded data: one line each
+    from ssl_aug.workflows.sizes import check_sizes  # size/count keys against the loaded data: one line each
 
     for note in check_sizes(cfg, train, test, bank_set):
         print(note, file=sys.stderr)
@@ -98,13 +98,13 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
         hooks.append(OnlineLinearProbe(train.labels, len(train.classes)))
     trainer = Trainer(cfg, run_dir, callbacks=callbacks, progress=progress, train_data=train, hooks=hooks)
     if trainer.is_main and train is not None and not (run_dir / "views.png").exists():
-        from ssl_aug.viewgrid import write_view_grid  # what the augmentation does, next to the run's results
+        from ssl_aug.workflows.viewgrid import write_view_grid  # what the augmentation does, next to the run's results
 
         write_view_grid(cfg, run_dir / "views.png", n=min(8, len(train.labels)), seed=cfg.seed, data=train)
     start = time.perf_counter()
     final = trainer.fit(resume=resume)
     if trainer.is_main:  # loss / lr / kNN monitor curves next to metrics.jsonl (skipped without matplotlib)
-        from ssl_aug.plots import plot_training_curves
+        from ssl_aug.evaluation.plots import plot_training_curves
 
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         plot_training_curves(records, run_dir / "curves.png", title=cfg.description or run_dir.name)

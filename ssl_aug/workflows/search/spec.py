@@ -30,9 +30,9 @@ from pathlib import Path
 from ssl_aug.config import apply_overrides, config_from_dict, read_toml, resolve_recipe_path
 from ssl_aug.errors import SslAugError
 from ssl_aug.registry import check_keys
-from ssl_aug.search.objectives import OBJECTIVES
-from ssl_aug.search.space import Param, parse_space
-from ssl_aug.search.tanda import check_tanda
+from ssl_aug.workflows.search.objectives import OBJECTIVES
+from ssl_aug.workflows.search.space import Param, parse_space
+from ssl_aug.workflows.search.tanda import check_tanda
 
 __all__ = ["SearchSpec", "load_search", "SPEC_KEYS", "PRUNERS", "spec_hash"]
 
@@ -139,6 +139,6 @@ def load_search(spec: str | Path | dict, overrides: list[str] = (), validate: bo
 
 
 def _unchecked(space: dict, base: dict) -> list[Param]:
-    from ssl_aug.search.space import _parse_param
+    from ssl_aug.workflows.search.space import _parse_param
 
     return [_parse_param(k, v) for k, v in space.items()]
