@@ -10,7 +10,6 @@ import contextlib
 import ctypes
 import os
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn

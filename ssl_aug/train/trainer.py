@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ssl_aug import distributed as dist
-from ssl_aug.augment.recipe import build_views, view_dtype
+from ssl_aug.augment.recipe import view_dtype, views_of
 from ssl_aug.checkpoint import latest_checkpoint, load_checkpoint, save_run_checkpoint
 from ssl_aug.config import Config
 from ssl_aug.data import ImageDataset
@@ -69,8 +69,8 @@ class Trainer:
         if len(self.source) == 0:
             raise SslAugError(f"train.batch_size = {cfg.train.batch_size} is larger than the training set "
                               f"({self.source.num_samples} images): lower it")
-        self.views = build_views(cfg.augment, channels_last=cfg.train.channels_last,
-                                 dtype=view_dtype(self.device, cfg.train.amp))
+        self.views = views_of(cfg).build(channels_last=cfg.train.channels_last,
+                                         dtype=view_dtype(self.device, cfg.train.amp))
         self.view_generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
 
         self.method = build_model(cfg).to(self.device)
