@@ -73,7 +73,7 @@ def _reference(backbone, images):
 
 SLOW = pytest.mark.slow  # ~20-40 s each on 2 loaded cores (export + a fresh interpreter + ONNX)
 CASES = [pytest.param("small_cnn", {"widths": [8, 16]}, id="small_cnn"),
-         pytest.param("timm:test_resnet", {}, id="timm"),
+         pytest.param("timm:test_resnet", {}, id="timm", marks=SLOW),
          pytest.param("cifar_resnet18", {}, id="cifar_resnet18", marks=SLOW),
          pytest.param("resnet18", {}, id="resnet18", marks=SLOW),
          pytest.param("resnet50", {}, id="resnet50", marks=SLOW),
@@ -124,3 +124,14 @@ def test_torchvision_state_dict_only_for_resnets(tmp_path):
     assert meta["torchvision"] is None
     assert set(meta["files"]) == {"model.safetensors", "model.py", "config.json", "encoder.pt2"}
     assert not (tmp_path / "export" / "backbone.pt").exists()
+
+
+def test_cli_onnx_flag_without_the_extra_is_one_line(tmp_path, monkeypatch, capsys):
+    from ssl_aug.cli import main as cli_main
+
+    run, _ = _run(tmp_path, "small_cnn", widths=[8, 16])
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the onnx extra were not installed
+    assert cli_main(["export", str(run), "--out", str(tmp_path / "export"), "--onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ssl-aug: error: ONNX export needs onnx") and "ssl_aug[onnx]" in err and "\n" not in err
+    assert not (tmp_path / "export" / "encoder.json").exists()  # nothing half-written looks complete
