@@ -239,6 +239,13 @@ class Trainer:
         self.method.after_optimizer_step(self.step + 1, self.total_steps)
         return loss, stats
 
+    def accumulate_loss(self, loss: torch.Tensor, nonfinite: torch.Tensor) -> torch.Tensor:
+        """Add a step's loss to the epoch sum and the non-finite flag, on the device (no host read)."""
+        detached = loss.detach().float()
+        self.epoch_loss["sum"] = self.epoch_loss["sum"] + detached.double()
+        self.epoch_loss["count"] += 1
+        return nonfinite | ~torch.isfinite(detached)
+
     def _log_step(self, loss, stats, images_seen, window_start, timer, bar) -> None:
         now = time.perf_counter()
         record = {"type": "step", "step": self.step, "epoch": self.epoch,
@@ -272,11 +279,8 @@ class Trainer:
             loss, stats = self.optimize(views)
             for hook in self.hooks:
                 hook.after_step(self, indices, views)
-            detached = loss.detach().float()
-            nonfinite = nonfinite | ~torch.isfinite(detached)
-            self.epoch_loss["sum"] = self.epoch_loss["sum"] + detached.double()
-            self.epoch_loss["count"] += 1
             self.step += 1
+            nonfinite = self.accumulate_loss(loss, nonfinite)
             timer.add(t0, t1, timer.mark())
             images_seen += images.shape[0]
             bar.update(1)
