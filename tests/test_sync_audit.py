@@ -191,3 +191,33 @@ def test_trainer_step_streaming_has_no_stall(tmp_path):
         np.savez(folder / f"train_{i}.npz", x=np.zeros((40, 16, 16, 3), np.uint8), y=np.zeros(40, np.int64))
     cfg = _cfg(tmp_path, data={"name": "npz", "root": str(folder), "split": "train", "stream": True})
     audit_trainer_step(cfg, None).check("trainer step (streamed shards)", max_async_copies=2 * 3)
+
+
+def test_policies_masked_on_devices_equal_index_sets_on_cpu():
+    """The masked sub-policy path (non-CPU devices) gives the views of the CPU index-set path."""
+    x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for probe in (OPS["policy"].probe(), {"auto_augment": "autoaugment"}, OPS["tf_sequence"].probe()):
+        spec = ViewSpec(size=32).replace(**probe)
+        indexed, masked = MultiView(spec, 2, masked=False), MultiView(spec, 2, masked=True)
+        a = indexed(x, torch.Generator().manual_seed(3))
+        b = masked(x, torch.Generator().manual_seed(3))
+        assert max(float((u - v).abs().max()) for u, v in zip(a, b)) <= 1e-4, probe
+
+
+def test_sync_batchnorm_auto_is_on_for_several_ranks_with_batchnorm():
+    from torch import nn
+
+    from ssl_aug.config import config_from_dict
+    from ssl_aug.train.setup import sync_batchnorm_on
+
+    bn, plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), nn.Linear(2, 2)
+    cfg = config_from_dict({})
+    assert cfg.model.sync_batchnorm == "auto"
+    assert sync_batchnorm_on(cfg, 2, bn) and not sync_batchnorm_on(cfg, 1, bn) and not sync_batchnorm_on(cfg, 2, plain)
+    cfg.model.sync_batchnorm = False
+    assert not sync_batchnorm_on(cfg, 2, bn)
+    cfg.model.sync_batchnorm = True
+    assert sync_batchnorm_on(cfg, 2, plain)
+    cfg.model.sync_batchnorm = "yes"
+    with pytest.raises(SslAugError, match="sync_batchnorm = 'yes' is not allowed"):
+        sync_batchnorm_on(cfg, 2, bn)

@@ -155,6 +155,7 @@ class ShardStream(_Resumable):
         self.drop_last, self.prefetch = drop_last, prefetch
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.epoch, self.position = 0, 0
+        self._side_stream = None  # CUDA: the stream shards are uploaded on (set per iteration)
 
     def __len__(self) -> int:
         return self._n_batches(int((self.sizes // self.world_size).sum()))
@@ -171,12 +172,13 @@ class ShardStream(_Resumable):
             sids.append(torch.full((m,), s, dtype=torch.int64))
         return torch.cat(sids), torch.cat(rows)
 
-    def _read(self, s: int, stream=None) -> tuple[torch.Tensor, object]:
+    def _read(self, s: int) -> tuple[torch.Tensor, object]:
         """Shard s -> ((n, 3, H, W) uint8 contiguous on device, CUDA event or None); runs in the prefetch
-        thread. On CUDA the shard is pinned and copied non-blocking on the side `stream`, and the event
+        thread. On CUDA the shard is pinned and copied non-blocking on the side stream, and the event
         marks when it is ready: the compute stream waits for it on the device, the host never does."""
         with np.load(self.paths[s], allow_pickle=False) as f:
             host = torch.from_numpy(f["x"])
+        stream = self._side_stream
         if stream is None:
             return upload(host, self.device).permute(0, 3, 1, 2).contiguous(), None
         with torch.cuda.stream(stream):
@@ -204,17 +206,17 @@ class ShardStream(_Resumable):
         pool = ThreadPoolExecutor(1) if self.prefetch else None
         loaded: dict[int, torch.Tensor] = {}
         pending = {}
-        side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
         def fetch(i):
             if i < len(needed) and needed[i] not in loaded and needed[i] not in pending:
                 s = needed[i]
-                pending[s] = pool.submit(self._read, s, side) if pool else None
+                pending[s] = pool.submit(self._read, s) if pool else None
 
         def get(s):
             if s not in loaded:
                 fut = pending.pop(s, None)
-                loaded[s] = self._ready(fut.result() if fut is not None else self._read(s, side))
+                loaded[s] = self._ready(fut.result() if fut is not None else self._read(s))
             return loaded[s]
 
         try:
