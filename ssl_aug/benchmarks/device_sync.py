@@ -18,14 +18,14 @@ Row = list  # [check, detail, result, status]
 
 
 def method_config(run_dir: Path, method: str, device: str, batch: int, backbone: str = "small_cnn", data=None,
-                  **train):
-    """A small recipe for `method` (its default options), 32 px views, `train` overrides."""
+                  augment=None, **train):
+    """A small recipe for `method` (its default options), 32 px views (plus `augment` keys), `train` overrides."""
     from ssl_aug.config import config_from_dict
 
     return config_from_dict({
         "seed": 1, "device": device, "output_dir": str(run_dir), "data": data or {},
         "model": {"backbone": backbone, "backbone_args": {}}, "method": {"name": method},
-        "augment": {"size": 32, "scale": [0.2, 1.0]},
+        "augment": {"size": 32, "scale": [0.2, 1.0], **(augment or {})},
         "train": {"epochs": 2, "batch_size": batch, "optimizer": "sgd", "lr": 0.05, "log_every": 1000,
                   "checkpoint_every": 0, "keep_checkpoints": 10, "warmup_epochs": 0, **train},
         "eval": {"final_knn": False},
@@ -76,7 +76,8 @@ def _shards(folder: Path, n: int, side: int = 32) -> dict:
 
 
 def check_method_sync(device: torch.device, batch: int, images: int, steps: int, tmp: Path, dataset) -> list[Row]:
-    """One row per registered method, plus the streamed-shard source (SimCLR)."""
+    """One row per registered method, plus the streamed-shard source and RandAugment views (SimCLR; the
+    latter when kornia is installed)."""
     from ssl_aug.methods import METHODS
 
     cuda = device.type == "cuda"
@@ -89,6 +90,12 @@ def check_method_sync(device: torch.device, batch: int, images: int, steps: int,
     stream = _shards(tmp / "shards", images)
     cases.append(("simclr, streamed npz shards",
                   method_config(tmp / "sync_stream", "simclr", device.type, batch, data=stream, amp=amp), None))
+    import importlib.util
+
+    if importlib.util.find_spec("kornia") is not None:  # policy sub-policies as masks, kornia ops on the device
+        cases.append(("simclr, randaugment views", method_config(tmp / "sync_policy", "simclr", device.type, batch,
+                                                                 augment={"auto_augment": "randaugment"}, amp=amp),
+                      data))
     rows = []
     for what, cfg, train_data in cases:
         try:
