@@ -221,3 +221,21 @@ def test_sync_batchnorm_auto_is_on_for_several_ranks_with_batchnorm():
     cfg.model.sync_batchnorm = "yes"
     with pytest.raises(SslAugError, match="sync_batchnorm = 'yes' is not allowed"):
         sync_batchnorm_on(cfg, 2, bn)
+
+
+def test_run_from_before_auto_sync_batchnorm_still_resumes(tmp_path):
+    """A checkpoint whose recipe said sync_batchnorm = false (the old default) resumes under "auto" on one rank."""
+    from ssl_aug.checkpoint import latest_checkpoint, load_checkpoint
+    from ssl_aug.train import Trainer
+
+    cfg = _cfg(tmp_path, train={"max_steps": 2, "checkpoint_every": 1})
+    Trainer(cfg, progress=False, train_data=_data()).fit()
+    path = latest_checkpoint(tmp_path / "run")
+    state = load_checkpoint(path)
+    state["config"]["model"]["sync_batchnorm"] = False
+    torch.save(state, path)
+    cfg = _cfg(tmp_path, train={"max_steps": 3, "checkpoint_every": 1})
+    with pytest.raises(SslAugError, match="train.max_steps"):  # other changes are still refused
+        Trainer(cfg, progress=False, train_data=_data()).fit(resume=True)
+    cfg = _cfg(tmp_path, train={"max_steps": 2, "checkpoint_every": 1})
+    assert Trainer(cfg, progress=False, train_data=_data()).fit(resume=True)["step"] == 2

@@ -106,7 +106,11 @@ def load_trainer_state(trainer, ckpt: dict, path: Path) -> None:
     if saved != trainer.cfg.model.backbone:
         raise SslAugError(f"checkpoint {path} was trained with backbone {saved!r}, "
                           f"the recipe asks for {trainer.cfg.model.backbone!r}")
-    changed = changed_keys(ckpt["config"], trainer.cfg.to_dict())
+    saved_cfg = ckpt["config"]
+    if trainer.cfg.model.sync_batchnorm == "auto" and saved_cfg.get("model", {}).get("sync_batchnorm") is getattr(
+            trainer, "sync_batchnorm", None):  # a run from before "auto" whose true/false is what "auto" does here
+        saved_cfg = {**saved_cfg, "model": {**saved_cfg["model"], "sync_batchnorm": "auto"}}
+    changed = changed_keys(saved_cfg, trainer.cfg.to_dict())
     if changed:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed[:8]) + (" ..." if len(changed) > 8 else "")
         raise SslAugError(f"checkpoint {path} was trained with other settings ({listed}); resume with the recipe "

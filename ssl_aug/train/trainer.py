@@ -75,7 +75,8 @@ class Trainer:
         self.view_generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
 
         self.method = build_model(cfg).to(self.device)
-        if sync_batchnorm_on(cfg, self.world_size, self.method):
+        self.sync_batchnorm = sync_batchnorm_on(cfg, self.world_size, self.method)
+        if self.sync_batchnorm:
             self.method = dist.convert_sync_batchnorm(self.method, self.device)
         if cfg.train.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
