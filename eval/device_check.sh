@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
-exec "$PY" -m ssl_aug.benchmarks.device_check "$@"
+exec "$PY" eval/device_check.py "$@"

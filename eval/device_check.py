@@ -54,7 +54,7 @@ def _status(ok: bool) -> str:
 
 
 def _config(run_dir: Path, method: str, device: str, batch: int, backbone: str = "small_cnn", **train):
-    from ssl_aug.benchmarks.device_sync import method_config
+    from device_sync import method_config
 
     return method_config(run_dir, method, device, batch, backbone, **{"log_every": 1, "checkpoint_every": 2, **train})
 
@@ -100,7 +100,7 @@ def _trainer(cfg, data):
 
 def check_sync_audit(device: torch.device, sizes: Sizes, tmp: Path) -> list[Row]:
     """Every registered method (and streamed shards) for a few steps with no host<->device sync."""
-    from ssl_aug.benchmarks.device_sync import check_method_sync
+    from device_sync import check_method_sync
 
     return check_method_sync(device, sizes.train_batch, sizes.train_images, sizes.sync_steps, tmp, _dataset)
 
