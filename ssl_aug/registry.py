@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ssl_aug.errors import SslAugError
 
 __all__ = ["Registry", "did_you_mean", "check_keys"]
+_MISSING = object()
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -64,7 +65,10 @@ class Registry:
 
     pop = unregister
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str, default: Any = _MISSING) -> Any:
+        """The object registered as `name`; unknown: `default` when given (dict-style), else one-line error."""
+        if name not in self._items and default is not _MISSING:
+            return default
         if name not in self._items:
             raise SslAugError(f"unknown {self.kind} {name!r};{did_you_mean(name, self._items)} choose one of: "
                               f"{', '.join(sorted(self._items))}")
@@ -88,8 +92,14 @@ class Registry:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __getitem__(self, name: str) -> Any:  # dict-style access keeps older call sites working
+    def __getitem__(self, name: str) -> Any:  # dict-style access (older call sites, pytest's monkeypatch)
         return self.get(name)
+
+    def __setitem__(self, name: str, obj: Any) -> None:
+        self.register(name, obj, replace=True)
+
+    def __delitem__(self, name: str) -> None:
+        self.unregister(name)
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"

@@ -31,7 +31,7 @@ def _from_dict(cls, d, prefix: str):
     if not isinstance(d, dict):
         raise SslAugError(f"view spec: {prefix.rstrip('.') or 'view'}={d!r} is not allowed; use a table")
     allowed = [f.name for f in dataclasses.fields(cls)]
-    check_keys(sorted(d), allowed, "key", prefix)
+    check_keys(sorted(d), allowed, f"key in {prefix.rstrip('.')}" if prefix else "key")
     return cls(**d)
 
 
