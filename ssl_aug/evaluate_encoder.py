@@ -128,6 +128,20 @@ def _knn_kw(args) -> dict:
             "nprobe": getattr(args, "nprobe", 16)}
 
 
+def _robustness_options(args) -> dict:
+    """{} without --robustness, else robustness_eval's corruptions / severities (checked: one line each)."""
+    if not getattr(args, "robustness", False):
+        if getattr(args, "corruption", None) or getattr(args, "severity", None):
+            raise SslAugError("--corruption / --severity choose what --robustness evaluates; add --robustness")
+        return {}
+    from ssl_aug.augment.corruptions import COMMON, SEVERITIES, check_corruption, check_severity
+
+    names = args.corruption or list(COMMON)
+    for name in names:
+        check_corruption(name)
+    return {"corruptions": names, "severities": [check_severity(s) for s in (args.severity or SEVERITIES)]}
+
+
 def eval_command(args) -> int:
     device = resolve_device(args.device)
     out = _output_path(args)  # checked before any work
@@ -143,7 +157,8 @@ def eval_command(args) -> int:
 
         op_transforms(ops)  # unknown names: one line before any work
     args.invariance = args.invariance or bool(ops)
-    knn = args.knn or not (args.linear or args.tta or args.invariance or fine)
+    robust = _robustness_options(args)   # unknown corruption / severity: one line before any work
+    knn = args.knn or not (args.linear or args.tta or args.invariance or fine or robust)
     if min(args.k) < 1:
         raise SslAugError(f"--k {min(args.k)} is not allowed: kNN needs k >= 1 neighbours")
     if knn and max(args.k) > len(train[1]):
@@ -163,8 +178,19 @@ def eval_command(args) -> int:
 
         results["finetune"] = finetune(backbone, mean, std, train, test, {"tta": args.tta},
                                        run_dir=out.parent / f"{out.stem}_finetune", progress=not args.no_progress)
+    if robust:
+        from ssl_aug.evaluation.robustness import random_init_like, robustness_eval
+
+        results["robustness"] = robustness_eval(backbone, mean, std, train, test, k=args.k[0],
+                                                temperature=args.temperature, baseline=random_init_like(backbone),
+                                                progress=not args.no_progress, **robust)
     results = {"encoder": label, "data": data_name, "split": how, **results}
     print(format_report(results))
+    if robust:
+        from ssl_aug.evaluation.robustness import robustness_table
+
+        print("\nCorruption robustness (top-1 % per severity; CE relative to the random-init encoder = 100):\n")
+        print(robustness_table(results["robustness"]))
     atomic_write_json(out, json.loads(json.dumps(results, default=float)))
     print(f"wrote {out}")
     return 0

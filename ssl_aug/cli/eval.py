@@ -42,6 +42,13 @@ def register(sub) -> None:
     p.add_argument("--invariance-op", action="append", default=[], metavar="OP",
                    help="also probe this registered or kornia.augmentation op by name (repeatable; implies "
                         "--invariance), e.g. --invariance-op blur --invariance-op RandomErasing")
+    p.add_argument("--robustness", action="store_true",
+                   help="kNN and linear accuracy under 15 common corruptions x 5 severities, drop from clean, "
+                        "mCE relative to the random-init encoder (use --test-subset to bound the time)")
+    p.add_argument("--corruption", action="append", default=[], metavar="NAME",
+                   help="with --robustness: only this corruption (repeatable), e.g. --corruption fog")
+    p.add_argument("--severity", action="append", type=int, default=[], metavar="S",
+                   help="with --robustness: only this severity 1-5 (repeatable)")
     p.add_argument("--finetune", action="store_true", help="supervised fine-tuning with default settings (with "
                                                            "--tta: also 10-crop TTA); see `ssl-aug finetune` for all")
     p.add_argument("--k", type=int, nargs="+", default=[200], help="kNN neighbours (several allowed)")
