@@ -3,6 +3,8 @@ of its held-out validation corruptions): float images (N, 3, H, W) in [0, 1] -> 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from ssl_aug.augment.corruptions import filters
@@ -38,6 +40,7 @@ def elastic_transform(x: torch.Tensor, severity: int, generator: torch.Generator
     return filters.sample_bilinear_symmetric(x, rows, cols)
 
 
+@lru_cache(maxsize=64)
 def _box_matrix(n_out: int, n_in: int, device) -> torch.Tensor:
     """PIL's BOX reduction along one axis (n_out, n_in): output j averages the inputs whose pixel centre
     lies in (j * s, (j + 1) * s], s = n_in / n_out."""
@@ -48,6 +51,7 @@ def _box_matrix(n_out: int, n_in: int, device) -> torch.Tensor:
     return (m / m.sum(1, keepdim=True).clamp_min(1)).float().to(device)
 
 
+@lru_cache(maxsize=64)
 def _nearest_index(n_out: int, n_in: int, device) -> torch.Tensor:
     """PIL's NEAREST source index per output pixel: int(x) of x = s / 2, s / 2 + s, ... (s = n_in / n_out),
     accumulated in float64 as Pillow's affine loop does (exact-boundary cases round the same way)."""
@@ -66,7 +70,7 @@ def pixelate(x: torch.Tensor, severity: int, generator: torch.Generator) -> torc
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
     y = torch.floor(x * 255 @ _box_matrix(sw, w, x.device).T + 0.5)
     y = torch.floor(_box_matrix(sh, h, x.device) @ y + 0.5)
-    rows, cols = _nearest_index(h, sh, x.device), _nearest_index(w, sw, x.device)
+    rows, cols = _nearest_index(h, sh, x.device), _nearest_index(w, sw, x.device)   # cached per size
     return y.index_select(2, rows).index_select(3, cols) / 255
 
 

@@ -1,6 +1,6 @@
 """Batched building blocks of the corruptions, all on float (N, C, H, W) tensors on any device: padding by
 index (scipy/OpenCV border modes), separable Gaussian blur, the defocus disk kernel, edge-clamped shifts
-for motion blur, linear-zoom matrices (scipy.ndimage.zoom, order 1), bilinear sampling with symmetric
+for motion blur (as per-image kernels), FFT correlation, linear-zoom matrices (scipy.ndimage.zoom, order 1), bilinear sampling with symmetric
 borders (scipy.ndimage.map_coordinates, order 1, mode 'reflect') and the diamond-square plasma fractal."""
 
 from __future__ import annotations
@@ -76,12 +76,23 @@ def disk_kernel(radius: int, alias_blur: float) -> torch.Tensor:
     return separable(disk[None, None], taps, taps, "reflect101")[0, 0]
 
 
+def fft_correlate(x: torch.Tensor, kernels: torch.Tensor, mode: str) -> torch.Tensor:
+    """Correlate x (N, C, H, W) with centred odd kernels (K, K) (shared) or (N, K, K) (one per image) over
+    borders padded by `mode`, through real FFTs (large kernels: O(HW log HW) instead of O(HW K^2))."""
+    n, c, h, w = x.shape
+    k = kernels.shape[-1]
+    pad = k // 2
+    y = pad2d(x, pad, pad, mode)
+    size = (h + 2 * pad, w + 2 * pad)
+    flipped = kernels.to(x).flip(-2, -1)          # correlation = convolution with the flipped kernel
+    kf = torch.fft.rfft2(flipped.reshape(-1, 1, k, k) if kernels.ndim == 3 else flipped[None, None], s=size)
+    out = torch.fft.irfft2(torch.fft.rfft2(y, s=size) * kf, s=size)
+    return out[..., 2 * pad:2 * pad + h, 2 * pad:2 * pad + w]
+
+
 def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "reflect101") -> torch.Tensor:
     """cv2.filter2D per channel (correlation, centred anchor, BORDER_REFLECT_101 by default)."""
-    n, c, h, w = x.shape
-    kh, kw = kernel.shape
-    y = pad2d(x.reshape(n * c, 1, h, w), kh // 2, kw // 2, mode)
-    return F.conv2d(y, kernel.to(x).view(1, 1, kh, kw)).view(n, c, h, w)
+    return fft_correlate(x, kernel, mode)
 
 
 def motion_offsets(radius: int, angle: torch.Tensor, size: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -101,23 +112,18 @@ def motion_offsets(radius: int, angle: torch.Tensor, size: tuple[int, int]) -> l
     return out
 
 
-def shift_clamped(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """out[n, :, h, w] = x[n, :, clamp(h - dy[n]), clamp(w - dx[n])] for x (N, C, H, W), dy/dx (N,)."""
-    n, c, h, w = x.shape
-    rows = (torch.arange(h, device=x.device)[None, :] - dy[:, None].to(x.device)).clamp(0, h - 1)
-    cols = (torch.arange(w, device=x.device)[None, :] - dx[:, None].to(x.device)).clamp(0, w - 1)
-    y = x.gather(2, rows[:, None, :, None].expand(n, c, h, w))
-    return y.gather(3, cols[:, None, None, :].expand(n, c, h, w))
-
-
 def motion_blur(x: torch.Tensor, radius: int, sigma: float, angle: torch.Tensor) -> torch.Tensor:
-    """Sum over taps of a one-sided Gaussian (sigma) of edge-clamped shifts along per-image `angle` (N,)."""
+    """Sum over taps of a one-sided Gaussian (sigma) of edge-clamped shifts along per-image `angle` (N,):
+    one (4R+1)^2 kernel per image (tap i, offset up to 2R, at (2R - dy_i, 2R - dx_i)) correlated over
+    edge-padded borders (the same as clamping each shift at the image edge)."""
     taps = torch.exp(-torch.arange(2 * radius + 1, dtype=torch.float64) ** 2 / (2 * sigma ** 2))
-    taps = (taps / taps.sum()).tolist()
-    out = torch.zeros_like(x)
+    taps = taps / taps.sum()
+    n, centre = x.shape[0], 2 * radius
+    kernels = torch.zeros(n, 2 * centre + 1, 2 * centre + 1, dtype=torch.float64)
+    rows = torch.arange(n)
     for i, (dy, dx) in enumerate(motion_offsets(radius, angle, x.shape[-2:])):
-        out += taps[i] * shift_clamped(x, dy, dx)
-    return out
+        kernels.index_put_((rows, centre - dy, centre - dx), taps[i].expand(n), accumulate=True)
+    return fft_correlate(x, kernels.to(x.device), "edge")
 
 
 def zoom_matrix(n: int, factor: float, device=None, dtype=torch.float32, full: bool = False) -> torch.Tensor:
