@@ -19,7 +19,7 @@ def _count(text: str) -> int:
 
 
 def run(args) -> int:
-    from ssl_aug.evaluate_encoder import eval_command
+    from ssl_aug.workflows.evaluate_encoder import eval_command
 
     return eval_command(args)
 
@@ -42,9 +42,12 @@ def register(sub) -> None:
     p.add_argument("--invariance-op", action="append", default=[], metavar="OP",
                    help="also probe this registered or kornia.augmentation op by name (repeatable; implies "
                         "--invariance), e.g. --invariance-op blur --invariance-op RandomErasing")
+    p.add_argument("--evaluator", action="append", default=[], metavar="NAME",
+                   help="also run this registered evaluator (repeatable; `ssl-aug list evaluators`), with the run's "
+                        "own eval.NAME keys when it has them")
     p.add_argument("--robustness", action="store_true",
-                   help="kNN and linear accuracy under 15 common corruptions x 5 severities, drop from clean, "
-                        "mCE relative to the random-init encoder (use --test-subset to bound the time)")
+                   help="evaluator robustness: kNN and linear accuracy under 15 common corruptions x 5 "
+                        "severities, drop from clean, mCE relative to the random-init encoder")
     p.add_argument("--corruption", action="append", default=[], metavar="NAME",
                    help="with --robustness: only this corruption (repeatable), e.g. --corruption fog")
     p.add_argument("--severity", action="append", type=int, default=[], metavar="S",

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, register_evaluator
 
 EXTRA = "pip install 'ssl_aug[viz]' (umap-learn)"
 METHODS = ("auto", "umap", "tsne")
@@ -73,3 +75,40 @@ def plot_embedding(coords, labels, path, classes=None, title: str = "") -> Path 
     out = atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"), what="plot")
     plt.close(fig)
     return out
+
+
+@register_evaluator("umap")
+class UmapEvaluator(Evaluator):
+    """`eval.umap = true`: a 2-D map of the test features coloured by class, written to <run>/umap.png."""
+
+    @dataclass
+    class Config(EvaluatorConfig):
+        images: int = 2000      # test images mapped (the first N; 0 = all)
+        method: str = "auto"    # auto (UMAP, else t-SNE) | umap | tsne
+        file: str = "umap.png"
+
+        def __post_init__(self):
+            if self.method not in METHODS:
+                raise SslAugError(f"recipe key 'eval.umap.method' = {self.method!r} is not allowed; choose one of: "
+                                  f"{', '.join(METHODS)}")
+            if self.method == "umap" and not _available("umap"):
+                raise SslAugError(f"eval.umap with method = 'umap' needs umap-learn: {EXTRA}")
+            if self.method != "umap" and not (_available("umap") or _available("sklearn")):
+                raise SslAugError(f"eval.umap needs umap-learn (or scikit-learn for t-SNE): {EXTRA}")
+
+    def run(self, ctx) -> dict:
+        n = self.config.images or ctx.test[0].shape[0]
+        coords, method = embed_2d(ctx.features("test")[:n], self.config.method, ctx.seed)
+        path = None
+        if ctx.run_dir is not None:
+            title = f"{method.upper() if method == 'umap' else 't-SNE'} of {len(coords)} test features"
+            written = plot_embedding(coords, ctx.test[1][:n], Path(ctx.run_dir) / self.config.file, ctx.classes, title)
+            path = written.name if written is not None else None
+        return {"method": method, "images": int(len(coords)), "path": path}
+
+    def section(self, r: dict) -> str:
+        where = f" written to {r['path']}" if r.get("path") else " (no run folder: not written)"
+        return f"Embedding map: {r['method']} of {r['images']} test features, coloured by class,{where}."
+
+    def flat(self, r: dict) -> dict:
+        return {}

@@ -3,8 +3,11 @@ similarity on L2-normalised features, one faiss search per T for all k."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
+from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, pct, register_evaluator
 from ssl_aug.evaluation.knn import knn_evaluate
 
 KS = (1, 5, 10, 20, 50, 100, 200)
@@ -35,3 +38,33 @@ def knn_sweep_table(result: dict) -> str:
                  for k, a in ((k, row[k] if k in row else row[str(k)]) for k in ks)]
         lines.append(f"| {float(t):g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+@register_evaluator("knn_sweep")
+class KnnSweepEvaluator(Evaluator):
+    """`eval.knn_sweep = true`: kNN top-1 for every (k, T) of the grid; the table and the best cell."""
+
+    @dataclass
+    class Config(EvaluatorConfig):
+        ks: list = field(default_factory=lambda: list(KS))
+        temperatures: list = field(default_factory=lambda: list(TEMPERATURES))
+
+        def __post_init__(self):
+            if not self.ks or min(self.ks) < 1 or not self.temperatures or min(self.temperatures) <= 0:
+                raise SslAugError(f"eval.knn_sweep needs ks >= 1 and temperatures > 0, got {self.ks} and "
+                                  f"{self.temperatures}")
+
+    def run(self, ctx) -> dict:
+        return knn_sweep(ctx.features("train"), ctx.train[1], ctx.features("test"), ctx.test[1], self.config.ks,
+                         self.config.temperatures, ctx.num_classes)
+
+    def rows(self, r: dict) -> list:
+        b = r["best"]
+        return [(f"kNN sweep: best of {len(r['ks'])} k x {len(r['temperatures'])} T (k={b['k']}, T={b['temperature']:g})",
+                 pct(b["top1"]), "-", "-")]
+
+    def section(self, r: dict) -> str:
+        return "kNN top-1 % per temperature T (rows) and k (columns):\n\n" + knn_sweep_table(r)
+
+    def flat(self, r: dict) -> dict:
+        return {"knn_sweep_best_top1": r["best"]["top1"]}

@@ -6,11 +6,14 @@ top-1 / top-5 on the clean centre images. Slower than the fast probe on precompu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, pct, register_evaluator
 from ssl_aug.evaluation.features import check_images, extract_features, module_device
 from ssl_aug.evaluation.knn import classification_metrics
 
@@ -75,3 +78,31 @@ def linear_protocol(encoder: nn.Module, mean, std, train, test, num_classes: int
         logits = head.cpu()(te_f)
     return {**classification_metrics(logits, te_y, c), "epochs": epochs, "lr": lr, "batch_size": batch_size,
             "protocol": "simclr"}
+
+
+@register_evaluator("linear_protocol")
+class LinearProtocolEvaluator(Evaluator):
+    """`eval.linear_protocol = true` (or {epochs = 10} on a CPU budget): the SimCLR linear evaluation."""
+
+    @dataclass
+    class Config(EvaluatorConfig):
+        epochs: int = EPOCHS
+        batch_size: int = 256
+        lr: float = 0.0   # 0: 0.1 x batch_size / 256
+
+        def __post_init__(self):
+            if self.epochs < 1 or self.batch_size < 1 or self.lr < 0:
+                raise SslAugError(f"eval.linear_protocol needs epochs >= 1, batch_size >= 1, lr >= 0; got "
+                                  f"{self.epochs}, {self.batch_size}, {self.lr}")
+
+    def run(self, ctx) -> dict:
+        c = self.config
+        return linear_protocol(ctx.encoder, ctx.mean, ctx.std, ctx.train, ctx.test, ctx.num_classes, c.epochs,
+                               c.batch_size, c.lr or None, ctx.seed, ctx.progress)
+
+    def rows(self, r: dict) -> list:
+        return [(f"linear protocol (SimCLR: SGD on crops, {r['epochs']} epochs, lr {r['lr']:g})", pct(r["top1"]),
+                 pct(r["top5"]), "-")]
+
+    def flat(self, r: dict) -> dict:
+        return {"linear_protocol_top1": r["top1"], "linear_protocol_top5": r["top5"]}

@@ -3,10 +3,14 @@ L2-normalised features), wrong-class neighbours framed in red. Drawn with PIL.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, register_evaluator
 
 WRONG, QUERY, PAD, CELL = (220, 30, 30), (40, 90, 220), 3, 48
 
@@ -74,3 +78,36 @@ def write_neighbour_grid(path, *args, **kw) -> tuple[Path, float]:
 
     grid, purity = neighbour_grid(*args, **kw)
     return atomic_write(Path(path), lambda f: grid.save(f, format="PNG"), what="image"), purity
+
+
+@register_evaluator("neighbours")
+class NeighboursEvaluator(Evaluator):
+    """`eval.neighbours = true`: query images and their top-k bank neighbours (wrong class framed red) in
+    <run>/neighbours.png, and the fraction of those neighbours that share the query's class."""
+
+    @dataclass
+    class Config(EvaluatorConfig):
+        queries: int = 8
+        k: int = 8
+        file: str = "neighbours.png"
+
+        def __post_init__(self):
+            if self.queries < 1 or self.k < 1:
+                raise SslAugError(f"eval.neighbours needs queries >= 1 and k >= 1, got {self.queries} and {self.k}")
+
+    def run(self, ctx) -> dict:
+        c = self.config
+        args = (ctx.train[0], ctx.train[1], ctx.features("train"), ctx.test[0], ctx.test[1], ctx.features("test"))
+        kw = dict(n_queries=c.queries, k=c.k, seed=ctx.seed, classes=ctx.classes)
+        if ctx.run_dir is None:
+            return {"path": None, "same_class": neighbour_grid(*args, **kw)[1], "queries": c.queries, "k": c.k}
+        path, purity = write_neighbour_grid(Path(ctx.run_dir) / c.file, *args, **kw)
+        return {"path": path.name, "same_class": purity, "queries": c.queries, "k": c.k}
+
+    def section(self, r: dict) -> str:
+        where = f" ({r['path']})" if r.get("path") else ""
+        return (f"Nearest neighbours{where}: {100 * r['same_class']:.1f}% of the top-{r['k']} bank neighbours of "
+                f"{r['queries']} queries share the query's class.")
+
+    def flat(self, r: dict) -> dict:
+        return {"neighbours_same_class": r["same_class"]}

@@ -10,17 +10,21 @@ run of every backbone has). Without a baseline, mCE is left out."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from ssl_aug.augment.corruptions import COMMON, FAMILIES, SEVERITIES, check_corruption, check_severity, corrupt
+from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, pct, register_evaluator
 from ssl_aug.evaluation.features import extract_features, module_device
 from ssl_aug.evaluation.knn import knn_evaluate
 from ssl_aug.evaluation.linear import linear_probe
 
-__all__ = ["corrupted_features", "robustness_eval", "robustness_table", "corruption_seed", "random_init_like"]
+__all__ = ["corrupted_features", "robustness_eval", "robustness_table", "corruption_seed", "random_init_like",
+           "RobustnessEvaluator"]
 
 
 def corruption_seed(seed: int, name: str, severity: int) -> int:
@@ -42,13 +46,13 @@ def corrupted_features(encoder: nn.Module, images: torch.Tensor, mean, std, name
 
 
 def _accuracies(encoder, mean, std, train, test, corruptions, severities, k, temperature, linear, num_classes,
-                batch_size, seed, amp, progress) -> dict:
+                batch_size, seed, amp, progress, features=None) -> dict:
     from tqdm.auto import tqdm
 
     (tr_x, tr_y), (te_x, te_y) = train, test
     c = int(num_classes or max(int(tr_y.max()), int(te_y.max())) + 1)
-    tr_f = extract_features(encoder, tr_x, mean, std, batch_size=batch_size, amp=amp, progress=False)
-    te_f = extract_features(encoder, te_x, mean, std, batch_size=batch_size, amp=amp, progress=False)
+    tr_f, te_f = features or [extract_features(encoder, x, mean, std, batch_size=batch_size, amp=amp, progress=False)
+                              for x in (tr_x, te_x)]
     k = min(k, len(tr_y))
 
     def knn_top1(f):
@@ -75,19 +79,20 @@ def robustness_eval(encoder: nn.Module, mean, std, train, test, corruptions: Seq
                     severities: Sequence[int] = SEVERITIES, k: int = 200, temperature: float = 0.1,
                     linear: bool = True, baseline: nn.Module | None = None, baseline_name: str = "random encoder",
                     num_classes: int | None = None, batch_size: int = 512, seed: int = 0, amp: bool = False,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, features=None) -> dict:
     """train/test: (uint8 images (N, 3, H, W), labels (N,)). Returns a JSON-friendly dict:
     {"clean": {"knn", "linear"}, "by_corruption": {name: {"knn": [top-1 per severity], "linear": [...]}},
     "mean": {probe: mean corrupted top-1}, "drop": {probe: clean - mean}, "family": {family: {probe: mean}},
     "severities", "k", "temperature", "num_test", and with a baseline "ce": {name: {probe: CE}}, "mce":
-    {probe: mCE}, "baseline": {same keys as clean / by_corruption}, "baseline_name"}."""
+    {probe: mCE}, "baseline": {same keys as clean / by_corruption}, "baseline_name"}. features: the encoder's
+    precomputed clean (train, test) features (L2-normalised), if at hand."""
     corruptions = list(COMMON if corruptions is None else corruptions)
     for name in corruptions:
         check_corruption(name)
     severities = [check_severity(s) for s in severities]
     kw = dict(corruptions=corruptions, severities=severities, k=k, temperature=temperature, linear=linear,
               num_classes=num_classes, batch_size=batch_size, seed=seed, amp=amp, progress=progress)
-    out = _accuracies(encoder, mean, std, train, test, **kw)
+    out = _accuracies(encoder, mean, std, train, test, features=features, **kw)
     probes = list(out["clean"])
     table = out["by_corruption"]
     out["mean"] = {p: sum(sum(table[n][p]) for n in table) / sum(len(table[n][p]) for n in table) for p in probes}
@@ -149,3 +154,63 @@ def random_init_like(encoder: nn.Module, seed: int = 0) -> nn.Module:
         if hasattr(m, "reset_running_stats") and callable(m.reset_running_stats):
             m.reset_running_stats()
     return clone.eval()
+
+
+@register_evaluator("robustness")
+class RobustnessEvaluator(Evaluator):
+    """`eval.robustness = true`: kNN and linear top-1 under the corruptions x severities, drop from clean and
+    mCE relative to the random-init encoder of the same architecture (baseline = "none" leaves mCE out)."""
+
+    @dataclass
+    class Config(EvaluatorConfig):
+        corruptions: list = field(default_factory=lambda: list(COMMON))
+        severities: list = field(default_factory=lambda: list(SEVERITIES))
+        linear: bool = True
+        baseline: str = "random"  # "random": random-init encoder of the same backbone; "none": no mCE
+        images: int = 0           # test images corrupted (0 = all; the first N otherwise)
+        k: int = 200
+        temperature: float = 0.1
+
+        def __post_init__(self):
+            for name in self.corruptions:
+                check_corruption(name)
+            for s in self.severities:
+                check_severity(s)
+            if self.baseline not in ("random", "none"):
+                raise SslAugError(f"recipe key 'eval.robustness.baseline' = {self.baseline!r} is not allowed; "
+                                  "choose random or none")
+            if self.images < 0 or self.k < 1:
+                raise SslAugError(f"eval.robustness needs images >= 0 and k >= 1, got {self.images} and {self.k}")
+
+    def run(self, ctx) -> dict:
+        c = self.config
+        n = c.images or ctx.test[0].shape[0]
+        test = (ctx.test[0][:n], ctx.test[1][:n])
+        features = (ctx.features("train"), ctx.features("test")[:n])
+        baseline = random_init_like(ctx.encoder, ctx.seed) if c.baseline == "random" else None
+        return robustness_eval(ctx.encoder, ctx.mean, ctx.std, ctx.train, test, c.corruptions, c.severities, c.k,
+                               c.temperature, c.linear, baseline, num_classes=ctx.num_classes,
+                               batch_size=ctx.batch_size, seed=ctx.seed, amp=ctx.amp, progress=ctx.progress,
+                               features=features)
+
+    def rows(self, r: dict) -> list:
+        sets = sum(len(v["knn"]) for v in r["by_corruption"].values())
+        out = []
+        for p in r["clean"]:
+            extra = f", mCE {100 * r['mce'][p]:.1f}" if "mce" in r else ""
+            out.append((f"{p} under corruption (mean of {sets} sets; drop {100 * r['drop'][p]:.1f} points{extra})",
+                        pct(r["mean"][p]), "-", "-"))
+        return out
+
+    def section(self, r: dict) -> str:
+        base = f"; CE relative to the {r['baseline_name']} = 100" if "mce" in r else ""
+        return f"Corruption robustness (top-1 % per severity{base}):\n\n" + robustness_table(r)
+
+    def flat(self, r: dict) -> dict:
+        out = {}
+        for p in r["clean"]:
+            out[f"robustness_{p}_mean"] = r["mean"][p]
+            out[f"robustness_{p}_drop"] = r["drop"][p]
+            if "mce" in r:
+                out[f"robustness_{p}_mce"] = r["mce"][p]
+        return out

@@ -26,9 +26,9 @@ import torch
 from ssl_aug.config import config_from_dict, set_dotted
 from ssl_aug.errors import SslAugError
 from ssl_aug.io import atomic_write_json, atomic_write_text
-from ssl_aug.search.objectives import ObjectiveData, carve_validation, check_objective, compute_scores
-from ssl_aug.search.space import apply_point, base_point
-from ssl_aug.search.spec import SearchSpec, load_search, spec_hash
+from ssl_aug.workflows.search.objectives import ObjectiveData, carve_validation, check_objective, compute_scores
+from ssl_aug.workflows.search.space import apply_point, base_point
+from ssl_aug.workflows.search.spec import SearchSpec, load_search, spec_hash
 
 __all__ = ["require_optuna", "prepare_search", "run_worker", "open_study", "finished_trials", "STUDY_NAME"]
 

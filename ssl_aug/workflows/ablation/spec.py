@@ -26,6 +26,7 @@ from pathlib import Path
 from ssl_aug.config import (Config, apply_overrides, config_from_dict, read_toml, resolve_recipe_path,
                             set_dotted)
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import check_keys
 
 __all__ = ["Run", "SPEC_KEYS", "MODES", "load_spec", "base_recipe", "plan_cells", "plan_runs", "config_hash",
            "is_ablation_spec"]
@@ -74,11 +75,9 @@ def load_spec(spec: str | Path, overrides: list[str] = ()) -> tuple[dict, Path]:
     top = dict(read_toml(path))
     top = apply_overrides(top, [o for o in overrides if not o.startswith("base.")])
     base_extra = {o.split("=", 1)[0][len("base."):]: o.split("=", 1)[1] for o in overrides if o.startswith("base.")}
-    unknown = sorted(set(top) - set(SPEC_KEYS))
-    if unknown:
-        hint = ("; this is a training recipe: use ssl-aug train" if {"data", "model", "train"} & set(unknown)
-                else "")
-        raise SslAugError(f"unknown ablation key '{unknown[0]}' in {path}; allowed: {', '.join(SPEC_KEYS)}{hint}")
+    unknown = set(top) - set(SPEC_KEYS)
+    hint = "; this is a training recipe: use ssl-aug train" if {"data", "model", "train"} & unknown else ""
+    check_keys(sorted(top), list(SPEC_KEYS), "ablation key", "", f" in {path}{hint}")
     if top.get("mode", "cells") not in MODES:
         raise SslAugError(f"ablation mode {top.get('mode')!r} is not allowed; choose one of: {', '.join(MODES)}")
     if "base" not in top:

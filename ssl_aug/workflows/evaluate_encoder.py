@@ -17,7 +17,7 @@ from ssl_aug.data import balanced_subset, load_dataset
 from ssl_aug.data.holdout import stratified_holdout
 from ssl_aug.device import resolve_device
 from ssl_aug.errors import SslAugError
-from ssl_aug.evaluation import evaluate_encoder, format_report
+from ssl_aug.evaluation import build_evaluator, evaluate_encoder, format_report
 from ssl_aug.io import atomic_write_json
 
 HOLDOUT_FRACTION = 0.2
@@ -27,7 +27,8 @@ def _data_of(recipe: dict) -> dict:
     """The data keys evaluation needs from a recipe dict (config.json / checkpoint / export metadata)."""
     data = recipe.get("data") or {}
     return {"name": data.get("name"), "root": data.get("root"), "options": dict(data.get("options") or {}),
-            "split": data.get("split", "train"), "test_split": (recipe.get("eval") or {}).get("test_split", "test")}
+            "split": data.get("split", "train"), "test_split": (recipe.get("eval") or {}).get("test_split", "test"),
+            "evaluators": dict((recipe.get("eval") or {}).get("evaluators") or {})}
 
 
 def resolve_encoder(spec: str, device: torch.device):
@@ -128,18 +129,22 @@ def _knn_kw(args) -> dict:
             "nprobe": getattr(args, "nprobe", 16)}
 
 
-def _robustness_options(args) -> dict:
-    """{} without --robustness, else robustness_eval's corruptions / severities (checked: one line each)."""
+def _robustness_evaluator(args, data: dict) -> list:
+    """--robustness: [the robustness evaluator] with the run's eval.robustness keys, --corruption / --severity
+    on top (checked: one line each); [] without it (or when --evaluator robustness already asks for it)."""
     if not getattr(args, "robustness", False):
         if getattr(args, "corruption", None) or getattr(args, "severity", None):
             raise SslAugError("--corruption / --severity choose what --robustness evaluates; add --robustness")
-        return {}
-    from ssl_aug.augment.corruptions import COMMON, SEVERITIES, check_corruption, check_severity
-
-    names = args.corruption or list(COMMON)
-    for name in names:
-        check_corruption(name)
-    return {"corruptions": names, "severities": [check_severity(s) for s in (args.severity or SEVERITIES)]}
+        return []
+    if "robustness" in getattr(args, "evaluator", []):
+        return []
+    table = data["evaluators"].get("robustness", True)
+    table = dict(table) if isinstance(table, dict) else {}
+    if args.corruption:
+        table["corruptions"] = list(args.corruption)
+    if args.severity:
+        table["severities"] = list(args.severity)
+    return [build_evaluator("robustness", table)]
 
 
 def eval_command(args) -> int:
@@ -157,8 +162,9 @@ def eval_command(args) -> int:
 
         op_transforms(ops)  # unknown names: one line before any work
     args.invariance = args.invariance or bool(ops)
-    robust = _robustness_options(args)   # unknown corruption / severity: one line before any work
-    knn = args.knn or not (args.linear or args.tta or args.invariance or fine or robust)
+    extra = [build_evaluator(name, data["evaluators"].get(name, True)) for name in getattr(args, "evaluator", [])]
+    extra += _robustness_evaluator(args, data)   # unknown corruption / severity: one line before any work
+    knn = args.knn or not (args.linear or args.tta or args.invariance or fine or extra)
     if min(args.k) < 1:
         raise SslAugError(f"--k {min(args.k)} is not allowed: kNN needs k >= 1 neighbours")
     if knn and max(args.k) > len(train[1]):
@@ -169,28 +175,17 @@ def eval_command(args) -> int:
         pixels = train[0][:5000].float().div_(255)
         mean = pixels.mean(dim=(0, 2, 3)).tolist()
         std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    results = {} if not (knn or args.linear or args.tta or args.invariance) else evaluate_encoder(
+    results = {} if not (knn or args.linear or args.tta or args.invariance or extra) else evaluate_encoder(
         backbone, mean, std, train, test, knn=knn, linear=args.linear or args.tta, tta=args.tta,
         invariance=args.invariance, ks=tuple(args.k), temperature=args.temperature, progress=not args.no_progress,
-        knn_kw=_knn_kw(args), invariance_ops=ops, **groups)
+        knn_kw=_knn_kw(args), invariance_ops=ops, evaluators=extra, run_dir=out.parent, **groups)
     if fine:  # default fine-tuning settings (ssl-aug finetune sets them all); TTA with --tta
         from ssl_aug.evaluation.finetune import finetune
 
         results["finetune"] = finetune(backbone, mean, std, train, test, {"tta": args.tta},
                                        run_dir=out.parent / f"{out.stem}_finetune", progress=not args.no_progress)
-    if robust:
-        from ssl_aug.evaluation.robustness import random_init_like, robustness_eval
-
-        results["robustness"] = robustness_eval(backbone, mean, std, train, test, k=args.k[0],
-                                                temperature=args.temperature, baseline=random_init_like(backbone),
-                                                progress=not args.no_progress, **robust)
     results = {"encoder": label, "data": data_name, "split": how, **results}
     print(format_report(results))
-    if robust:
-        from ssl_aug.evaluation.robustness import robustness_table
-
-        print("\nCorruption robustness (top-1 % per severity; CE relative to the random-init encoder = 100):\n")
-        print(robustness_table(results["robustness"]))
     atomic_write_json(out, json.loads(json.dumps(results, default=float)))
     print(f"wrote {out}")
     return 0
