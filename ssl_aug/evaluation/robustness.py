@@ -207,10 +207,14 @@ class RobustnessEvaluator(Evaluator):
         return f"Corruption robustness (top-1 % per severity{base}):\n\n" + robustness_table(r)
 
     def flat(self, r: dict) -> dict:
+        """robustness_<probe>_clean / _mean / _drop / _mce, and robustness_knn_<corruption> (mean over severities)."""
         out = {}
         for p in r["clean"]:
+            out[f"robustness_{p}_clean"] = r["clean"][p]
             out[f"robustness_{p}_mean"] = r["mean"][p]
             out[f"robustness_{p}_drop"] = r["drop"][p]
             if "mce" in r:
                 out[f"robustness_{p}_mce"] = r["mce"][p]
+        for name, entry in r["by_corruption"].items():
+            out[f"robustness_knn_{name}"] = sum(entry["knn"]) / len(entry["knn"])
         return out
