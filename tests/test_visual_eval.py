@@ -121,11 +121,11 @@ def test_invariance_robustness_table(tmp_path):
                 "robustness_knn_brightness": acc, "robustness_knn_contrast": acc - 0.1}
         (run / "eval.json").write_text(json.dumps(flat))
     text, written = write_invariance_robustness(tmp_path)
-    assert "| full | 0 | color_jitter | 0.900 | brightness, contrast | 65.0 | 80.0 | 0.812 |" in text
+    assert "| full | 0 | color_jitter | 0.900 | brightness, contrast | 65.0 | 80.0 | 0.812 | - |" in text
     import numpy as np
 
     r = np.corrcoef([0.9, 0.5, 0.7], [0.65 / 0.8, 0.35 / 0.8, 0.55 / 0.8])[0, 1]
-    assert f"| color_jitter | 3 | {r:.2f} |" in text and (tmp_path / "invariance_robustness.md").is_file()
+    assert f"| color_jitter | 3 | 0.98 | {r:.2f} |" in text and (tmp_path / "invariance_robustness.md").is_file()
     assert correlation([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     empty = tmp_path / "none"
     empty.mkdir()
