@@ -70,6 +70,18 @@ def _invariance(flat: dict, name: str, tmp: Path) -> str:
     return img(png, "invariance heat map") if png else ""
 
 
+def _curves(run_dir: Path, tmp: Path) -> str:
+    """Loss / learning-rate curves drawn from metrics.jsonl (when the run folder has no curves.png)."""
+    from ssl_aug.evaluation.plots import plot_training_curves
+
+    try:
+        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    except (OSError, ValueError):
+        return ""
+    png = plot_training_curves(records, tmp / "curves.png", title=run_dir.name) if records else None
+    return img(png, "training curves") if png else ""
+
+
 def _robustness(run_dir: Path, flat: dict) -> str:
     from ssl_aug.evaluation.robustness import robustness_table
 
@@ -125,11 +137,6 @@ def run_sections(run_dir: Path, compute: bool = True, progress: bool = False) ->
             write_view_grid(cfg, run_dir / "views.png", n=8, seed=cfg.seed)
         except (SslAugError, OSError):
             pass
-    if compute and not (run_dir / "curves.png").exists() and (run_dir / "metrics.jsonl").is_file():
-        from ssl_aug.evaluation.plots import plot_training_curves
-
-        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        plot_training_curves(records, run_dir / "curves.png", title=run_dir.name)
     if compute and any(not (run_dir / f).exists() for f in ("umap.png", "neighbours.png")) \
             and (run_dir / "checkpoints").exists():
         try:
@@ -138,11 +145,12 @@ def run_sections(run_dir: Path, compute: bool = True, progress: bool = False) ->
             print(f"report: embedding map / neighbours skipped for {run_dir}: {exc}")
     with tempfile.TemporaryDirectory() as tmp:
         inv = _invariance(flat, run_dir.name, Path(tmp))
+        curves = _figure(run_dir / "curves.png", "training curves") or _curves(run_dir, Path(tmp))
     return [
         ("Recipe", f"<pre>{esc(json.dumps(config, indent=2))}</pre>"),
         ("Training views", _figure(run_dir / "views.png", "training views",
                                    "row 0: source images; then one row per view, drawn with the recipe's augmentation")),
-        ("Training curves", _figure(run_dir / "curves.png", "training curves")),
+        ("Training curves", curves),
         ("Evaluation", _metrics_table(flat, _floors(run_dir, cfg, compute)) if flat else ""),
         ("Invariance", inv),
         ("Corruption robustness", _robustness(run_dir, flat)),
