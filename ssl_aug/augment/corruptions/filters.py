@@ -1,7 +1,8 @@
 """Batched building blocks of the corruptions, all on float (N, C, H, W) tensors on any device: padding by
-index (scipy/OpenCV border modes), separable Gaussian blur, the defocus disk kernel, edge-clamped shifts
-for motion blur (as per-image kernels), FFT correlation, linear-zoom matrices (scipy.ndimage.zoom, order 1), bilinear sampling with symmetric
-borders (scipy.ndimage.map_coordinates, order 1, mode 'reflect') and the diamond-square plasma fractal."""
+index (scipy/OpenCV border modes), separable Gaussian blur, the defocus disk kernel, FFT correlation,
+motion blur (edge-clamped shifts as one kernel per image), linear-zoom matrices (scipy.ndimage.zoom,
+order 1), bilinear sampling with symmetric borders (scipy.ndimage.map_coordinates, order 1, mode
+'reflect') and the diamond-square plasma fractal."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def _inline(text: str) -> str:
 
 
 def markdown(text: str) -> str:
-    """Markdown tables (| a | b | with a |---| separator) and plain paragraphs -> HTML."""
+    """Markdown tables (| a | b | with a |---| separator), # headings and plain paragraphs -> HTML."""
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         line = lines[i]
@@ -58,9 +58,11 @@ def markdown(text: str) -> str:
             rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
             blocks.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>" + rows + "</table>")
             continue
-        if line.strip():
+        if line.lstrip().startswith("#"):
+            blocks.append(f"<h3>{_inline(line.strip().lstrip('#').strip())}</h3>")
+        elif line.strip():
             para = [line.strip()]
-            while i + 1 < len(lines) and lines[i + 1].strip() and not lines[i + 1].strip().startswith("|"):
+            while i + 1 < len(lines) and lines[i + 1].strip() and not lines[i + 1].strip().startswith(("|", "#")):
                 i += 1
                 para.append(lines[i].strip())
             blocks.append(f"<p>{_inline(' '.join(para))}</p>")
