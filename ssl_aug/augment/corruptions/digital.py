@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import torch
 
-from ssl_aug.augment.corruptions import filters
+import ssl_aug.augment.corruptions.filters as filters
 
 CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)                            # factor towards the channel means
 ELASTIC = (250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12)  # displacement gain alpha

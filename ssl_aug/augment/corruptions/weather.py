@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ssl_aug.augment.corruptions import filters
+import ssl_aug.augment.corruptions.filters as filters
 
 SNOW = ((0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55))
