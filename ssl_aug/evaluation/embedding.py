@@ -83,7 +83,7 @@ class UmapEvaluator(Evaluator):
 
     @dataclass
     class Config(EvaluatorConfig):
-        images: int = 2000      # test images mapped (the first N; 0 = all)
+        images: int = 2000      # test images mapped (a seeded class-balanced subset; 0 = all)
         method: str = "auto"    # auto (UMAP, else t-SNE) | umap | tsne
         file: str = "umap.png"
 
@@ -97,12 +97,15 @@ class UmapEvaluator(Evaluator):
                 raise SslAugError(f"eval.umap needs umap-learn (or scikit-learn for t-SNE): {EXTRA}")
 
     def run(self, ctx) -> dict:
-        n = self.config.images or ctx.test[0].shape[0]
-        coords, method = embed_2d(ctx.features("test")[:n], self.config.method, ctx.seed)
+        from ssl_aug.evaluation.robustness import test_rows
+
+        rows = test_rows(ctx.test[1], self.config.images, ctx.seed)
+        coords, method = embed_2d(ctx.features("test")[rows], self.config.method, ctx.seed)
         path = None
         if ctx.run_dir is not None:
             title = f"{method.upper() if method == 'umap' else 't-SNE'} of {len(coords)} test features"
-            written = plot_embedding(coords, ctx.test[1][:n], Path(ctx.run_dir) / self.config.file, ctx.classes, title)
+            written = plot_embedding(coords, ctx.test[1][rows], Path(ctx.run_dir) / self.config.file, ctx.classes,
+                                     title)
             path = written.name if written is not None else None
         return {"method": method, "images": int(len(coords)), "path": path}
 

@@ -141,6 +141,14 @@ def robustness_table(result: dict) -> str:
     return "\n".join(lines) + "\n" + "; ".join(summary) + "."
 
 
+def test_rows(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Rows of the queries an evaluator uses: all (n = 0 or n >= len) or a seeded class-balanced subset of n."""
+    from ssl_aug.data import balanced_subset
+
+    labels = torch.as_tensor(labels)
+    return torch.arange(len(labels)) if not n or n >= len(labels) else balanced_subset(labels, n, seed)
+
+
 def random_init_like(encoder: nn.Module, seed: int = 0) -> nn.Module:
     """A copy of `encoder` with every layer re-initialised by its own reset_parameters (seeded): the randomly
     initialised encoder of the same architecture, on the same device, in eval mode."""
@@ -167,7 +175,7 @@ class RobustnessEvaluator(Evaluator):
         severities: list = field(default_factory=lambda: list(SEVERITIES))
         linear: bool = True
         baseline: str = "random"  # "random": random-init encoder of the same backbone; "none": no mCE
-        images: int = 0           # test images corrupted (0 = all; the first N otherwise)
+        images: int = 0           # test images corrupted (0 = all; else a seeded class-balanced subset)
         k: int = 200
         temperature: float = 0.1
 
@@ -184,9 +192,9 @@ class RobustnessEvaluator(Evaluator):
 
     def run(self, ctx) -> dict:
         c = self.config
-        n = c.images or ctx.test[0].shape[0]
-        test = (ctx.test[0][:n], ctx.test[1][:n])
-        features = (ctx.features("train"), ctx.features("test")[:n])
+        rows = test_rows(ctx.test[1], c.images, ctx.seed)
+        test = (ctx.test[0][rows], ctx.test[1][rows])
+        features = (ctx.features("train"), ctx.features("test")[rows])
         baseline = random_init_like(ctx.encoder, ctx.seed) if c.baseline == "random" else None
         return robustness_eval(ctx.encoder, ctx.mean, ctx.std, ctx.train, test, c.corruptions, c.severities, c.k,
                                c.temperature, c.linear, baseline, num_classes=ctx.num_classes,
