@@ -131,3 +131,27 @@ def test_invariance_robustness_table(tmp_path):
     empty.mkdir()
     with pytest.raises(SslAugError, match="no run has both"):
         write_invariance_robustness(empty)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--robustness", "--corruption", "fgo"], "unknown corruption 'fgo'; did you mean 'fog'"),
+    (["--robustness", "--severity", "0"], "severity 0 is not allowed"),
+    (["--corruption", "fog"], "add --robustness"),
+])
+def test_cli_robustness_bad_input_one_line(argv, match, capsys, tmp_path):
+    from ssl_aug.cli import main
+
+    code = main(["eval", "random:small_cnn", "--data", "embedded", "--json", str(tmp_path / "e.json"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and match in err and len(err.splitlines()) == 1
+
+
+def test_cli_robustness_prints_the_table(capsys, tmp_path):
+    from ssl_aug.cli import main
+
+    code = main(["eval", "random:small_cnn", "--data", "embedded", "--robustness", "--corruption", "contrast",
+                 "--severity", "5", "--train-subset", "200", "--test-subset", "100", "--k", "20", "--no-progress",
+                 "--json", str(tmp_path / "e.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "| contrast |" in out and "mCE" in out
+    assert json.loads((tmp_path / "e.json").read_text())["robustness"]["severities"] == [5]
