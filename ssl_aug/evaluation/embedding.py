@@ -79,7 +79,7 @@ def plot_embedding(coords, labels, path, classes=None, title: str = "") -> Path 
 
 @register_evaluator("umap")
 class UmapEvaluator(Evaluator):
-    """`eval.umap = true`: a 2-D map of the test features coloured by class, written to <run>/umap.png."""
+    """UMAP (t-SNE without umap-learn) of the test features coloured by class, written to <run>/umap.png."""
 
     @dataclass
     class Config(EvaluatorConfig):

@@ -42,7 +42,7 @@ def knn_sweep_table(result: dict) -> str:
 
 @register_evaluator("knn_sweep")
 class KnnSweepEvaluator(Evaluator):
-    """`eval.knn_sweep = true`: kNN top-1 for every (k, T) of the grid; the table and the best cell."""
+    """kNN top-1 for every (k, T) of a grid (solo-learn's main_knn): the table and the best cell."""
 
     @dataclass
     class Config(EvaluatorConfig):

@@ -82,7 +82,7 @@ def linear_protocol(encoder: nn.Module, mean, std, train, test, num_classes: int
 
 @register_evaluator("linear_protocol")
 class LinearProtocolEvaluator(Evaluator):
-    """`eval.linear_protocol = true` (or {epochs = 10} on a CPU budget): the SimCLR linear evaluation."""
+    """SimCLR linear evaluation: SGD on augmented crops, frozen backbone, 90 epochs (`epochs` for CPU budgets)."""
 
     @dataclass
     class Config(EvaluatorConfig):

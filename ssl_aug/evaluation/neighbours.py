@@ -82,7 +82,7 @@ def write_neighbour_grid(path, *args, **kw) -> tuple[Path, float]:
 
 @register_evaluator("neighbours")
 class NeighboursEvaluator(Evaluator):
-    """`eval.neighbours = true`: query images and their top-k bank neighbours (wrong class framed red) in
+    """Nearest-neighbour grid: queries and their top-k bank neighbours (wrong class framed red) in
     <run>/neighbours.png, and the fraction of those neighbours that share the query's class."""
 
     @dataclass

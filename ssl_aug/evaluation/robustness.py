@@ -166,8 +166,8 @@ def random_init_like(encoder: nn.Module, seed: int = 0) -> nn.Module:
 
 @register_evaluator("robustness")
 class RobustnessEvaluator(Evaluator):
-    """`eval.robustness = true`: kNN and linear top-1 under the corruptions x severities, drop from clean and
-    mCE relative to the random-init encoder of the same architecture (baseline = "none" leaves mCE out)."""
+    """Corruption robustness: kNN and linear top-1 under 15 corruptions x 5 severities, drop from clean, mCE
+    relative to the random-init encoder of the same architecture (baseline = "none" leaves mCE out)."""
 
     @dataclass
     class Config(EvaluatorConfig):
