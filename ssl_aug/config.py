@@ -42,7 +42,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "small_cnn"
     backbone_args: dict = field(default_factory=dict)
-    sync_batchnorm: bool = False
+    sync_batchnorm: object = "auto"  # true | false | "auto": on when several ranks train a model with BatchNorm
 
 
 @dataclass

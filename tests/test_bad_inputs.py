@@ -259,12 +259,26 @@ def _copy_export(export: Path, dst: Path) -> Path:
 
 def test_export_with_tampered_weights(trained, tmp_path, capsys):
     folder = _copy_export(trained[1], tmp_path / "export")
-    weights = next(folder.glob("backbone*.pt"))
-    state = torch.load(weights, weights_only=True)
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "model.safetensors"
+    state = load_file(weights)
     key = next(iter(state))
     state[key] = state[key] + 1
-    torch.save(state, weights)
+    save_file(state, weights)
     assert_one_error(["eval", folder, "--no-progress"], capsys, "altered", "sha256")
+
+
+def test_export_with_garbage_weights_and_matching_hash(trained, tmp_path, capsys):
+    import hashlib
+    import json
+
+    folder = _copy_export(trained[1], tmp_path / "export")
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    meta = json.loads((folder / "encoder.json").read_text())
+    meta["files"]["model.safetensors"]["sha256"] = hashlib.sha256(b"not a safetensors file").hexdigest()
+    (folder / "encoder.json").write_text(json.dumps(meta))
+    assert_one_error(["eval", folder, "--no-progress"], capsys, "model.safetensors", "not a readable safetensors")
 
 
 def test_export_missing_encoder_json(trained, tmp_path, capsys):
@@ -287,7 +301,7 @@ def test_export_with_broken_encoder_json(trained, tmp_path, capsys):
 
 def test_export_missing_weights(trained, tmp_path, capsys):
     folder = _copy_export(trained[1], tmp_path / "export")
-    next(folder.glob("backbone*.pt")).unlink()
+    (folder / "model.safetensors").unlink()
     assert_one_error(["eval", folder, "--no-progress"], capsys, "missing")
 
 

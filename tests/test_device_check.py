@@ -21,5 +21,9 @@ def test_cpu_dry_run_passes():
                   "throughput", "views on device"):
         assert f"| {check} |" in table, check
     assert "| FAIL |" not in table
-    assert "| sync audit | view call + training step | needs CUDA | skip |" in table
+    from ssl_aug.methods import METHODS
+
+    for method in METHODS:  # every registered method, audited on the meta device in the dry run
+        assert f"| sync audit | {method}, resident batches, amp none, SyncAudit on meta |" in table, method
+    assert "| sync audit | simclr, streamed npz shards" in table
 

@@ -1,4 +1,4 @@
-"""Encoder export / load: torchvision layout, TorchScript, metadata, hashes, safe loading."""
+"""Encoder export / load: safetensors, torchvision layout, torch.export, metadata, hashes, safe loading."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -21,8 +22,6 @@ from ssl_aug.cli import main as cli_main
 from ssl_aug.export import encoder_from_checkpoint, export_encoder, load_encoder, load_head, read_metadata
 from ssl_aug.methods import build_method
 from ssl_aug.models import build_backbone
-
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 MEAN = [0.4914, 0.4822, 0.4465]
 STD = [0.2470, 0.2435, 0.2616]
@@ -43,7 +42,7 @@ class _Payload:
 
 
 class _Unscriptable(nn.Module):
-    """A backbone TorchScript cannot compile (a lambda attribute): export must fall back to tracing."""
+    """A backbone TorchScript could not compile (a lambda attribute): torch.export takes it."""
 
     def __init__(self, width: int = 8):
         super().__init__()
@@ -151,9 +150,10 @@ def test_export_load_identical_features_uint8_and_float(exported, loaded):
 def test_files_and_metadata(exported):
     run, _, out = exported
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["backbone.pt", "encoder.json", "encoder.ts", "head.pt"]  # no temp files left
+    assert names == ["backbone.pt", "config.json", "encoder.json", "encoder.pt2", "head.safetensors", "model.py",
+                     "model.safetensors"]  # no temp files left
     meta = json.loads((out / "encoder.json").read_text())
-    assert meta["format"] == "ssl_aug.encoder" and meta["format_version"] == 1
+    assert meta["format"] == "ssl_aug.encoder" and meta["format_version"] == 2
     assert meta["architecture"] == "cifar_resnet18" and meta["feature_dim"] == 512
     assert "3" in meta["stem"] and "Identity" in meta["stem"]
     assert meta["input"]["size"] == 32 and meta["dataset"] == "cifar10"
@@ -166,7 +166,9 @@ def test_files_and_metadata(exported):
     assert [r["knn_top1"] for r in meta["eval"]["knn_monitor"]] == [0.55, 0.61]
     assert meta["versions"]["torch"] == torch.__version__
     assert meta["versions"]["torchvision"] == torchvision.__version__
-    for name in ("backbone.pt", "encoder.ts", "head.pt"):
+    for name in names:
+        if name == "encoder.json":
+            continue
         data = (out / name).read_bytes()
         assert meta["files"][name] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
@@ -186,24 +188,23 @@ def test_strict_load_into_torchvision_resnet18_with_cifar_stem(exported):
     torch.testing.assert_close(_reference_features(model, images), expected, rtol=0, atol=0)
 
 
-def test_torchscript_equals_eager(exported, loaded):
+def test_exported_program_equals_eager(exported, loaded):
     _, _, out = exported
-    scripted = torch.jit.load(str(out / "encoder.ts"))
-    encoder = loaded
+    program = torch.export.load(str(out / "encoder.pt2")).module()
     images = _images(seed=5)
     with torch.no_grad():
-        for batch in (images, images.float() / 255.0):
-            torch.testing.assert_close(scripted(batch), encoder(batch), rtol=1e-6, atol=1e-6)
-        with pytest.raises(Exception, match="uint8"):
-            scripted(images.to(torch.int32))
+        torch.testing.assert_close(program(images.float() / 255.0), loaded(images), rtol=1e-5, atol=1e-5)
+        assert program(_images(n=7, seed=6).float() / 255.0).shape == (7, 512)  # the batch size is dynamic
+    with pytest.raises(SslAugError, match="uint8"):
+        loaded(images.to(torch.int32))
 
 
-def test_torchscript_loads_without_ssl_aug(exported):
+def test_exported_program_loads_without_ssl_aug(exported):
     _, _, out = exported
-    code = ("import sys, warnings; sys.modules['ssl_aug'] = None; warnings.simplefilter('ignore'); "
-            "import torch; m = torch.jit.load(sys.argv[1]); "
-            "print(tuple(m(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape))")
-    done = subprocess.run([sys.executable, "-c", code, str(out / "encoder.ts")], capture_output=True,
+    code = ("import sys, warnings; sys.modules['ssl_aug'] = None; warnings.simplefilter('error'); "
+            "import torch; m = torch.export.load(sys.argv[1]).module(); "
+            "print(tuple(m(torch.zeros(2, 3, 32, 32)).shape))")
+    done = subprocess.run([sys.executable, "-c", code, str(out / "encoder.pt2")], capture_output=True,
                           text=True, cwd=out, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "(2, 512)"
@@ -224,9 +225,9 @@ def test_checkpoint_file_cli_and_encoder_from_checkpoint(exported, tmp_path, cap
     ckpt = run / "checkpoints" / "last.pt"
     assert cli_main(["export", str(ckpt), "--out", str(tmp_path / "cli")]) == 0
     assert "cifar_resnet18" in capsys.readouterr().out
-    assert not (tmp_path / "cli" / "head.pt").exists()
+    assert not (tmp_path / "cli" / "head.safetensors").exists()
     meta = json.loads((tmp_path / "cli" / "encoder.json").read_text())
-    assert set(meta["files"]) == {"backbone.pt", "encoder.ts"}
+    assert set(meta["files"]) == {"backbone.pt", "model.safetensors", "model.py", "config.json", "encoder.pt2"}
     assert meta["eval"]["eval"]["knn_top1"] == 0.625  # run dir found from checkpoints/last.pt
     backbone, config = encoder_from_checkpoint(run)
     assert not backbone.training and config["model"]["backbone"] == "cifar_resnet18"
@@ -272,7 +273,7 @@ def test_recipe_without_mean_std_uses_viewspec_defaults(tmp_path, toy):
     assert meta["input"]["size"] == 24 and load_encoder(out).mean == spec.mean
 
 
-def test_unscriptable_backbone_is_traced(tmp_path, toy):
+def test_backbone_with_a_lambda_exports(tmp_path, toy):
     run, method = _make_run(tmp_path, toy, width=6)
     out = export_encoder(run, tmp_path / "export")
     meta = json.loads((out / "encoder.json").read_text())
@@ -282,9 +283,8 @@ def test_unscriptable_backbone_is_traced(tmp_path, toy):
     assert expected.shape == (4, 6)
     with torch.no_grad():
         torch.testing.assert_close(load_encoder(out)(images), expected, rtol=1e-5, atol=1e-6)
-        scripted = torch.jit.load(str(out / "encoder.ts"))
-        torch.testing.assert_close(scripted(images), expected, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(scripted(images.float() / 255.0), expected, rtol=1e-5, atol=1e-6)
+        program = torch.export.load(str(out / "encoder.pt2")).module()
+        torch.testing.assert_close(program(images.float() / 255.0), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_small_cnn_round_trip(tmp_path):
@@ -303,24 +303,26 @@ def test_small_cnn_round_trip(tmp_path):
         encoder = load_encoder(out)
         assert encoder.feature_dim == 24
         torch.testing.assert_close(encoder(images), expected, rtol=1e-5, atol=1e-5)
-        scripted = torch.jit.load(str(out / "encoder.ts"))
-        torch.testing.assert_close(scripted(images), expected, rtol=1e-5, atol=1e-5)
+        program = torch.export.load(str(out / "encoder.pt2")).module()
+        torch.testing.assert_close(program(images.float() / 255.0), expected, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------- refusals
 def test_tampered_weights_refused(exported, tmp_path):
     _, _, out = exported
     copy = _copy_export(out, tmp_path)
-    state = torch.load(copy / "backbone.pt", weights_only=True)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(copy / "model.safetensors")
     state["conv1.weight"][0, 0, 0, 0] += 1.0
-    torch.save(state, copy / "backbone.pt")
-    expected = json.loads((copy / "encoder.json").read_text())["files"]["backbone.pt"]["sha256"]
-    actual = hashlib.sha256((copy / "backbone.pt").read_bytes()).hexdigest()
-    with pytest.raises(SslAugError, match="backbone.pt") as info:
+    save_file(state, copy / "model.safetensors")
+    expected = json.loads((copy / "encoder.json").read_text())["files"]["model.safetensors"]["sha256"]
+    actual = hashlib.sha256((copy / "model.safetensors").read_bytes()).hexdigest()
+    with pytest.raises(SslAugError, match="model.safetensors") as info:
         load_encoder(copy)
     assert expected in str(info.value) and actual in str(info.value) and "\n" not in str(info.value)
-    (copy / "backbone.pt").unlink()
-    with pytest.raises(SslAugError, match="backbone.pt is missing"):
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(SslAugError, match="model.safetensors is missing"):
         load_encoder(copy)
 
 
@@ -331,6 +333,7 @@ def test_weights_only_refuses_pickled_code(exported, tmp_path):
     state["evil"] = _Payload()
     torch.save(state, copy / "backbone.pt")
     meta = json.loads((copy / "encoder.json").read_text())  # an attacker can update the hash too
+    del meta["files"]["model.safetensors"]  # a format-1 export: backbone.pt is the weights file
     meta["files"]["backbone.pt"]["sha256"] = hashlib.sha256((copy / "backbone.pt").read_bytes()).hexdigest()
     (copy / "encoder.json").write_text(json.dumps(meta))
     EXECUTED.clear()
@@ -355,13 +358,17 @@ def test_newer_format_version_and_old_torch_refused(exported, tmp_path, monkeypa
     _, _, out = exported
     copy = _copy_export(out, tmp_path)
     meta = json.loads((copy / "encoder.json").read_text())
-    meta["format_version"] = 2
+    meta["format_version"] = 3
     (copy / "encoder.json").write_text(json.dumps(meta))
-    with pytest.raises(SslAugError, match="format_version 2"):
+    with pytest.raises(SslAugError, match="format_version 3"):
         load_encoder(copy)
+    meta["format_version"] = 1
+    del meta["files"]["model.safetensors"]  # a format-1 export: backbone.pt read with torch.load
+    (copy / "encoder.json").write_text(json.dumps(meta))
     monkeypatch.setattr(torch, "__version__", "1.12.1")
     with pytest.raises(SslAugError, match="torch 1.12.1 is too old"):
-        load_encoder(out)
+        load_encoder(copy)
+    assert load_encoder(out).feature_dim == 512  # safetensors needs no torch.load
 
 
 def test_other_architecture_refused(exported, tmp_path):
@@ -401,6 +408,27 @@ def test_truncated_and_foreign_checkpoints_refused(exported, tmp_path):
 def test_encoder_input_checked(loaded):
     encoder = loaded
     with pytest.raises(SslAugError, match=r"\(N, 3, H, W\)"):
-        encoder(torch.zeros(3, 32, 32))
+        encoder(torch.zeros(2, 32, 32))
     with pytest.raises(SslAugError, match="uint8"):
         encoder(torch.zeros(1, 3, 32, 32, dtype=torch.int64))
+    with pytest.raises(SslAugError, match="PIL images, a tensor or a numpy array"):
+        encoder("image.png")
+
+
+def test_encoder_takes_pil_numpy_and_single_images(loaded):
+    from PIL import Image
+
+    images = _images(n=2, seed=21)
+    with torch.no_grad():
+        expected = loaded(images)
+        hwc = images.permute(0, 2, 3, 1).numpy()
+        pil = [Image.fromarray(a) for a in hwc]
+        torch.testing.assert_close(loaded(pil), expected, rtol=1e-5, atol=1e-5)  # a list of PIL images
+        torch.testing.assert_close(loaded(pil[1]), expected[1:], rtol=1e-5, atol=1e-5)  # one PIL image
+        torch.testing.assert_close(loaded(hwc), expected, rtol=1e-5, atol=1e-5)  # numpy (N, H, W, 3)
+        torch.testing.assert_close(loaded(images[0]), expected[:1], rtol=1e-5, atol=1e-5)  # (3, H, W)
+        # a larger, non-square PIL image (grayscale) is resized (shorter side 32) and centre-cropped
+        big = Image.fromarray(hwc[0]).resize((64, 64), Image.NEAREST).crop((0, 0, 64, 48)).convert("L")
+        reference = big.convert("RGB").resize((43, 32), Image.BICUBIC).crop((5, 0, 37, 32))
+        want = loaded(torch.from_numpy(np.asarray(reference).copy()).permute(2, 0, 1))
+        torch.testing.assert_close(loaded(big), want, rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
+from ssl_aug.device import upload
 from ssl_aug.errors import SslAugError
 from ssl_aug.registry import check_keys
 
@@ -93,7 +94,7 @@ def _prep(images, labels, num_classes):
 def _mix_targets(y, lam, perm):
     if y is None:
         return None
-    lam = lam.to(y.device)[:, None]
+    lam = upload(lam, y.device)[:, None]
     return y * lam + y[perm] * (1 - lam)
 
 
@@ -105,7 +106,7 @@ def mixup(images: torch.Tensor, labels: Optional[torch.Tensor] = None, alpha: fl
     n = x.shape[0]
     lam = _beta(alpha, n, g)
     perm = torch.randperm(n, generator=g)
-    lam_d, perm_d = lam.to(x.device), perm.to(x.device)
+    lam_d, perm_d = upload(lam, x.device), upload(perm, x.device)
     w = lam_d.view(n, 1, 1, 1).to(x.dtype)
     out = x * w + x[perm_d] * (1 - w)
     return Mixed(out, _mix_targets(y, lam_d, perm_d), lam_d, perm_d)
@@ -115,7 +116,7 @@ def _box_mask(h: int, w: int, top, left, bh, bw, device) -> torch.Tensor:
     """(N,1,H,W) bool, True inside each image's box [top, top+bh) x [left, left+bw)."""
     r = torch.arange(h, device=device)[None, :]
     c = torch.arange(w, device=device)[None, :]
-    top, left, bh, bw = (t.to(device)[:, None] for t in (top, left, bh, bw))
+    top, left, bh, bw = (upload(t, device)[:, None] for t in (top, left, bh, bw))
     rows = (r >= top) & (r < top + bh)
     cols = (c >= left) & (c < left + bw)
     return (rows[:, :, None] & cols[:, None, :])[:, None]
@@ -143,7 +144,7 @@ def cutmix(images: torch.Tensor, labels: Optional[torch.Tensor] = None, alpha: f
     perm = torch.randperm(n, generator=g)
     lam = 1.0 - (bh * bw).float() / (h * w)
     mask = _box_mask(h, w, top, left, bh, bw, x.device)
-    perm_d, lam_d = perm.to(x.device), lam.to(x.device)
+    perm_d, lam_d = upload(perm, x.device), upload(lam, x.device)
     out = torch.where(mask, x[perm_d], x)
     return Mixed(out, _mix_targets(y, lam_d, perm_d), lam_d, perm_d)
 
@@ -162,7 +163,7 @@ def cutout(images: torch.Tensor, labels: Optional[torch.Tensor] = None, size: in
     top, left, bh, bw = _centred_box(n, h, w, full, full, g)
     mask = _box_mask(h, w, top, left, bh, bw, x.device)
     out = x.masked_fill(mask, value)
-    lam = (1.0 - (bh * bw).float() / (h * w)).to(x.device)
+    lam = upload(1.0 - (bh * bw).float() / (h * w), x.device)
     return Mixed(out, y, lam, torch.arange(n, device=x.device))
 
 
@@ -182,8 +183,8 @@ def gridmix(images: torch.Tensor, labels: Optional[torch.Tensor] = None, alpha: 
     rows, cols = torch.arange(h) * grid // h, torch.arange(w) * grid // w
     mask = cells[:, rows][:, :, cols]  # (N, H, W)
     lam = 1.0 - mask.float().mean((1, 2))
-    perm_d, lam_d = perm.to(x.device), lam.to(x.device)
-    out = torch.where(mask[:, None].to(x.device), x[perm_d], x)
+    perm_d, lam_d = upload(perm, x.device), upload(lam, x.device)
+    out = torch.where(upload(mask, x.device)[:, None], x[perm_d], x)
     return Mixed(out, _mix_targets(y, lam_d, perm_d), lam_d, perm_d)
 
 
@@ -204,7 +205,7 @@ def box_sums(saliency: torch.Tensor, bh: torch.Tensor, bw: torch.Tensor) -> torc
     s = torch.nn.functional.pad(saliency.double().cumsum(1).cumsum(2), (1, 0, 1, 0))  # (N, H+1, W+1)
     r = torch.arange(h, device=s.device)[None, :, None]
     c = torch.arange(w, device=s.device)[None, None, :]
-    bh, bw = bh.to(s.device)[:, None, None], bw.to(s.device)[:, None, None]
+    bh, bw = upload(bh, s.device)[:, None, None], upload(bw, s.device)[:, None, None]
     r2, c2 = (r + bh).clamp(max=h), (c + bw).clamp(max=w)
     flat = s.reshape(n, -1)
 
@@ -221,9 +222,9 @@ def _paste(x, src, perm, s_top, s_left, d_top, d_left, bh, bw):
     n, _, h, w = x.shape
     dev = x.device
     r, c = torch.arange(h, device=dev)[None], torch.arange(w, device=dev)[None]
-    rs = (r - d_top.to(dev)[:, None] + s_top.to(dev)[:, None]).clamp(0, h - 1)  # (N, H) source rows
-    cs = (c - d_left.to(dev)[:, None] + s_left.to(dev)[:, None]).clamp(0, w - 1)
-    moved = src[perm.to(dev)[:, None, None], :, rs[:, :, None], cs[:, None, :]].permute(0, 3, 1, 2)
+    rs = (r - upload(d_top, dev)[:, None] + upload(s_top, dev)[:, None]).clamp(0, h - 1)  # (N, H) source rows
+    cs = (c - upload(d_left, dev)[:, None] + upload(s_left, dev)[:, None]).clamp(0, w - 1)
+    moved = src[upload(perm, dev)[:, None, None], :, rs[:, :, None], cs[:, None, :]].permute(0, 3, 1, 2)
     mask = _box_mask(h, w, d_top, d_left, bh, bw, dev)
     return torch.where(mask, moved, x), mask
 
@@ -253,11 +254,11 @@ def saliency_cutmix(images: torch.Tensor, labels: Optional[torch.Tensor] = None,
     cut = torch.sqrt(1.0 - _beta(alpha, n, g))
     bh, bw = (cut * h).long(), (cut * w).long()
     perm = torch.randperm(n, generator=g)
-    s_top, s_left = _argbox(box_sums(sal[perm.to(sal.device)], bh, bw), largest=True)
+    perm_d = upload(perm, x.device)
+    s_top, s_left = _argbox(box_sums(sal[upload(perm, sal.device)], bh, bw), largest=True)
     d_top, d_left = _argbox(box_sums(sal, bh, bw), largest=False)
-    out, _ = _paste(x, x, perm, s_top.cpu(), s_left.cpu(), d_top.cpu(), d_left.cpu(), bh, bw)
-    lam = (1.0 - (bh * bw).float() / (h * w)).to(x.device)
-    perm_d = perm.to(x.device)
+    out, _ = _paste(x, x, perm_d, s_top, s_left, d_top, d_left, bh, bw)  # box corners stay on the device
+    lam = upload(1.0 - (bh * bw).float() / (h * w), x.device)
     return Mixed(out, _mix_targets(y, lam, perm_d), lam, perm_d)
 
 
@@ -276,7 +277,7 @@ def snap_weights(cams: torch.Tensor, perm: torch.Tensor, box_a, box_b) -> tuple[
     cam = cam / cam.sum((1, 2), keepdim=True).clamp_min(1e-12)
     in_a = (cam * _box_mask(h, w, *box_a, dev)[:, 0]).sum((1, 2))
     in_b = (cam[perm] * _box_mask(h, w, *box_b, dev)[:, 0]).sum((1, 2))
-    empty = ((box_a[2] * box_a[3] == 0) | (box_b[2] * box_b[3] == 0)).to(dev)
+    empty = upload((box_a[2] * box_a[3] == 0) | (box_b[2] * box_b[3] == 0), dev)
     rho_a = torch.where(empty, torch.ones_like(in_a), 1 - in_a).float()
     rho_b = torch.where(empty, torch.zeros_like(in_b), in_b).float()
     return rho_a, rho_b
@@ -304,18 +305,19 @@ def snapmix(images: torch.Tensor, labels: torch.Tensor, cams: torch.Tensor, alph
     # Sampling grid: target pixel (r, c) in box a reads partner pixel b_top + (r - a_top + 0.5) * b_h / a_h - 0.5.
     r = torch.arange(h, device=dev, dtype=torch.float32)[None]
     c = torch.arange(w, device=dev, dtype=torch.float32)[None]
-    f = lambda t: t.to(dev).float()[:, None]  # noqa: E731
+    f = lambda t: upload(t, dev).float()[:, None]  # noqa: E731
     sr = f(b_top) + (r - f(a_top) + 0.5) * f(b_h) / f(a_h).clamp_min(1) - 0.5
     sc = f(b_left) + (c - f(a_left) + 0.5) * f(b_w) / f(a_w).clamp_min(1) - 0.5
     grid = torch.stack([((2 * sc + 1) / w - 1)[:, None, :].expand(n, h, w),
                         ((2 * sr + 1) / h - 1)[:, :, None].expand(n, h, w)], dim=-1)
-    moved = torch.nn.functional.grid_sample(x[perm.to(dev)], grid, mode="bilinear", padding_mode="border",
+    perm_d = upload(perm, dev)
+    moved = torch.nn.functional.grid_sample(x[perm_d], grid, mode="bilinear", padding_mode="border",
                                             align_corners=False)
-    mask = _box_mask(h, w, a_top, a_left, a_h, a_w, dev) & ~empty.to(dev)[:, None, None, None]
+    mask = _box_mask(h, w, a_top, a_left, a_h, a_w, dev) & ~upload(empty, dev)[:, None, None, None]
     out = torch.where(mask, moved, x)
-    rho_a, rho_b = snap_weights(cams.to(dev), perm.to(dev), (a_top, a_left, a_h, a_w), (b_top, b_left, b_h, b_w))
-    perm_d = perm.to(dev)
-    targets = y.to(dev) * rho_a[:, None] + y.to(dev)[perm_d] * rho_b[:, None]
+    rho_a, rho_b = snap_weights(upload(cams, dev), perm_d, (a_top, a_left, a_h, a_w), (b_top, b_left, b_h, b_w))
+    y = upload(y, dev)
+    targets = y * rho_a[:, None] + y[perm_d] * rho_b[:, None]
     return Mixed(out, targets, rho_a, perm_d)
 
 
@@ -346,7 +348,7 @@ def mix_view(mix: dict, view: torch.Tensor, generator: torch.Generator):
     with probability p per image the image is mixed with a partner of the batch. Returns (mixed (N, C, H, W)
     in the view's dtype, lam (N,) own-content weights (1 where not mixed), perm (N,) partner indices)."""
     n = view.shape[0]
-    gate = (torch.rand(n, generator=generator) < mix["p"]).to(view.device)
+    gate = upload(torch.rand(n, generator=generator) < mix["p"], view.device)
     m = mix_batch(mix["mode"], view, alpha=mix["alpha"], generator=generator, grid=mix["grid"])
     mixed = torch.where(gate[:, None, None, None], m.images.to(view.dtype), view)
     return mixed, torch.where(gate, m.lam, torch.ones_like(m.lam)), m.perm

@@ -12,10 +12,10 @@ from ssl_aug.errors import SslAugError
 def validate_before_data(cfg) -> None:
     """Check the [augment] and [method] tables before any data is loaded or an image folder is decoded
     (a typo should not cost a cache build)."""
-    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.augment.recipe import views_of
     from ssl_aug.methods import method_options
 
-    build_views(cfg.augment)
+    views_of(cfg).build()
     from ssl_aug.workflows.sizes import check_sizes
 
     check_sizes(cfg, None)  # the checks that need no data (view counts, crop sizes)

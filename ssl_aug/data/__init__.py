@@ -68,8 +68,23 @@ class ImageDataset:
 
             self.groups, self.group_names = check_groups(self.groups, self.group_names, x.shape[0])
 
-    def subset(self, idx: torch.Tensor) -> "ImageDataset":
-        """The images at `idx` (LongTensor), keeping labels, groups and names."""
+    def subset(self, idx, seed: int = 0) -> "ImageDataset":
+        """A subset keeping labels, groups and names.
+
+        idx: an int count -> a seeded, class-balanced subset of that many images (seed 0 by default: the
+        images recipes pick with ``data.subset``; the whole set when the count is not smaller than it), or
+        an index tensor (N',) int64 / bool mask -> those images.
+        """
+        if isinstance(idx, bool) or not isinstance(idx, (int, torch.Tensor)):
+            raise SslAugError(f"subset takes an image count or an index tensor, got {type(idx).__name__}")
+        if isinstance(idx, int):
+            if idx < 1:
+                raise SslAugError(f"subset={idx} is not allowed: give a number of images >= 1")
+            if idx >= len(self):
+                return self
+            from ssl_aug.data.subset import balanced_subset
+
+            idx = balanced_subset(self.labels, idx, seed=seed)
         groups = None if self.groups is None else self.groups[idx]
         return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.name, groups, self.group_names)
 
@@ -123,14 +138,26 @@ def _check_root_and_options(name: str, source: Source, root, opts: dict) -> None
 
 
 def load_dataset(
-    name: str, split: str = "train", root: str | os.PathLike | None = None, download: bool = False, **opts
+    name: str, split: str = "train", root: str | os.PathLike | None = None, download: bool = False,
+    subset: int = 0, **opts
 ) -> ImageDataset:
-    """Load data set `name` (see `list_sources()`) split `split` as an in-memory ImageDataset."""
+    """Load data set `name` (see `list_sources()`) split `split` as an in-memory ImageDataset.
+
+    The arguments are the recipe's ``[data]`` keys: `root`, `download`, `subset` (> 0: a fixed, seed-0,
+    class-balanced subset of that many images, as ``data.subset`` picks for training) and the data set's
+    options (``data.options``, e.g. ``n_per_class`` for ``embedded``) as keywords.
+
+    Example:
+        >>> train = load_dataset("embedded", "train", subset=2000)   # uint8 (2000, 3, 20, 20)
+    """
+    if isinstance(subset, bool) or not isinstance(subset, int) or subset < 0:
+        raise SslAugError(f"subset={subset!r} is not allowed: give a number of images (0 = all)")
     source = get_source(name)
     if source.splits is not None and split not in source.splits:
         raise SslAugError(f"unknown split {split!r} for dataset {name!r}; allowed: {', '.join(source.splits)}")
     _check_root_and_options(name, source, root, opts)
-    return source.load(split, root, download=download, **opts)
+    dataset = source.load(split, root, download=download, **opts)
+    return dataset.subset(subset) if subset else dataset
 
 
 _LAZY = {

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ssl_aug.data.source import DataSource
+from ssl_aug.device import upload
 from ssl_aug.errors import SslAugError
 
 _MIX = 0x9E3779B97F4A7C15
@@ -106,7 +107,7 @@ class BatchSource(_Resumable):
 
     def __iter__(self):
         self._begin()
-        idx = self.epoch_indices().to(self.device)
+        idx = upload(self.epoch_indices(), self.device)  # once per epoch, non-blocking
         b = self.batch_size
         for k in range(self.position, len(self)):
             sel = idx[k * b:(k + 1) * b]
@@ -155,6 +156,7 @@ class ShardStream(_Resumable):
         self.drop_last, self.prefetch = drop_last, prefetch
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.epoch, self.position = 0, 0
+        self._side_stream = None  # CUDA: the stream shards are uploaded on (set per iteration)
 
     def __len__(self) -> int:
         return self._n_batches(int((self.sizes // self.world_size).sum()))
@@ -171,11 +173,29 @@ class ShardStream(_Resumable):
             sids.append(torch.full((m,), s, dtype=torch.int64))
         return torch.cat(sids), torch.cat(rows)
 
-    def _read(self, s: int) -> torch.Tensor:
-        """Shard s -> (n, 3, H, W) uint8 contiguous on device (runs in the prefetch thread)."""
+    def _read(self, s: int) -> tuple[torch.Tensor, object]:
+        """Shard s -> ((n, 3, H, W) uint8 contiguous on device, CUDA event or None); runs in the prefetch
+        thread. On CUDA the shard is pinned and copied non-blocking on the side stream, and the event
+        marks when it is ready: the compute stream waits for it on the device, the host never does."""
         with np.load(self.paths[s], allow_pickle=False) as f:
-            x = f["x"]
-        return torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).contiguous()
+            host = torch.from_numpy(f["x"])
+        stream = self._side_stream
+        if stream is None:
+            return upload(host, self.device).permute(0, 3, 1, 2).contiguous(), None
+        with torch.cuda.stream(stream):
+            x = host.pin_memory().to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        return x, ready
+
+    def _ready(self, loaded: tuple[torch.Tensor, object]) -> torch.Tensor:
+        """The shard tensor, usable on the current stream (a device-side wait for its side-stream copy)."""
+        x, ready = loaded
+        if ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(ready)
+            x.record_stream(current)  # allocated on the side stream, used on this one
+        return x
 
     def __iter__(self):
         self._begin()
@@ -187,6 +207,7 @@ class ShardStream(_Resumable):
         pool = ThreadPoolExecutor(1) if self.prefetch else None
         loaded: dict[int, torch.Tensor] = {}
         pending = {}
+        self._side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
         def fetch(i):
             if i < len(needed) and needed[i] not in loaded and needed[i] not in pending:
@@ -196,7 +217,7 @@ class ShardStream(_Resumable):
         def get(s):
             if s not in loaded:
                 fut = pending.pop(s, None)
-                loaded[s] = fut.result() if fut is not None else self._read(s)
+                loaded[s] = self._ready(fut.result() if fut is not None else self._read(s))
             return loaded[s]
 
         try:
@@ -205,6 +226,9 @@ class ShardStream(_Resumable):
                 lo, hi = k * b, min((k + 1) * b, stop)
                 bs, br = sids[lo:hi], rows[lo:hi]
                 segs = torch.unique_consecutive(bs, return_counts=True)
+                # this batch's rows in their shards and its global indices: one non-blocking upload
+                packed = upload(torch.cat([br, self.offsets[bs] + br]), self.device)
+                rows_d, idx = packed[:hi - lo], packed[hi - lo:]
                 parts, j = [], 0
                 for s, c in zip(*(t.tolist() for t in segs)):
                     while nxt < len(needed) and needed[nxt] != s:
@@ -213,10 +237,9 @@ class ShardStream(_Resumable):
                     for old in [o for o in loaded if o != s]:
                         del loaded[old]
                     fetch(nxt + 1)
-                    parts.append(x.index_select(0, br[j:j + c].to(self.device)))
+                    parts.append(x.index_select(0, rows_d[j:j + c]))
                     j += c
                 images = parts[0] if len(parts) == 1 else torch.cat(parts)
-                idx = (self.offsets[bs] + br).to(self.device)
                 self.position = k + 1
                 yield idx, images
         finally:

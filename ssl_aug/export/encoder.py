@@ -1,66 +1,73 @@
 """The exported encoder module and the torchvision layout it promises.
 
-`Encoder`: preprocessing + backbone, images (N, 3, H, W) uint8 [0, 255] or float [0, 1] -> (N, D)
-features. `torchvision_backbone(arch)`: the documented torchvision module for a ResNet name
-(``cifar_*`` get the 3x3 stride-1 stem without max-pool). `script(encoder, size)`: TorchScript bytes.
+`Encoder`: preprocessing + backbone: PIL images, uint8 [0, 255] or float [0, 1] tensors (N, 3, H, W)
+-> (N, D) features, normalised with the encoder's own mean/std. `Normalized`: the traceable core
+(float [0, 1] (N, 3, H, W) -> (N, D)) that ONNX and torch.export files hold. `torchvision_backbone(arch)`:
+the documented torchvision module for a ResNet name (``cifar_*`` get the 3x3 stride-1 stem without
+max-pool). `export_program(module, size)`: torch.export bytes (``torch.export.load``).
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 
 import torch
 from torch import nn
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.export.inputs import FLOAT_TOLERANCE, image_batch
 
-__all__ = ["Encoder", "torchvision_backbone", "torchvision_name", "stem", "load_strict", "build_and_load", "script",
-           "CIFAR_STEM", "TORCHVISION_STEM", "FLOAT_TOLERANCE"]
+__all__ = ["Encoder", "Normalized", "torchvision_backbone", "torchvision_name", "stem", "load_strict",
+           "build_and_load", "export_program", "CIFAR_STEM", "TORCHVISION_STEM", "FLOAT_TOLERANCE"]
 
 CIFAR_STEM = "conv1 = Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False); maxpool = Identity()"
 TORCHVISION_STEM = ("torchvision default: conv1 = Conv2d(3, 64, kernel_size=7, stride=2, padding=3, "
                     "bias=False); maxpool = MaxPool2d(3, 2, 1)")
-FLOAT_TOLERANCE = 0.01  # float input may overshoot [0, 1] this much (bicubic resampling); more is refused
 
 
-class Encoder(nn.Module):
-    """Preprocessing + backbone: images (N, 3, H, W) uint8 [0, 255] or float [0, 1] -> (N, D) features.
+class Normalized(nn.Module):
+    """float images in [0, 1] (N, 3, H, W) -> backbone((x - mean) / std) features (N, D); no checks, so
+    it traces (ONNX, torch.export)."""
 
-    Float input outside [0, 1] (e.g. 0-255 floats or already-normalised images) is refused: it would
-    give garbage features silently. Attributes: `mean`, `std` (3 floats each), `feature_dim`,
-    `metadata` (dict; empty when scripted).
-    """
-
-    def __init__(self, backbone: nn.Module, mean, std, feature_dim: int, metadata: dict | None = None):
+    def __init__(self, backbone: nn.Module, mean, std):
         super().__init__()
         self.backbone = backbone
+        self.register_buffer("norm_mean", torch.tensor([float(v) for v in mean]).view(1, 3, 1, 1))
+        self.register_buffer("norm_std", torch.tensor([float(v) for v in std]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.norm_mean) / self.norm_std)
+
+
+class Encoder(Normalized):
+    """Preprocessing + backbone: images -> (N, D) features, normalised with the encoder's mean/std.
+
+    Input: a PIL image or a list of them (converted to RGB; resized so the shorter side is
+    `input_size`, then centre-cropped, when `input_size` is known), a uint8 [0, 255] or float [0, 1]
+    tensor (N, 3, H, W) or (3, H, W), or a uint8 numpy array (N, H, W, 3). Float input outside [0, 1]
+    (0-255 floats, already-normalised images) is refused: it would give wrong features silently.
+    Attributes: `mean`, `std` (3 floats each), `feature_dim`, `input_size` (int or None), `metadata`.
+
+    Example:
+        >>> enc = Encoder(torch.nn.Sequential(torch.nn.Flatten(1), torch.nn.LazyLinear(4)), (0.5,) * 3,
+        ...               (0.25,) * 3, 4)
+        >>> enc(torch.zeros(2, 3, 8, 8, dtype=torch.uint8)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(self, backbone: nn.Module, mean, std, feature_dim: int, metadata: dict | None = None,
+                 input_size: int | None = None):
+        super().__init__(backbone, mean, std)
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.feature_dim = int(feature_dim)
         self.metadata = dict(metadata or {})
-        self.register_buffer("norm_mean", torch.tensor(self.mean).view(1, 3, 1, 1))
-        self.register_buffer("norm_std", torch.tensor(self.std).view(1, 3, 1, 1))
+        size = input_size if input_size is not None else (self.metadata.get("input") or {}).get("size")
+        self.input_size = int(size) if isinstance(size, int) else None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() != 4 or images.size(1) != 3:
-            raise SslAugError("encoder input must be images (N, 3, H, W), got shape "
-                              + str(list(images.shape)))
-        if images.dtype == torch.uint8:
-            x = images.to(self.norm_mean.dtype) / 255.0
-        elif images.is_floating_point():
-            x = images.to(self.norm_mean.dtype)
-            if x.numel() > 0:
-                low = float(x.min())
-                high = float(x.max())
-                if low < -0.01 or high > 1.01:  # FLOAT_TOLERANCE (TorchScript needs literals)
-                    raise SslAugError("encoder float input must be in [0, 1], got values from " + str(low)
-                                      + " to " + str(high) + ": divide 0-255 floats by 255 (do not "
-                                      "normalise: the encoder does), or pass uint8 images")
-        else:
-            raise SslAugError("encoder input must be uint8 [0, 255] or float [0, 1] images, "
-                              "got an integer dtype")
-        return self.backbone((x - self.norm_mean) / self.norm_std)
+    def forward(self, images) -> torch.Tensor:
+        x = image_batch(images, self.input_size, self.norm_mean.dtype).to(self.norm_mean.device)
+        return super().forward(x)
 
 
 def torchvision_name(arch: str) -> str | None:
@@ -128,17 +135,12 @@ def build_and_load(arch: str, args: dict, state: dict, source) -> nn.Module:
     return load_strict(build_backbone(arch, **args), state, f"{source} does not hold a {arch!r} backbone")
 
 
-def script(encoder: Encoder, input_size: int | None) -> bytes:
-    """TorchScript bytes of `encoder`; backbones that cannot be scripted are traced (features only)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit is deprecated in torch >= 2.9
-        try:
-            scripted = torch.jit.script(encoder)
-        except Exception:  # noqa: BLE001 - any TorchScript front-end failure: trace the backbone instead
-            size = input_size or 32
-            example = torch.rand(2, 3, size, size, device=encoder.norm_mean.device)
-            traced = torch.jit.trace(encoder.backbone, example)
-            scripted = torch.jit.script(Encoder(traced, encoder.mean, encoder.std, encoder.feature_dim))
-        buf = io.BytesIO()
-        torch.jit.save(scripted, buf)
+def export_program(module: nn.Module, size: int | None) -> bytes:
+    """torch.export bytes of `module` (float [0, 1] images (N, 3, size, size) -> features), batch size
+    dynamic; load with ``torch.export.load(f).module()``: no ssl_aug needed."""
+    size = size or 32
+    example = torch.rand(2, 3, size, size, device=next(module.buffers()).device)
+    program = torch.export.export(module.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
     return buf.getvalue()

@@ -1,8 +1,9 @@
 """Read an export directory back: metadata, sha256-checked weights, the eval-mode `Encoder`.
 
-`load_encoder(path)` checks the sha256 of backbone.pt against encoder.json, reads it with
-``torch.load(weights_only=True)`` and returns an eval-mode `Encoder` (uint8 / float [0, 1] images
-(N, 3, H, W) -> (N, D) features) carrying the metadata. `load_head(path)` returns head.pt's state_dict.
+`load_encoder(path)` checks the sha256 of model.safetensors against encoder.json, reads it (no pickle)
+and returns an eval-mode `Encoder` (PIL images, uint8 / float [0, 1] tensors (N, 3, H, W) -> (N, D)
+features) carrying the metadata. `load_head(path)` returns the head's state_dict. Exports of format
+version 1 (backbone.pt, head.pt read with ``torch.load(weights_only=True)``) still load.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from ssl_aug.errors import SslAugError
 from ssl_aug.export.encoder import Encoder, build_and_load, load_strict, torchvision_backbone, torchvision_name
 
 __all__ = ["read_metadata", "read_weights", "load_encoder", "load_head", "check_torch_version",
-           "FORMAT", "FORMAT_VERSION", "METADATA", "BACKBONE_FILE", "SCRIPT_FILE", "HEAD_FILE"]
+           "FORMAT", "FORMAT_VERSION", "METADATA", "WEIGHTS_FILE", "BACKBONE_FILE", "PROGRAM_FILE",
+           "HEAD_FILE", "OLD_FILES"]
 
 FORMAT = "ssl_aug.encoder"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA = "encoder.json"
-BACKBONE_FILE = "backbone.pt"
-SCRIPT_FILE = "encoder.ts"
-HEAD_FILE = "head.pt"
+WEIGHTS_FILE = "model.safetensors"
+BACKBONE_FILE = "backbone.pt"  # torchvision ResNet layout (ResNets only); every backbone in version 1
+PROGRAM_FILE = "encoder.pt2"
+HEAD_FILE = "head.safetensors"
+OLD_FILES = ("encoder.ts", "head.pt")  # written by format version 1
 MIN_TORCH = (1, 13)  # first release with torch.load(weights_only=True)
 
 
@@ -69,8 +73,8 @@ def read_metadata(path) -> tuple[Path, dict]:
 
 
 def read_weights(folder: Path, metadata: dict, name: str, device="cpu") -> dict:
-    """torch.load(weights_only=True) of an exported file after checking its sha256 against the metadata."""
-    check_torch_version()
+    """The state_dict in an exported file (safetensors, or torch.load(weights_only=True) for .pt files)
+    after checking its sha256 against the metadata."""
     path = folder / name
     expected = ((metadata.get("files") or {}).get(name) or {}).get("sha256")
     if expected is None:
@@ -82,6 +86,15 @@ def read_weights(folder: Path, metadata: dict, name: str, device="cpu") -> dict:
     if actual != expected:
         raise SslAugError(f"weight file {path} was altered: sha256 {actual} != {expected} "
                           f"recorded in {METADATA}")
+    if name.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            return {k: v.to(device) for k, v in load_safetensors(data).items()}
+        except (SafetensorError, ValueError) as exc:
+            raise SslAugError(f"{path} is not a readable safetensors file ({str(exc)[:160]})") from None
+    check_torch_version()
     try:
         state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -103,16 +116,17 @@ def load_encoder(path, device="cpu") -> Encoder:
     rebuilt from torchvision directly.
     """
     folder, metadata = read_metadata(path)
-    state = read_weights(folder, metadata, BACKBONE_FILE, device)
+    weights = WEIGHTS_FILE if WEIGHTS_FILE in (metadata.get("files") or {}) else BACKBONE_FILE
+    state = read_weights(folder, metadata, weights, device)
     arch = metadata.get("architecture")
     if not isinstance(arch, str):
         raise SslAugError(f"{folder / METADATA} has no architecture name; re-export the encoder")
     if torchvision_name(arch) is not None:
         backbone = load_strict(torchvision_backbone(arch), state,
-                               f"{folder / BACKBONE_FILE} does not hold a {arch!r} backbone")
+                               f"{folder / weights} does not hold a {arch!r} backbone")
     else:
         args = dict(metadata.get("backbone_args") or {})
-        backbone = build_and_load(arch, args, state, folder / BACKBONE_FILE)
+        backbone = build_and_load(arch, args, state, folder / weights)
     norm = metadata.get("normalization") or {}
     encoder = Encoder(backbone, norm.get("mean"), norm.get("std"), metadata.get("feature_dim"), metadata)
     return encoder.to(device).eval()
@@ -121,6 +135,8 @@ def load_encoder(path, device="cpu") -> Encoder:
 def load_head(path, device="cpu") -> dict:
     """The exported head state_dict ("projector.*", "prototypes.*", ...), sha256-checked."""
     folder, metadata = read_metadata(path)
-    if HEAD_FILE not in (metadata.get("files") or {}):
+    files = metadata.get("files") or {}
+    name = next((n for n in (HEAD_FILE, "head.pt") if n in files), None)
+    if name is None:
         raise SslAugError(f"{folder} has no {HEAD_FILE}; export with --with-head")
-    return read_weights(folder, metadata, HEAD_FILE, device)
+    return read_weights(folder, metadata, name, device)

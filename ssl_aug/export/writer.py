@@ -1,18 +1,24 @@
 """Write an export directory from a training run or checkpoint.
 
-`export_encoder(run_or_checkpoint, out_dir, with_head=False)` writes into `out_dir`:
+`export_encoder(run_or_checkpoint, out_dir, with_head=False, onnx=False)` writes into `out_dir`:
 
-- ``backbone.pt``  the backbone's state_dict. ResNets use torchvision's key layout:
-  ``torchvision.models.resnet18(num_classes=...)`` loads it with strict=True apart from ``fc``.
-  ``cifar_*`` ResNets change the stem first: ``m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)``
-  and ``m.maxpool = nn.Identity()``. Set ``m.fc = nn.Identity()`` to get the features.
-- ``encoder.ts``   TorchScript of preprocessing + backbone: uint8 [0, 255] or float [0, 1] images
-  (N, 3, H, W) -> features (N, D). Loads with plain ``torch.jit.load``, no ssl_aug needed.
-- ``head.pt``      with ``with_head=True``: the method's head modules (``Method.heads``: projector,
-  prototypes, predictor, ...).
-- ``encoder.json`` metadata (architecture, stem, input size, mean/std, feature dim, recipe, data set,
-  epoch, eval results, versions, sha256 of every weight file). Written last: an export directory
-  with encoder.json is complete. Every file is written atomically (ssl_aug.io).
+- ``model.safetensors``  the backbone's state_dict in safetensors (no pickle): the default weights.
+- ``model.py`` + ``config.json``  a plain module definition and its configuration: ``import model;
+  model.load()`` gives the encoder without ssl_aug (torch + safetensors; torchvision for ResNets, timm
+  for timm backbones). For ``timm:`` backbones config.json is also timm's model config:
+  ``timm.create_model("local-dir:EXPORT", pretrained=True)`` loads the weights through timm.
+- ``backbone.pt``  ResNets only: the state_dict in torchvision's key layout;
+  ``torchvision.models.resnet18()`` loads it with strict=True apart from ``fc``. ``cifar_*`` ResNets
+  change the stem first: ``m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)``, ``m.maxpool = nn.Identity()``.
+- ``encoder.pt2``  torch.export program of normalisation + backbone: float [0, 1] images
+  (N, 3, H, W) -> features (N, D); ``torch.export.load(path).module()``, no ssl_aug needed.
+- ``encoder.onnx``  with ``onnx=True``: the same computation in ONNX (input ``images``, output
+  ``features``, dynamic batch), for onnxruntime and other runtimes.
+- ``head.safetensors``  with ``with_head=True``: the method's head modules (``Method.heads``:
+  projector, prototypes, predictor, ...).
+- ``encoder.json``  metadata (architecture, stem, input size, mean/std, feature dim, recipe, data set,
+  epoch, eval results, versions, sha256 of every file). Written last: an export directory with
+  encoder.json is complete. Every file is written atomically (ssl_aug.io).
 
 What is exported is read from the method's contract (``METHODS[name].state_prefixes()``), never from
 its name. Checkpoints are read onto the CPU and everything but the model weights, config and history
@@ -33,9 +39,11 @@ from torch import nn
 from ssl_aug._version import __version__
 from ssl_aug.checkpoint import latest_checkpoint, load_checkpoint
 from ssl_aug.errors import SslAugError
-from ssl_aug.export.encoder import (CIFAR_STEM, Encoder, build_and_load, load_strict, script, stem,
+from ssl_aug.export.encoder import (CIFAR_STEM, Normalized, build_and_load, export_program, load_strict, stem,
                                     torchvision_backbone, torchvision_name)
-from ssl_aug.export.reader import BACKBONE_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, METADATA, SCRIPT_FILE
+from ssl_aug.export.reader import (BACKBONE_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, METADATA, OLD_FILES,
+                                   PROGRAM_FILE)
+from ssl_aug.export.standalone import CONFIG_FILE, MODEL_FILE, MODEL_PY, WEIGHTS_FILE, standalone_config
 from ssl_aug.io import atomic_write_bytes, atomic_write_json
 from ssl_aug.models import backbone_args_for
 
@@ -63,6 +71,13 @@ def _torch_bytes(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
+
+
+def _safetensors_bytes(state: dict) -> bytes:
+    """A state_dict as safetensors bytes (tensors copied: shared storage is not allowed there)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().clone().contiguous() for k, v in state.items()})
 
 
 def resolve_checkpoint(run_or_checkpoint) -> tuple[Path, Path | None]:
@@ -169,8 +184,9 @@ def _check_out_dir(out: Path) -> None:
         raise SslAugError(f"export output {out} is a file, not a folder; give a folder path (--out DIR)")
 
 
-def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False) -> Path:
-    """Write backbone.pt, encoder.ts, encoder.json (and head.pt) for a run dir or checkpoint.
+def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False, onnx: bool = False) -> Path:
+    """Write model.safetensors, model.py, config.json, encoder.pt2, encoder.json (backbone.pt for ResNets,
+    head.safetensors with `with_head`, encoder.onnx with `onnx`) for a run dir or checkpoint.
 
     Returns `out_dir` as a Path. See the module docstring for the file formats.
     """
@@ -193,13 +209,20 @@ def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False) -> Path:
 
     exported = backbone.state_dict()
     tv_name = torchvision_name(arch)
+    core = Normalized(backbone, mean, std).eval()
+    files = {WEIGHTS_FILE: _safetensors_bytes(exported), MODEL_FILE: MODEL_PY.encode(),
+             CONFIG_FILE: json.dumps(standalone_config(arch, args, mean, std, size, feature_dim), indent=2).encode(),
+             PROGRAM_FILE: export_program(core, size)}
     if tv_name is not None:  # the promise: torchvision's module loads it strictly (fc aside)
         load_strict(torchvision_backbone(arch), exported,
                     f"backbone {arch!r} does not match torchvision's {tv_name} layout")
-    files = {BACKBONE_FILE: _torch_bytes(exported),
-             SCRIPT_FILE: script(Encoder(backbone, mean, std, feature_dim), size)}
+        files[BACKBONE_FILE] = _torch_bytes(exported)
+    if onnx:
+        from ssl_aug.export.onnx import ONNX_FILE, onnx_bytes
+
+        files[ONNX_FILE] = onnx_bytes(core, size)
     if with_head:
-        files[HEAD_FILE] = _torch_bytes(head)
+        files[HEAD_FILE] = _safetensors_bytes(head)
 
     metadata = {
         "format": FORMAT,
@@ -239,7 +262,8 @@ def export_encoder(run_or_checkpoint, out_dir, with_head: bool = False) -> Path:
     (out / METADATA).unlink(missing_ok=True)  # a half-replaced directory must not look complete
     for name, data in files.items():
         atomic_write_bytes(out / name, data)
-    if not with_head:
-        (out / HEAD_FILE).unlink(missing_ok=True)
+    for stale in OLD_FILES + ("encoder.onnx", BACKBONE_FILE, HEAD_FILE):  # from an earlier export there
+        if stale not in files:
+            (out / stale).unlink(missing_ok=True)
     atomic_write_json(out / METADATA, metadata)
     return out

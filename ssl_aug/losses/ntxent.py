@@ -94,7 +94,21 @@ def _nt_xent_full_precision(z: torch.Tensor, temperature: float, gather: bool,
     # Positives of (a, j): columns (b, offset + j) for b != a.
     lp = log_prob.view(v, n, v, world * n)[..., offset : offset + n]  # (V, N, V, N)
     lp = torch.diagonal(lp, dim1=1, dim2=3)  # (V_anchor, V_key, N)
-    # Integer (not boolean) indexing: no device-to-host sync on CUDA.
-    a_idx, b_idx = zip(*[(a, b) for a in range(v) for b in range(v) if a != b])
-    terms = -lp[torch.tensor(a_idx, device=z.device), torch.tensor(b_idx, device=z.device)]  # (V(V-1), N)
+    a_idx, b_idx = _pair_index(v, z.device)
+    terms = -lp[a_idx, b_idx]  # (V(V-1), N)
     return terms.mean(0) if per_sample else terms.mean()
+
+
+_PAIRS: dict = {}
+
+
+def _pair_index(v: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anchor view, key view) of the V(V-1) ordered pairs a != b, as two (V(V-1),) int64 tensors built on
+    `device` once per (V, device) and cached: integer indexing with no host->device copy and no sync."""
+    key = (v, str(device))
+    if key not in _PAIRS:
+        k = torch.arange(v * (v - 1), device=device)
+        a = k // (v - 1)
+        r = k % (v - 1)
+        _PAIRS[key] = (a, r + (r >= a).long())  # b runs over 0..V-1 without a
+    return _PAIRS[key]

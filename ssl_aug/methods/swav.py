@@ -130,7 +130,7 @@ class SwAV(Method):
         queue_scores = None
         if self._queue_filled >= self.queue_length:
             queue_scores = [q @ self.prototypes.weight.t() for q in self.queue]
-        newest = z[list(self.crops_for_assign)].to(self.queue.dtype)  # (A, N, D)
+        newest = torch.stack([z[c] for c in self.crops_for_assign]).to(self.queue.dtype)  # (A, N, D), no index upload
         self.queue.copy_(torch.cat([newest, self.queue[:, : self.queue_length - n]], dim=1))
         self._queue_filled = min(self.queue_length, self._queue_filled + n)
         self.queue_count.fill_(self._queue_filled)
@@ -150,7 +150,7 @@ class SwAV(Method):
             "code_max": codes.max(dim=1).values.mean(),
             "proto_usage": used.float().mean(),
             "collapse": ((loss - ln_k).abs() <= 0.01 * ln_k).float() * (not frozen),
-            "queue_used": loss.new_tensor(float(queue_used)),
+            "queue_used": torch.full((), float(queue_used), device=loss.device),  # a device fill, no upload
         }
 
     @torch.no_grad()

@@ -15,12 +15,15 @@ from typing import Callable
 import torch.nn as nn
 
 from ssl_aug.errors import SslAugError
-from ssl_aug.registry import Registry
 from ssl_aug.models.external import timm_backbone, torchvision_backbone
-from ssl_aug.models.heads import ProjectionHead, Prototypes
+from ssl_aug.models.heads import (BYOLPredictionHead, BYOLProjectionHead, ProjectionHead, Prototypes,
+                                  SimCLRProjectionHead, SwaVProjectionHead)
 from ssl_aug.models.resnet import cifar_resnet18, resnet18, resnet50
+from ssl_aug.registry import Registry
 
-__all__ = ["BACKBONES", "register_backbone", "list_backbones", "get_backbone", "build_backbone", "backbone_args_for", "ProjectionHead", "Prototypes"]
+__all__ = ["BACKBONES", "register_backbone", "list_backbones", "get_backbone", "build_backbone", "backbone_args_for",
+           "ProjectionHead", "SimCLRProjectionHead", "SwaVProjectionHead", "BYOLProjectionHead", "BYOLPredictionHead",
+           "Prototypes"]
 PREFIXED = {"torchvision": torchvision_backbone, "timm": timm_backbone}
 
 

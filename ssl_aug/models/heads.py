@@ -1,4 +1,20 @@
-"""Projection heads (SimCLR / SwAV MLP) and SwAV's L2-normalised prototypes."""
+"""Projection heads and SwAV's L2-normalised prototypes, reusable outside the methods.
+
+`ProjectionHead` is the general MLP; the named heads carry the published defaults (shapes (N, in) -> (N, out)):
+
+| head | layers | defaults |
+|---|---|---|
+| `SimCLRProjectionHead` | Linear-BN-ReLU-Linear | 2048 -> 2048 -> 128 (SimCLR) |
+| `SwaVProjectionHead` | Linear-BN-ReLU-Linear | 2048 -> 2048 -> 128 (SwAV) |
+| `BYOLProjectionHead` | Linear-BN-ReLU-Linear | 2048 -> 4096 -> 256 (BYOL) |
+| `BYOLPredictionHead` | Linear-BN-ReLU-Linear | 256 -> 4096 -> 256 (BYOL) |
+| `Prototypes` | L2-normalised bias-free Linear | dim -> K scores (SwAV) |
+
+Example:
+    >>> head = SimCLRProjectionHead(512, 512, 128)
+    >>> head(torch.randn(4, 512)).shape
+    torch.Size([4, 128])
+"""
 
 from __future__ import annotations
 
@@ -8,7 +24,8 @@ import torch.nn.functional as F
 
 from ssl_aug.errors import SslAugError
 
-__all__ = ["ProjectionHead", "Prototypes"]
+__all__ = ["ProjectionHead", "SimCLRProjectionHead", "SwaVProjectionHead", "BYOLProjectionHead",
+           "BYOLPredictionHead", "Prototypes"]
 
 
 class ProjectionHead(nn.Sequential):
@@ -34,6 +51,39 @@ class ProjectionHead(nn.Sequential):
         layers.append(nn.Linear(dim, out_dim))
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
+
+
+class SimCLRProjectionHead(ProjectionHead):
+    """SimCLR's projection head: (N, in_dim) -> (N, out_dim), Linear-BN-ReLU-Linear (num_layers=2).
+
+    Defaults 2048 -> 2048 -> 128 (ResNet-50); on CIFAR ResNet-18 use in_dim=512."""
+
+    def __init__(self, in_dim: int = 2048, hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 2):
+        super().__init__(in_dim, hidden_dim, out_dim, num_layers, batch_norm=True)
+
+
+class SwaVProjectionHead(ProjectionHead):
+    """SwAV's projection MLP: (N, in_dim) -> (N, out_dim), Linear-BN-ReLU-Linear; defaults 2048 -> 2048 -> 128.
+    Follow it with `Prototypes(out_dim, K)` on the L2-normalised output."""
+
+    def __init__(self, in_dim: int = 2048, hidden_dim: int = 2048, out_dim: int = 128):
+        super().__init__(in_dim, hidden_dim, out_dim, 2, batch_norm=True)
+
+
+class BYOLProjectionHead(ProjectionHead):
+    """BYOL's projector: (N, in_dim) -> (N, out_dim), Linear-BN-ReLU-Linear; defaults 2048 -> 4096 -> 256
+    (CIFAR settings often 512 -> 2048 -> 256 or 512 -> 512 -> 128)."""
+
+    def __init__(self, in_dim: int = 2048, hidden_dim: int = 4096, out_dim: int = 256):
+        super().__init__(in_dim, hidden_dim, out_dim, 2, batch_norm=True)
+
+
+class BYOLPredictionHead(ProjectionHead):
+    """BYOL's predictor: (N, in_dim) -> (N, out_dim), Linear-BN-ReLU-Linear on the projector's output;
+    defaults 256 -> 4096 -> 256."""
+
+    def __init__(self, in_dim: int = 256, hidden_dim: int = 4096, out_dim: int = 256):
+        super().__init__(in_dim, hidden_dim, out_dim, 2, batch_norm=True)
 
 
 class Prototypes(nn.Linear):

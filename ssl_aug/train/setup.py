@@ -10,7 +10,6 @@ import contextlib
 import ctypes
 import os
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,6 +64,30 @@ def build_model(cfg: Config) -> nn.Module:
     backbone = build_backbone(cfg.model.backbone, **backbone_args_for(cfg.model.backbone, cfg.model.backbone_args))
     method_args = {k: v for k, v in cfg.method.items() if k != "name"}
     return build_method(cfg.method["name"], backbone, **method_args)
+
+
+SYNC_BATCHNORM = (True, False, "auto")
+
+
+def sync_batchnorm_on(cfg: Config, world_size: int, model: nn.Module) -> bool:
+    """model.sync_batchnorm: true | false | "auto" (default: on when several ranks train a model with
+    BatchNorm, e.g. the ResNet recipes, so batch statistics cover the global batch as on one device)."""
+    value = cfg.model.sync_batchnorm
+    if value not in SYNC_BATCHNORM or not isinstance(value, (bool, str)):
+        raise SslAugError(f"model.sync_batchnorm = {value!r} is not allowed; use true, false or \"auto\"")
+    if world_size < 2 or value is False:
+        return False
+    return value is True or any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def buffer_sync(sync: bool) -> dict:
+    """DDP keyword for syncing buffers in forward: forward_sync_buffers where torch has it (broadcast_buffers
+    is deprecated there), else broadcast_buffers. Buffers are identical at construction either way."""
+    import inspect
+
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": sync}
+    return {"broadcast_buffers": sync}
 
 
 def autocast(device: torch.device, amp: str):

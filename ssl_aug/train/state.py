@@ -90,6 +90,12 @@ def trainer_state(trainer) -> dict:
              "versions": {"ssl_aug": __version__, "torch": str(torch.__version__)}}
     if trainer.world_size > 1:
         state["ranks"] = dist.all_gather_object(local)
+        # the top level is rank 0's on every rank, so every node writes the same bytes (resume compares hashes)
+        first = dist.all_gather_object({"epoch_loss": {"sum": trainer.epoch_loss["sum"].cpu(),
+                                                       "count": trainer.epoch_loss["count"]},
+                                        "metric_lines": trainer.metrics.lines} if trainer.rank == 0 else None)[0]
+        state.update(rng=state["ranks"][0]["rng"], batch_source=state["ranks"][0]["batch_source"], **first)
+        state["model"].update(state["ranks"][0].get("buffers", {}))
     return state
 
 
@@ -100,15 +106,22 @@ def load_trainer_state(trainer, ckpt: dict, path: Path) -> None:
     if saved != trainer.cfg.model.backbone:
         raise SslAugError(f"checkpoint {path} was trained with backbone {saved!r}, "
                           f"the recipe asks for {trainer.cfg.model.backbone!r}")
-    changed = changed_keys(ckpt["config"], trainer.cfg.to_dict())
+    saved_cfg = ckpt["config"]
+    if trainer.cfg.model.sync_batchnorm == "auto" and saved_cfg.get("model", {}).get("sync_batchnorm") is getattr(
+            trainer, "sync_batchnorm", None):  # a run from before "auto" whose true/false is what "auto" does here
+        saved_cfg = {**saved_cfg, "model": {**saved_cfg["model"], "sync_batchnorm": "auto"}}
+    changed = changed_keys(saved_cfg, trainer.cfg.to_dict())
     if changed:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed[:8]) + (" ..." if len(changed) > 8 else "")
         raise SslAugError(f"checkpoint {path} was trained with other settings ({listed}); resume with the recipe "
                           f"it was trained with (the run's config.json) or use another output_dir; resuming may "
                           f"change only {', '.join(k + '*' if k.endswith('.') else k for k in RESUME_MAY_CHANGE)}")
     if ckpt.get("world_size", 1) != trainer.world_size:
-        raise SslAugError(f"checkpoint {path} was written with world size {ckpt.get('world_size', 1)}; resume "
-                          f"with the same number of processes (now {trainer.world_size})")
+        old = ckpt.get("world_size", 1)
+        raise SslAugError(f"checkpoint {path} was written with world size {old}, this run has world size "
+                          f"{trainer.world_size}: resume with {old} processes in all "
+                          f"(torchrun --nnodes x --nproc-per-node = {old}; the data position, view RNG and "
+                          f"rank-local buffers are kept per rank), or start a new output_dir")
     local = ckpt["ranks"][trainer.rank] if "ranks" in ckpt else {}
     model_state = dict(ckpt["model"], **local.get("buffers", {}))
     try:

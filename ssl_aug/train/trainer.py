@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ssl_aug import distributed as dist
-from ssl_aug.augment.recipe import build_views, view_dtype
+from ssl_aug.augment.recipe import view_dtype, views_of
 from ssl_aug.checkpoint import latest_checkpoint, load_checkpoint, save_run_checkpoint
 from ssl_aug.config import Config
 from ssl_aug.data import ImageDataset
@@ -27,8 +27,10 @@ from ssl_aug.errors import SslAugError
 from ssl_aug.io import atomic_write_json
 from ssl_aug.train.hard_views import hard_views
 from ssl_aug.train.metrics import MetricsLog, StepTimer
-from ssl_aug.train.setup import (apply_schedules, autocast, build_model, build_optimization, build_schedules,
-                                 build_source, load_training_data, training_device, tune_allocator)
+from ssl_aug.train.resume import agree_on_checkpoint, other_node_writers, save_on_every_node, writes_checkpoints
+from ssl_aug.train.setup import (apply_schedules, autocast, buffer_sync, build_model, build_optimization,
+                                 build_schedules, build_source, load_training_data, sync_batchnorm_on,
+                                 training_device, tune_allocator)
 from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted
 from ssl_aug.train.state import load_trainer_state, trainer_state
 
@@ -69,12 +71,13 @@ class Trainer:
         if len(self.source) == 0:
             raise SslAugError(f"train.batch_size = {cfg.train.batch_size} is larger than the training set "
                               f"({self.source.num_samples} images): lower it")
-        self.views = build_views(cfg.augment, channels_last=cfg.train.channels_last,
-                                 dtype=view_dtype(self.device, cfg.train.amp))
+        self.views = views_of(cfg).build(channels_last=cfg.train.channels_last,
+                                         dtype=view_dtype(self.device, cfg.train.amp))
         self.view_generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
 
         self.method = build_model(cfg).to(self.device)
-        if cfg.model.sync_batchnorm and self.world_size > 1:
+        self.sync_batchnorm = sync_batchnorm_on(cfg, self.world_size, self.method)
+        if self.sync_batchnorm:
             self.method = dist.convert_sync_batchnorm(self.method, self.device)
         if cfg.train.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
@@ -83,7 +86,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # A SwAV queue holds this rank's own embeddings: DDP must not overwrite it with rank 0's buffers.
             self.model = nn.parallel.DistributedDataParallel(
-                self.method, device_ids=ids, broadcast_buffers=not self.method.rank_local_buffers)
+                self.method, device_ids=ids, **buffer_sync(not self.method.rank_local_buffers))
 
         self.steps_per_epoch = len(self.source)
         self.optimizer, self.scheduler, self.scaler, self.total_steps = build_optimization(
@@ -119,6 +122,9 @@ class Trainer:
         """Every rank calls this (the per-rank state is gathered); only rank 0 writes the file."""
         self._saved_step = self.step
         state = self.state_dict()
+        if getattr(self, "_node_copies", False):  # nodes without rank 0's folder keep identical copies
+            return save_on_every_node(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints,
+                                      self.writes_checkpoints)
         if not self.is_main:
             return None
         return save_run_checkpoint(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints)
@@ -128,14 +134,18 @@ class Trainer:
         """Prepare the run directory (resume or fresh); True when a new epoch starts."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         existing = latest_checkpoint(self.run_dir)
+        self.writes_checkpoints = writes_checkpoints(self.run_dir)
+        self._node_copies = other_node_writers(self.writes_checkpoints)
         fresh_epoch = True
         if resume:
             path = existing if resume is True else Path(resume)
+            # every rank must read the same bytes: compared by size and hash, sent to nodes that lack them
+            path = agree_on_checkpoint(path, self.run_dir) or (None if resume is True else path)
             if path is not None:
                 self.load_state_dict(load_checkpoint(path, map_location="cpu"), path)
                 fresh_epoch = False
                 self.metrics.trim()
-        elif existing is not None:
+        elif dist.any_rank(existing is not None):  # all ranks refuse together (no rank left waiting)
             raise SslAugError(f"run directory {self.run_dir} already has checkpoints: pass --resume to continue it, "
                               "or choose another output_dir")
         else:
@@ -243,6 +253,13 @@ class Trainer:
         self.method.after_optimizer_step(self.step + 1, self.total_steps)
         return loss, stats
 
+    def accumulate_loss(self, loss: torch.Tensor, nonfinite: torch.Tensor) -> torch.Tensor:
+        """Add a step's loss to the epoch sum and the non-finite flag, on the device (no host read)."""
+        detached = loss.detach().float()
+        self.epoch_loss["sum"] = self.epoch_loss["sum"] + detached.double()
+        self.epoch_loss["count"] += 1
+        return nonfinite | ~torch.isfinite(detached)
+
     def _log_step(self, loss, stats, images_seen, window_start, timer, bar) -> None:
         now = time.perf_counter()
         record = {"type": "step", "step": self.step, "epoch": self.epoch,
@@ -276,11 +293,8 @@ class Trainer:
             loss, stats = self.optimize(views)
             for hook in self.hooks:
                 hook.after_step(self, indices, views)
-            detached = loss.detach().float()
-            nonfinite = nonfinite | ~torch.isfinite(detached)
-            self.epoch_loss["sum"] = self.epoch_loss["sum"] + detached.double()
-            self.epoch_loss["count"] += 1
             self.step += 1
+            nonfinite = self.accumulate_loss(loss, nonfinite)
             timer.add(t0, t1, timer.mark())
             images_seen += images.shape[0]
             bar.update(1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ssl_aug.augment.ops.base import Op, prob
+from ssl_aug.augment.ops.base import Op, constant, prob
 from ssl_aug.data.embedded import PALETTE
 from ssl_aug.errors import SslAugError
 
@@ -67,4 +67,6 @@ class NuisanceOp(Op):
 
     def apply(self, x, cfg, p, ctx):
         q = p if ctx.masked else ctx.host
-        return recolor_nuisance(x, torch.tensor(cfg.palette), q.nuisance_to, q.nuisance_on, cfg.tol)
+        key = "nuisance_palette" + repr(cfg.palette)  # cached per palette and device: no upload per call
+        palette = constant(key, x.device, x.dtype, lambda: torch.tensor(cfg.palette))
+        return recolor_nuisance(x, palette, q.nuisance_to, q.nuisance_on, cfg.tol)

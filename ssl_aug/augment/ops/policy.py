@@ -64,15 +64,30 @@ def rand_magnitude(op, shape, m_of_30: float) -> Optional[torch.Tensor]:
     return mag
 
 
-def apply_sub_policy(y: torch.Tensor, child, prefix: str, host, rows: torch.Tensor) -> torch.Tensor:
-    """One sub-policy (a kornia PolicySequential) on y (M,3,h,w), the images `rows` of the batch, with the
-    parameters captured under `prefix` (`{prefix}.{o}.{key}` for its o-th op)."""
+def apply_sub_policy(y: torch.Tensor, child, prefix: str, host, rows: Optional[torch.Tensor]) -> torch.Tensor:
+    """One sub-policy (a kornia PolicySequential) on y (M,3,h,w), the images `rows` of the batch (None: all),
+    with the parameters captured under `prefix` (`{prefix}.{o}.{key}` for its o-th op)."""
     for o, op in enumerate(child.children()):
         params = unpack(f"{prefix}.{o}", host, rows=rows, shape=y.shape)
         params = {k: (v if k == "forward_input_shape" else v.to(y.device, non_blocking=True))
                   for k, v in params.items()}
         y = op(y, params=params)
     return y
+
+
+def apply_choices(x: torch.Tensor, children, choice: torch.Tensor, prefix, params, skip=lambda k, j: False):
+    """Masked form (non-CPU devices): at each position k, every sub-policy j runs on the whole batch x
+    (M,3,h,w) with each image's own parameters (device ViewParams `params`, `{prefix(k, j)}.{o}.{key}`),
+    and the images whose choice[:, k] == j take its result (torch.where): no host index sets, no uploads,
+    no host reads. Per image the same result as running j on that image's row alone. skip(k, j): sub-policies
+    that are never chosen there (no parameters were drawn for them)."""
+    for k in range(choice.shape[1]):
+        for j, child in enumerate(children):
+            if skip(k, j):
+                continue
+            y = apply_sub_policy(x, child, prefix(k, j), params, rows=None)
+            x = torch.where((choice[:, k] == j).view(-1, 1, 1, 1), y.clamp(0.0, 1.0), x)
+    return x
 
 
 class PolicyOp(Op):
@@ -105,6 +120,8 @@ class PolicyOp(Op):
 
     def apply(self, x, cfg, p, ctx):
         children = list(policy_module(cfg.auto_augment).children())
+        if ctx.masked:
+            return apply_choices(x, children, p.policy_choice, lambda k, j: f"policy{j}", p)
         choice = ctx.host.policy_choice
         for k in range(choice.shape[1]):
             for j, child in enumerate(children):

@@ -18,7 +18,7 @@ import torch
 
 from ssl_aug.augment.ops.base import Op, index_rows
 from ssl_aug.augment.ops.kornia_ops import capture
-from ssl_aug.augment.ops.policy import RAND_OPS, apply_sub_policy, policy_module, rand_magnitude
+from ssl_aug.augment.ops.policy import RAND_OPS, apply_choices, apply_sub_policy, policy_module, rand_magnitude
 from ssl_aug.errors import SslAugError
 
 SUM_TOLERANCE = 1e-4
@@ -85,6 +85,9 @@ class TfSequenceOp(Op):
         return out
 
     def apply(self, x, cfg, p, ctx):
+        if ctx.masked:
+            return apply_choices(x, tf_children(), p.tf_choice, lambda pos, j: f"tf{pos}.{j}", p,
+                                 skip=lambda pos, j: cfg.probs[pos][j] <= 0)
         choice = ctx.host.tf_choice
         for pos in range(choice.shape[1]):
             for j, child in enumerate(tf_children()):

@@ -143,7 +143,7 @@ def plan_cells(spec: dict) -> list[tuple[str, dict]]:
 
 def plan_runs(spec: dict, spec_path: Path) -> list[Run]:
     """Every (cell, seed) run with its validated config (views built once to check [augment])."""
-    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.augment.recipe import views_of
 
     base = base_recipe(spec, spec_path)
     out = Path(spec.get("output_dir") or f"runs/{spec_path.stem}")
@@ -159,7 +159,7 @@ def plan_runs(spec: dict, spec_path: Path) -> list[Run]:
             set_dotted(data, "output_dir", str(run_dir))
             try:
                 config = config_from_dict(data)
-                build_views(config.augment)  # validates the augment table before anything trains
+                views_of(config).build()  # validates the augment table before anything trains
             except SslAugError as exc:
                 raise SslAugError(f"ablation cell '{cell}': {exc}") from None
             runs.append(Run(cell, seed, overrides, run_dir, config, config_hash(config)))

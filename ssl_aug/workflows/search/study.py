@@ -119,7 +119,7 @@ def prepare_search(spec: SearchSpec) -> Path:
 
 def _load_objective_data(spec: SearchSpec, device=None) -> tuple[ObjectiveData, object]:
     """(scoring data, the training images left after carving the validation split)."""
-    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.augment.recipe import views_of
     from ssl_aug.data import ImageDataset
     from ssl_aug.train import load_training_data
 
@@ -131,7 +131,7 @@ def _load_objective_data(spec: SearchSpec, device=None) -> tuple[ObjectiveData, 
     n_bank = min(len(keep), max(cfg.eval.monitor_train, 1))
     bank = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(spec.raw["seed"]))[:n_bank]]
     data = ObjectiveData(train.images[bank], train.labels[bank], train.images[val], train.labels[val],
-                         build_views(cfg.augment), labelled, k=cfg.eval.knn_k,
+                         views_of(cfg).build(), labelled, k=cfg.eval.knn_k,
                          temperature=cfg.eval.knn_temperature, seed=spec.raw["seed"])
     return data, rest
 

@@ -85,9 +85,9 @@ def run_tanda_search(spec, compare_seeds: int, progress: bool = True,
         raise SslAugError(f"no search in {search_dir} to report on; run it first (without --report-only)")
     result = _learn(spec, search_dir, progress)
     recipe = learned_recipe(spec, result)
-    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.augment.recipe import views_of
 
-    build_views(config_from_dict(recipe).augment)  # the recipe loads and its views build before it is written
+    views_of(config_from_dict(recipe)).build()  # the recipe loads and its views build before it is written
     header = (f"TF sequence learned by TANDA (mean-field generator, REINFORCE) in {spec.out_dir}.\n"
               f"Train it: ssl-aug train {search_dir / 'best_recipe.toml'}")
     table = probability_table(result)
