@@ -16,8 +16,8 @@ from ssl_aug.errors import SslAugError, one_line_parser
 from ssl_aug.registry import Registry
 
 COMMANDS = Registry("command")  # name -> its module; the order `ssl-aug --help` lists them in
-for _name in ("quickstart", "train", "views", "eval", "finetune", "ablate", "search", "export", "bench", "data",
-              "list"):
+for _name in ("quickstart", "train", "views", "eval", "finetune", "ablate", "report", "search", "export", "bench",
+              "data", "list"):
     COMMANDS.register(_name, f"ssl_aug.cli.{_name}")
 
 __all__ = ["main", "build_parser", "COMMANDS"]

@@ -45,6 +45,13 @@ def register(sub) -> None:
     p.add_argument("--evaluator", action="append", default=[], metavar="NAME",
                    help="also run this registered evaluator (repeatable; `ssl-aug list evaluators`), with the run's "
                         "own eval.NAME keys when it has them")
+    p.add_argument("--robustness", action="store_true",
+                   help="evaluator robustness: kNN and linear accuracy under 15 common corruptions x 5 "
+                        "severities, drop from clean, mCE relative to the random-init encoder")
+    p.add_argument("--corruption", action="append", default=[], metavar="NAME",
+                   help="with --robustness: only this corruption (repeatable), e.g. --corruption fog")
+    p.add_argument("--severity", action="append", type=int, default=[], metavar="S",
+                   help="with --robustness: only this severity 1-5 (repeatable)")
     p.add_argument("--finetune", action="store_true", help="supervised fine-tuning with default settings (with "
                                                            "--tta: also 10-crop TTA); see `ssl-aug finetune` for all")
     p.add_argument("--k", type=int, nargs="+", default=[200], help="kNN neighbours (several allowed)")

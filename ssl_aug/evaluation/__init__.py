@@ -8,6 +8,11 @@ from ssl_aug.evaluation.knn import KnnEvaluator  # noqa: I001  (registration ord
 from ssl_aug.evaluation.linear import LinearEvaluator
 from ssl_aug.evaluation.tta import TtaEvaluator
 from ssl_aug.evaluation.invariance import InvarianceEvaluator
+from ssl_aug.evaluation.robustness import RobustnessEvaluator
+from ssl_aug.evaluation.embedding import UmapEvaluator
+from ssl_aug.evaluation.neighbours import NeighboursEvaluator
+from ssl_aug.evaluation.knn_sweep import KnnSweepEvaluator
+from ssl_aug.evaluation.linear_protocol import LinearProtocolEvaluator
 from ssl_aug.evaluation.evaluate import (evaluate_encoder, evaluators_from_config, flat_results, format_report,
                                          run_evaluators)
 from ssl_aug.evaluation.features import encode, extract_features
@@ -20,7 +25,8 @@ from ssl_aug.evaluation.tta import knn_head, tta_evaluate, tta_predict, tta_view
 __all__ = [
     "EVALUATORS", "EvalContext", "Evaluator", "EvaluatorConfig", "build_evaluator", "get_evaluator",
     "list_evaluators", "register_evaluator", "KnnEvaluator", "LinearEvaluator", "TtaEvaluator",
-    "InvarianceEvaluator", "evaluators_from_config", "flat_results", "run_evaluators", "KnnMonitor",
+    "InvarianceEvaluator", "RobustnessEvaluator", "UmapEvaluator", "NeighboursEvaluator", "KnnSweepEvaluator",
+    "LinearProtocolEvaluator", "evaluators_from_config", "flat_results", "run_evaluators", "KnnMonitor",
     "LinearClassifier", "classification_metrics", "compare_invariance", "default_transforms", "encode",
     "evaluate_encoder", "expected_calibration_error", "extract_features", "format_report", "invariance_probe",
     "invariance_table", "knn_classify", "knn_evaluate", "knn_head", "knn_scores", "linear_probe",

@@ -48,7 +48,8 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
                      amp: bool = False, cache_dir=None, progress: bool = True, linear_kw: dict | None = None,
                      tta_views: str = "ten_crop", invariance_images: int = 1000, seed: int = 0,
                      test_groups=None, classes=None, group_names=None, leave_one_out: bool | None = None,
-                     knn_kw: dict | None = None, invariance_ops=None, evaluators: Sequence[Evaluator] = ()) -> dict:
+                     knn_kw: dict | None = None, invariance_ops=None, evaluators: Sequence[Evaluator] = (),
+                     run_dir=None) -> dict:
     """train/test: (images_uint8 (N,3,H,W), labels (N,)). Returns a JSON-friendly dict with the keys
     "knn", "linear", "tta", "invariance" for the evaluations that ran (+ "num_train", "num_test", "dim").
     TTA uses the linear classifier when linear=True, else kNN votes (first k); the invariance probe
@@ -56,7 +57,8 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
     sections gain "groups": accuracy per (class, group), worst group and per-class gaps (evaluation.groups).
     leave_one_out: kNN queries never vote for their own bank row; None = automatic, on when the test
     images and labels are the train ones (e.g. eval.test_split = "train"). knn_kw: more knn_evaluate
-    options (index "flat"/"ivf", nlist, nprobe). evaluators: more Evaluator instances, run after these."""
+    options (index "flat"/"ivf", nlist, nprobe). evaluators: more Evaluator instances, run after these.
+    run_dir: where evaluators that draw figures (umap, neighbours) write them."""
     (tr_x, tr_y), (te_x, te_y) = _pair(train, "train"), _pair(test, "test")
     same = tr_x.shape == te_x.shape and torch.equal(tr_y, te_y) and torch.equal(tr_x, te_x)
     if leave_one_out is None:
@@ -66,7 +68,8 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
                           f"got {te_x.shape[0]} test vs {tr_x.shape[0]} train images that differ")
     ctx = EvalContext(encoder, mean, std, (tr_x, tr_y), (te_x, te_y), num_classes=num_classes,
                       batch_size=batch_size, amp=amp, seed=seed, progress=progress, cache_dir=cache_dir,
-                      classes=classes, test_groups=test_groups, group_names=group_names, leave_one_out=leave_one_out)
+                      classes=classes, test_groups=test_groups, group_names=group_names, leave_one_out=leave_one_out,
+                      run_dir=run_dir)
     chosen: list[Evaluator] = []
     if knn:
         kw = knn_kw or {}

@@ -129,6 +129,24 @@ def _knn_kw(args) -> dict:
             "nprobe": getattr(args, "nprobe", 16)}
 
 
+def _robustness_evaluator(args, data: dict) -> list:
+    """--robustness: [the robustness evaluator] with the run's eval.robustness keys, --corruption / --severity
+    on top (checked: one line each); [] without it (or when --evaluator robustness already asks for it)."""
+    if not getattr(args, "robustness", False):
+        if getattr(args, "corruption", None) or getattr(args, "severity", None):
+            raise SslAugError("--corruption / --severity choose what --robustness evaluates; add --robustness")
+        return []
+    if "robustness" in getattr(args, "evaluator", []):
+        return []
+    table = data["evaluators"].get("robustness", True)
+    table = dict(table) if isinstance(table, dict) else {}
+    if args.corruption:
+        table["corruptions"] = list(args.corruption)
+    if args.severity:
+        table["severities"] = list(args.severity)
+    return [build_evaluator("robustness", table)]
+
+
 def eval_command(args) -> int:
     device = resolve_device(args.device)
     out = _output_path(args)  # checked before any work
@@ -145,6 +163,7 @@ def eval_command(args) -> int:
         op_transforms(ops)  # unknown names: one line before any work
     args.invariance = args.invariance or bool(ops)
     extra = [build_evaluator(name, data["evaluators"].get(name, True)) for name in getattr(args, "evaluator", [])]
+    extra += _robustness_evaluator(args, data)   # unknown corruption / severity: one line before any work
     knn = args.knn or not (args.linear or args.tta or args.invariance or fine or extra)
     if min(args.k) < 1:
         raise SslAugError(f"--k {min(args.k)} is not allowed: kNN needs k >= 1 neighbours")
@@ -159,7 +178,7 @@ def eval_command(args) -> int:
     results = {} if not (knn or args.linear or args.tta or args.invariance or extra) else evaluate_encoder(
         backbone, mean, std, train, test, knn=knn, linear=args.linear or args.tta, tta=args.tta,
         invariance=args.invariance, ks=tuple(args.k), temperature=args.temperature, progress=not args.no_progress,
-        knn_kw=_knn_kw(args), invariance_ops=ops, evaluators=extra, **groups)
+        knn_kw=_knn_kw(args), invariance_ops=ops, evaluators=extra, run_dir=out.parent, **groups)
     if fine:  # default fine-tuning settings (ssl-aug finetune sets them all); TTA with --tta
         from ssl_aug.evaluation.finetune import finetune
 

@@ -21,13 +21,15 @@ from ssl_aug.train import Trainer, load_training_data
 
 
 def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, device, progress: bool = True,
-                      evaluators=None) -> dict:
-    """Evaluation of a trained backbone by the recipe's evaluators (or `evaluators`) -> flat metrics."""
+                      evaluators=None, run_dir=None) -> dict:
+    """Evaluation of a trained backbone by the recipe's evaluators (or `evaluators`) -> flat metrics; figures
+    (umap, neighbours) go to run_dir."""
     mean, std = normalization(cfg)
     report = evaluate_encoder(backbone.to(device), mean, std, (train.images, train.labels), (test.images, test.labels),
                               knn=False, progress=progress, seed=cfg.seed, test_groups=getattr(test, "groups", None),
                               classes=test.classes, group_names=getattr(test, "group_names", None),
-                              evaluators=evaluators_from_config(cfg.eval) if evaluators is None else evaluators)
+                              evaluators=evaluators_from_config(cfg.eval) if evaluators is None else evaluators,
+                              run_dir=run_dir)
     return flat_results(report)
 
 
@@ -118,7 +120,7 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
                   f"{len(bank_set)} training images (eval.final_knn = false skips kNN)", file=sys.stderr, flush=True)
         start = time.perf_counter()
         results.update(evaluate_backbone(trainer.method.backbone, cfg, bank_set, test, trainer.device, progress,
-                                         final_evaluators))
+                                         final_evaluators, run_dir=run_dir))
         results["eval_time_s"] = round(time.perf_counter() - start, 2)
     if trainer.is_main:
         atomic_write_json(run_dir / "eval.json", results)
