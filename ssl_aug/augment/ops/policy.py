@@ -90,6 +90,20 @@ def apply_choices(x: torch.Tensor, children, choice: torch.Tensor, prefix, param
     return x
 
 
+def apply_rows(x: torch.Tensor, children, choice: torch.Tensor, prefix, host, skip=lambda k, j: False):
+    """Index form (CPU, bit-identical to the pinned views): at each position k, sub-policy j runs on the rows
+    whose host choice[:, k] == j only, with those rows' parameters (host ViewParams `host`)."""
+    for k in range(choice.shape[1]):
+        for j, child in enumerate(children):
+            rows = index_rows(choice[:, k] == j)
+            if skip(k, j) or not rows.numel():
+                continue
+            rows_d = rows.to(x.device, non_blocking=True)
+            y = apply_sub_policy(x.index_select(0, rows_d), child, prefix(k, j), host, rows)
+            x = x.index_copy(0, rows_d, y.clamp(0.0, 1.0))
+    return x
+
+
 class PolicyOp(Op):
     name, config, stage, nested = "policy", Policy, 10, False
 
@@ -122,16 +136,7 @@ class PolicyOp(Op):
         children = list(policy_module(cfg.auto_augment).children())
         if ctx.masked:
             return apply_choices(x, children, p.policy_choice, lambda k, j: f"policy{j}", p)
-        choice = ctx.host.policy_choice
-        for k in range(choice.shape[1]):
-            for j, child in enumerate(children):
-                rows = index_rows(choice[:, k] == j)
-                if not rows.numel():
-                    continue
-                rows_d = rows.to(x.device, non_blocking=True)
-                y = apply_sub_policy(x.index_select(0, rows_d), child, f"policy{j}", ctx.host, rows)
-                x = x.index_copy(0, rows_d, y.clamp(0.0, 1.0))
-        return x
+        return apply_rows(x, children, ctx.host.policy_choice, lambda k, j: f"policy{j}", ctx.host)
 
     def probe(self) -> dict:
         return {"auto_augment": "randaugment"}

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ssl_aug.augment.ops.base import Op, index_rows
+from ssl_aug.augment.ops.base import Op
 from ssl_aug.augment.ops.kornia_ops import capture
-from ssl_aug.augment.ops.policy import RAND_OPS, apply_choices, apply_sub_policy, policy_module, rand_magnitude
+from ssl_aug.augment.ops.policy import RAND_OPS, apply_choices, apply_rows, policy_module, rand_magnitude
 from ssl_aug.errors import SslAugError
 
 SUM_TOLERANCE = 1e-4
@@ -88,16 +88,7 @@ class TfSequenceOp(Op):
         if ctx.masked:
             return apply_choices(x, tf_children(), p.tf_choice, lambda pos, j: f"tf{pos}.{j}", p,
                                  skip=lambda pos, j: cfg.probs[pos][j] <= 0)
-        choice = ctx.host.tf_choice
-        for pos in range(choice.shape[1]):
-            for j, child in enumerate(tf_children()):
-                rows = index_rows(choice[:, pos] == j)
-                if not rows.numel():
-                    continue
-                rows_d = rows.to(x.device, non_blocking=True)
-                y = apply_sub_policy(x.index_select(0, rows_d), child, f"tf{pos}.{j}", ctx.host, rows)
-                x = x.index_copy(0, rows_d, y.clamp(0.0, 1.0))
-        return x
+        return apply_rows(x, tf_children(), ctx.host.tf_choice, lambda pos, j: f"tf{pos}.{j}", ctx.host)
 
     def probe(self) -> dict:
         return {self.name: {"probs": [[1.0 / RAND_OPS] * RAND_OPS], "m": 10.0}}
