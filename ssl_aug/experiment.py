@@ -68,8 +68,16 @@ def labelled_bank(cfg: Config, train: ImageDataset | None) -> ImageDataset:
 
 def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool = True, progress: bool = True) -> dict:
     """Train `cfg` in `run_dir` (resuming from its last checkpoint when `resume`), evaluate, write
-    eval.json and return the results."""
+    eval.json and return the results. The run folder is locked throughout (ssl_aug.runlock)."""
     run_dir = Path(run_dir or cfg.output_dir)
+    from ssl_aug import distributed as dist
+    from ssl_aug.runlock import hold_run_folder
+
+    with hold_run_folder(run_dir, enabled=dist.is_main()):
+        return _run_experiment(cfg, run_dir, resume, progress)
+
+
+def _run_experiment(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     train = None if cfg.data.stream else load_training_data(cfg)
     evaluate = bool(cfg.eval.knn_every or cfg.eval.final_knn)
     bank_set = labelled_bank(cfg, train) if evaluate else None

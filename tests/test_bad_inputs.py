@@ -42,6 +42,19 @@ RECIPE_CASES = {
     "override into a value": (["train.epochs.x=1"], ["train.epochs.x"]),
     "unknown dataset": (["data.name=imagenet21k"], ["imagenet21k", "cifar10"]),
     "batch larger than data": (["train.batch_size=4096"], ["4096"]),
+    "NaN learning rate": (["train.lr=nan"], ["train.lr", "finite"]),
+    "infinite learning rate": (["train.lr=inf"], ["train.lr", "finite"]),
+    "NaN momentum": (["train.momentum=nan"], ["train.momentum", "finite"]),
+    "momentum above 1": (["train.momentum=1.5"], ["train.momentum", "<= 1"]),
+    "negative weight decay": (["train.weight_decay=-0.1"], ["train.weight_decay", ">= 0"]),
+    "negative threads": (["train.threads=-2"], ["train.threads", ">= 0"]),
+    "negative max_steps": (["train.max_steps=-1"], ["train.max_steps", ">= 0"]),
+    "seed too large": (["seed=99999999999999999"], ["seed", "<= 4294967295"]),
+    "negative seed": (["seed=-1"], ["seed", ">= 0"]),
+    "huge epochs": (["train.epochs=9223372036854775807"], ["train.epochs", "<= 2147483647"]),
+    "NaN inside a method option": (["method.temperature=nan"], ["method.temperature", "finite"]),
+    "inf inside an augment list": (["augment.scale=[0.2, inf]"], ["augment.scale[1]", "finite"]),
+    "NUL in a path": (['data.root="a\\u0000b"'], ["data.root", "NUL"]),
 }
 
 
@@ -58,6 +71,20 @@ def test_bad_toml_syntax(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("seed = 0\n[train\nepochs = 1\n")
     assert_one_error(["train", bad], capsys, "bad.toml", "not valid TOML")
+
+
+def test_recipe_not_utf8(tmp_path, capsys):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('description = "caf\u00e9"\n'.encode("latin-1"))
+    assert_one_error(["train", bad], capsys, "latin1.toml", "not UTF-8")
+
+
+def test_override_not_utf8(recipe, tmp_path, capsys):
+    """A command-line argument with bytes that are not UTF-8 (Python keeps them as surrogates)."""
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")
+    assert_one_error(["train", recipe, f"description={bad}", f"output_dir={json.dumps(str(tmp_path / 'run'))}"],
+                     capsys, "description", "UTF-8")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_recipe_file(tmp_path, capsys):
