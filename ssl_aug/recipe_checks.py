@@ -12,12 +12,13 @@ A bad value is one SslAugError line naming the key, the value and what is allowe
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from dataclasses import dataclass
 
 from ssl_aug.errors import SslAugError
 
-__all__ = ["Range", "RANGES", "MAX_INT", "check_recipe_values", "check_value"]
+__all__ = ["Range", "RANGES", "MAX_INT", "allowed_range", "check_option_types", "check_recipe_values", "check_value"]
 
 MAX_INT = 2**31 - 1  # default bound for integers: counts, sizes and steps beyond it are never meant
 
@@ -71,7 +72,29 @@ RANGES: dict[str, Range] = {
     "eval.knn_nprobe": COUNT,
     "augment.multicrop.local_views": Range(0, 64),
     "augment.multicrop.size": Range(1, 4096),
+    "augment.size": Range(1, 4096),
+    "augment.views": Range(1, 64),
+    # Method options, by pattern (methods added later inherit them): widths, counts, temperatures, momenta.
+    "method.*_dim": Range(1, 65536),
+    "method.num_prototypes": Range(1, 65536),
+    "method.*_layers": Range(1, 16),
+    "method.temperature": POSITIVE,
+    "method.*_temperature": POSITIVE,
+    "method.epsilon": POSITIVE,
+    "method.sinkhorn_iterations": Range(1, 1000),
+    "method.queue_length": Range(0, 2**20),
+    "method.queue_size": Range(0, 2**20),
+    "method.*_iters": Range(0, MAX_INT),
+    "method.*_epoch": Range(0, MAX_INT),
+    "method.*momentum": FRACTION,
 }
+
+
+def allowed_range(key: str) -> Range | None:
+    """The declared range of a dotted key: an exact entry of RANGES, else the first matching pattern."""
+    if key in RANGES:
+        return RANGES[key]
+    return next((r for pattern, r in RANGES.items() if "*" in pattern and fnmatch.fnmatchcase(key, pattern)), None)
 
 
 def check_value(key: str, value) -> None:
@@ -91,7 +114,7 @@ def check_value(key: str, value) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    allowed = RANGES.get(key)
+    allowed = allowed_range(key)
     if isinstance(value, float) and not math.isfinite(value):
         raise SslAugError(f"recipe key '{key}' must be a finite number ({allowed or 'any finite number'}), got {value}")
     if allowed is not None:
@@ -108,6 +131,26 @@ def _check_text(key: str, value: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:  # surrogates: bytes that were not UTF-8 (a command-line argument, a file name)
         raise SslAugError(f"recipe key '{key}' = {value!r} is not valid UTF-8 text") from None
+
+
+def check_option_types(section: str, values: dict, defaults: dict) -> None:
+    """Free-form options (e.g. a method's keyword arguments) against the types of their defaults: an int
+    default takes only integers, a float default any number, a bool default only true/false, a tuple
+    or list default a list; defaults of None take anything. Then the generic checks of each value."""
+    kinds = ((bool, lambda v: isinstance(v, bool), "true or false"),
+             (int, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+             (float, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+             ((tuple, list), lambda v: isinstance(v, (list, tuple)), "a list"),
+             (str, lambda v: isinstance(v, str), "text"))
+    for name, value in values.items():
+        default = defaults.get(name)
+        for kind, ok, words in kinds:
+            if isinstance(default, kind):
+                if not ok(value):
+                    raise SslAugError(f"recipe key '{section}.{name}' must be {words} (default {default!r}), "
+                                      f"got {value!r} ({type(value).__name__})")
+                break
+        check_value(f"{section}.{name}", value)
 
 
 def check_recipe_values(cfg) -> None:

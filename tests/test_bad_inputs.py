@@ -184,6 +184,58 @@ def test_bad_image_files_are_counted_skips(tmp_path, capsys, monkeypatch):
     assert sum(len(v) for v in report["skipped"].values()) == 4  # empty, corrupt, truncated, text.jpg
 
 
+def test_odd_files_in_an_image_folder_are_counted_listed_skips(tmp_path, capsys, monkeypatch):
+    """Dangling and self-referencing symlinks, a file that cannot be read, a file that changes while it is
+    read: each a counted skip listed under its reason; a name that is not UTF-8 is packed and counted."""
+    import os
+
+    import PIL.Image
+
+    monkeypatch.setenv("SSL_AUG_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        (root / cls / "good.jpg").write_bytes(_image_bytes())
+    (root / "a" / "moved.jpg").symlink_to(tmp_path / "gone.jpg")  # dangling: its target was moved
+    (root / "a" / "loop.jpg").symlink_to(root / "a" / "loop.jpg")  # refers to itself
+    (root / "b" / "locked.jpg").write_bytes(_image_bytes())
+    (root / "b" / "growing.jpg").write_bytes(_image_bytes())
+    (root / "b").joinpath(os.fsdecode(b"caf\xe9.jpg")).write_bytes(_image_bytes())  # Latin-1 name
+    (root / "b" / "loop_dir").symlink_to(root / "b")  # a folder link back up (not followed)
+    real_open = PIL.Image.open
+
+    def user_open(path, *args, **kwargs):
+        name = os.path.basename(str(path))
+        if name == "locked.jpg":  # root reads any file: a permission error stands in for chmod 000
+            raise PermissionError(13, "Permission denied", str(path))
+        if name == "growing.jpg":  # another program appends to the file while it is decoded
+            with open(path, "ab") as f:
+                f.write(b"\0" * 16)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", user_open)
+    code, lines, out = run_cli(["data", "info", "imagefolder", "--root", root], capsys)
+    assert code == 0 and "Traceback" not in "\n".join(lines), lines
+    assert ": 3 images" in out, out  # good.jpg x2 + the Latin-1 name
+    report = json.loads(next((tmp_path / "cache").rglob("pack_report.json")).read_text())
+    skipped = {reason: sorted(x.split(":")[0] for x in items) for reason, items in report["skipped"].items()}
+    assert skipped["broken_link"] == ["a/loop.jpg", "a/moved.jpg"]
+    assert skipped["unreadable"] == ["b/locked.jpg"]
+    assert skipped["changed_while_packing"] == ["b/growing.jpg"]
+    assert report["non_utf8_names"] == 1 and report["images"] == 3
+
+
+def test_tree_fingerprint_survives_broken_links_and_sees_them_fixed(tmp_path):
+    from ssl_aug.data.imagefolder import tree_fingerprint
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").symlink_to(tmp_path / "target.jpg")
+    (tmp_path / "a" / "self.jpg").symlink_to(tmp_path / "a" / "self.jpg")
+    broken = tree_fingerprint(tmp_path / "a", 32)
+    (tmp_path / "target.jpg").write_bytes(_image_bytes())
+    assert tree_fingerprint(tmp_path / "a", 32) != broken  # the link now resolves: the pack is redone
+
+
 def test_image_folder_without_decodable_images(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SSL_AUG_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "imgs"
