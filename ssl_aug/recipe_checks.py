@@ -142,14 +142,19 @@ def check_option_types(section: str, values: dict, defaults: dict) -> None:
              (float, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
              ((tuple, list), lambda v: isinstance(v, (list, tuple)), "a list"),
              (str, lambda v: isinstance(v, str), "text"))
-    for name, value in values.items():
-        default = defaults.get(name)
+    def check(key: str, value, default) -> None:
         for kind, ok, words in kinds:
             if isinstance(default, kind):
                 if not ok(value):
-                    raise SslAugError(f"recipe key '{section}.{name}' must be {words} (default {default!r}), "
+                    raise SslAugError(f"recipe key '{key}' must be {words} (default {default!r}), "
                                       f"got {value!r} ({type(value).__name__})")
-                break
+                if isinstance(default, (tuple, list)) and default:  # elements: the type of the first default
+                    for i, item in enumerate(value):
+                        check(f"{key}[{i}]", item, default[0])
+                return
+
+    for name, value in values.items():
+        check(f"{section}.{name}", value, defaults.get(name))
         check_value(f"{section}.{name}", value)
 
 

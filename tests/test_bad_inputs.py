@@ -139,6 +139,8 @@ NPZ_CASES = {
                                _write_npz(d / "train" / "b.npz", x=_good(size=16)[0], y=_good()[1])),
                     ["16x16", "8x8"]),
     "no shards": (lambda d: d.mkdir(parents=True), ["no .npz shards"]),
+    "zero images": (lambda d: _write_npz(d / "train.npz", x=np.zeros((0, 8, 8, 3), np.uint8), y=np.zeros(0, np.int64)),
+                    ["hold no images", "(0, 8, 8, 3)"]),
     "missing folder": (lambda d: None, ["does not exist"]),
 }
 
@@ -149,6 +151,15 @@ def test_bad_npz_shards(case, tmp_path, capsys):
     folder = tmp_path / "shards"
     make(folder)
     assert_one_error(["data", "info", "npz", "--root", folder], capsys, *words)
+
+
+def test_training_on_an_npz_shard_with_zero_images(recipe, tmp_path, capsys):
+    folder = tmp_path / "shards"
+    _write_npz(folder / "train.npz", x=np.zeros((0, 16, 16, 3), np.uint8), y=np.zeros(0, np.int64))
+    line = assert_one_error(["train", recipe, "data.name=npz", f"data.root={json.dumps(str(folder))}", "data.options={}",
+                             f"output_dir={json.dumps(str(tmp_path / 'run'))}", "--no-progress"], capsys,
+                            "hold no images")
+    assert "no labels" not in line
 
 
 # ----------------------------------------------------------------------------- image folders

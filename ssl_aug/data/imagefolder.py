@@ -38,6 +38,7 @@ from ssl_aug.io import atomic_write
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SPLIT_DIRS = ("train", "val", "valid", "validation", "test")
 _16BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+MAX_SIZE = 4096  # packed side in pixels (the largest crop a recipe allows)
 
 
 @dataclass
@@ -240,12 +241,11 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
     from tqdm import tqdm
 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    if not isinstance(size, int) or size < 1:
-        raise SslAugError(f"--size must be a positive integer, got {size!r}")
+    if not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
+        raise SslAugError(f"--size must be an integer from 1 to {MAX_SIZE}, got {size!r}")
     if not isinstance(shard_size, int) or shard_size < 1:
         raise SslAugError(f"--shard-size must be a positive integer, got {shard_size!r}")
-    workers = workers or os.cpu_count() or 1
-    if workers < 1:
+    if (workers := workers or os.cpu_count() or 1) < 1:
         raise SslAugError(f"--workers must be >= 1, got {workers!r}")
     if dst.resolve().is_relative_to(src.resolve()):
         raise SslAugError(f"destination {dst} is inside the source tree {src}; choose a folder outside it")
