@@ -137,6 +137,7 @@ def test_lock_names_its_holder_and_dies_with_it(tmp_path):
             pass
 
 
+@pytest.mark.slow
 def test_stale_lock_of_a_killed_run_is_taken_over_saying_so(tmp_path):
     recipe = write_recipe(tmp_path, epochs=1)
     run = tmp_path / "run"
@@ -170,6 +171,7 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_checkpoint_then_resume_after_space_is_freed(tmp_path, small_tmpfs):
     recipe = write_recipe(tmp_path, epochs=1)
     cache = {"SSL_AUG_CACHE": str(tmp_path / "cache")}

@@ -67,8 +67,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssl-aug: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _ignore_further_signals()
         print("ssl-aug: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        if exc.code in (130, 143):  # stopped on a signal (TrainingInterrupted), its one line printed
+            _ignore_further_signals()
+        raise
+
+
+def _ignore_further_signals() -> None:
+    """After a stop on a signal, another Ctrl-C (a quick double press) must not interrupt the interpreter's
+    shutdown (atexit callbacks would print 'Exception ignored ...' tracebacks)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
