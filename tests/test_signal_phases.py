@@ -173,3 +173,43 @@ def test_quick_double_ctrl_c_prints_no_traceback(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+SLOW_PACK = r"""
+import os, sys, time
+from pathlib import Path
+from ssl_aug.data import imagefolder
+_decode = imagefolder.decode_image
+def decode(path, size):
+    if path.endswith("b.png"):  # the shard of class a is being packed; class b's image waits
+        Path(os.environ["PHASE_MARK"]).touch()
+        time.sleep(3)
+    return _decode(path, size)
+imagefolder.decode_image = decode
+from ssl_aug.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_packing_an_image_folder(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "src" / cls).mkdir(parents=True)
+        Image.new("RGB", (9, 7), (10, 200, 30)).save(tmp_path / "src" / cls / f"{cls}.png")
+    mark, dst = tmp_path / "mark", tmp_path / "packed"
+    args = ["data", "pack", str(tmp_path / "src"), str(dst), "--size", "8", "--shard-size", "1", "--workers", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PHASE_MARK=str(mark))
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PACK, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _, lines = _signal_in_phase(proc, mark, signal.SIGTERM)
+    # the progress bar has no newline of its own: the message follows it on the same line
+    lines = [x[x.index("ssl-aug:"):] if "ssl-aug:" in x else x for x in lines]
+    lines = [x for x in lines if "%|" not in x]
+    assert proc.returncode == 143 and len(lines) == 1, lines
+    assert "SIGTERM" in lines[0] and "run the same command again" in lines[0]
+    assert not list(dst.glob(".*.tmp")) and not (dst / "meta.json").exists()  # no partial pack claimed complete
+    again = subprocess.run([sys.executable, "-m", "ssl_aug", *args, "--quiet"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((dst / "meta.json").read_text())["images"] == 2

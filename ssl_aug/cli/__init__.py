@@ -8,6 +8,7 @@ as one line `ssl-aug: error: ...` (exit code 2); an unknown flag names the sub-c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -58,11 +59,23 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
+    from ssl_aug.train.signals import EXIT_CODES, PhaseInterrupted, interrupt_on_signal
+
+    # search / ablate / finetune keep their own handling of a stopped trial or cell (the trainer's guard)
+    guarded = handed_over is not None or getattr(args, "command", None) not in ("search", "ablate", "finetune")
     try:
-        if handed_over is not None:
-            function, rest = handed_over
-            return int(function(rest) or 0)
-        return int(args.func(args) or 0)
+        with interrupt_on_signal() if guarded else contextlib.nullcontext():
+            if handed_over is not None:
+                function, rest = handed_over
+                return int(function(rest) or 0)
+            return int(args.func(args) or 0)
+    except PhaseInterrupted as stop:
+        _ignore_further_signals()
+        import signal
+
+        print(f"ssl-aug: {signal.Signals(stop.signum).name}: stopped; every file written so far is complete (writes "
+              "are atomic, nothing partial is left); run the same command again to finish", file=sys.stderr)
+        return EXIT_CODES.get(stop.signum, 128 + stop.signum)
     except SslAugError as exc:
         print(f"ssl-aug: error: {exc}", file=sys.stderr)
         return 2
