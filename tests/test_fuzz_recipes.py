@@ -3,7 +3,7 @@ at every recipe key (every field of the Config dataclasses, every option of ever
 [augment] key) and at the train command's options. Each example must end in one `ssl-aug: error:` line
 and nothing written, or be accepted and then build the model, the views and one loss without any
 exception other than SslAugError. Bounded: a fixed number of examples per test (SSL_AUG_FUZZ_EXAMPLES,
-default 40), derandomised, so the suite stays fast and repeatable; raise it to hunt for new classes."""
+default 100), derandomised, so the suite stays fast and repeatable; raise it to hunt for new classes."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from ssl_aug.config import Config  # noqa: E402
 
 pytest.importorskip("ssl_aug.models.small_cnn")
 
-FUZZ = settings(max_examples=int(os.environ.get("SSL_AUG_FUZZ_EXAMPLES", 40)), deadline=None,
+FUZZ = settings(max_examples=int(os.environ.get("SSL_AUG_FUZZ_EXAMPLES", 100)), deadline=None,
                 derandomize=True, suppress_health_check=list(HealthCheck), database=None)
 
 

@@ -97,6 +97,7 @@ def _wait_for_steps(proc: subprocess.Popen, run: Path, n: int, timeout: float = 
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_second_run_into_a_busy_folder_is_refused_and_the_first_is_intact(tmp_path):
     recipe = write_recipe(tmp_path, epochs=1)
     reference = _cli(recipe, tmp_path / "reference")
