@@ -28,6 +28,26 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     return atomic_torch_save(obj, path)
 
 
+def nonfinite_flag(tensors) -> torch.Tensor:
+    """A 0-dim bool tensor on the tensors' device: True when any floating-point tensor of `tensors` holds
+    a NaN or inf. No host sync (the caller reads it once, at a checkpoint boundary)."""
+    flags = [~torch.isfinite(t.detach()).all() for t in tensors
+             if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and t.numel()]
+    if not flags:
+        return torch.zeros((), dtype=torch.bool)
+    device = flags[0].device
+    return torch.stack([f.to(device) for f in flags]).any()
+
+
+def training_tensors(module: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None):
+    """Every tensor a checkpoint saves of a model and its optimiser: parameters, buffers, optimiser state."""
+    yield from module.parameters()
+    yield from module.buffers()
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            yield from (v for v in state.values() if isinstance(v, torch.Tensor))
+
+
 def load_weights_only(path: str | os.PathLike, map_location="cpu"):
     """torch.load(weights_only=True): tensors and plain containers only, never pickled code; one clear
     error for missing, truncated or foreign files."""

@@ -209,6 +209,9 @@ def _pull_evaluators(data: dict) -> dict:
 def config_from_dict(data: dict) -> Config:
     """Validate a plain nested dict (e.g. a parsed recipe) into a Config."""
     cfg = _build(Config, _pull_evaluators(_pull_schedules(copy.deepcopy(data))), "")
+    from ssl_aug.recipe_checks import check_recipe_values  # every value finite, in range, valid text
+
+    check_recipe_values(cfg)
     _validate(cfg)
     return cfg
 
@@ -304,6 +307,10 @@ def read_toml(path: str | Path) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise SslAugError(f"recipe {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SslAugError(f"recipe {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise SslAugError(f"recipe {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def load_recipe(recipe: str | Path, overrides: list[str] | dict = ()) -> Config:

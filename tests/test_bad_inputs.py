@@ -42,6 +42,19 @@ RECIPE_CASES = {
     "override into a value": (["train.epochs.x=1"], ["train.epochs.x"]),
     "unknown dataset": (["data.name=imagenet21k"], ["imagenet21k", "cifar10"]),
     "batch larger than data": (["train.batch_size=4096"], ["4096"]),
+    "NaN learning rate": (["train.lr=nan"], ["train.lr", "finite"]),
+    "infinite learning rate": (["train.lr=inf"], ["train.lr", "finite"]),
+    "NaN momentum": (["train.momentum=nan"], ["train.momentum", "finite"]),
+    "momentum above 1": (["train.momentum=1.5"], ["train.momentum", "<= 1"]),
+    "negative weight decay": (["train.weight_decay=-0.1"], ["train.weight_decay", ">= 0"]),
+    "negative threads": (["train.threads=-2"], ["train.threads", ">= 0"]),
+    "negative max_steps": (["train.max_steps=-1"], ["train.max_steps", ">= 0"]),
+    "seed too large": (["seed=99999999999999999"], ["seed", "<= 4294967295"]),
+    "negative seed": (["seed=-1"], ["seed", ">= 0"]),
+    "huge epochs": (["train.epochs=9223372036854775807"], ["train.epochs", "<= 2147483647"]),
+    "NaN inside a method option": (["method.temperature=nan"], ["method.temperature", "finite"]),
+    "inf inside an augment list": (["augment.scale=[0.2, inf]"], ["augment.scale[1]", "finite"]),
+    "NUL in a path": (['data.root="a\\u0000b"'], ["data.root", "NUL"]),
 }
 
 
@@ -58,6 +71,20 @@ def test_bad_toml_syntax(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("seed = 0\n[train\nepochs = 1\n")
     assert_one_error(["train", bad], capsys, "bad.toml", "not valid TOML")
+
+
+def test_recipe_not_utf8(tmp_path, capsys):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('description = "caf\u00e9"\n'.encode("latin-1"))
+    assert_one_error(["train", bad], capsys, "latin1.toml", "not UTF-8")
+
+
+def test_override_not_utf8(recipe, tmp_path, capsys):
+    """A command-line argument with bytes that are not UTF-8 (Python keeps them as surrogates)."""
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")
+    assert_one_error(["train", recipe, f"description={bad}", f"output_dir={json.dumps(str(tmp_path / 'run'))}"],
+                     capsys, "description", "UTF-8")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_recipe_file(tmp_path, capsys):
@@ -112,6 +139,8 @@ NPZ_CASES = {
                                _write_npz(d / "train" / "b.npz", x=_good(size=16)[0], y=_good()[1])),
                     ["16x16", "8x8"]),
     "no shards": (lambda d: d.mkdir(parents=True), ["no .npz shards"]),
+    "zero images": (lambda d: _write_npz(d / "train.npz", x=np.zeros((0, 8, 8, 3), np.uint8), y=np.zeros(0, np.int64)),
+                    ["hold no images", "(0, 8, 8, 3)"]),
     "missing folder": (lambda d: None, ["does not exist"]),
 }
 
@@ -122,6 +151,15 @@ def test_bad_npz_shards(case, tmp_path, capsys):
     folder = tmp_path / "shards"
     make(folder)
     assert_one_error(["data", "info", "npz", "--root", folder], capsys, *words)
+
+
+def test_training_on_an_npz_shard_with_zero_images(recipe, tmp_path, capsys):
+    folder = tmp_path / "shards"
+    _write_npz(folder / "train.npz", x=np.zeros((0, 16, 16, 3), np.uint8), y=np.zeros(0, np.int64))
+    line = assert_one_error(["train", recipe, "data.name=npz", f"data.root={json.dumps(str(folder))}", "data.options={}",
+                             f"output_dir={json.dumps(str(tmp_path / 'run'))}", "--no-progress"], capsys,
+                            "hold no images")
+    assert "no labels" not in line
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -155,6 +193,58 @@ def test_bad_image_files_are_counted_skips(tmp_path, capsys, monkeypatch):
     report = json.loads(next((tmp_path / "cache").rglob("pack_report.json")).read_text())
     assert report["images"] == 5
     assert sum(len(v) for v in report["skipped"].values()) == 4  # empty, corrupt, truncated, text.jpg
+
+
+def test_odd_files_in_an_image_folder_are_counted_listed_skips(tmp_path, capsys, monkeypatch):
+    """Dangling and self-referencing symlinks, a file that cannot be read, a file that changes while it is
+    read: each a counted skip listed under its reason; a name that is not UTF-8 is packed and counted."""
+    import os
+
+    import PIL.Image
+
+    monkeypatch.setenv("SSL_AUG_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        (root / cls / "good.jpg").write_bytes(_image_bytes())
+    (root / "a" / "moved.jpg").symlink_to(tmp_path / "gone.jpg")  # dangling: its target was moved
+    (root / "a" / "loop.jpg").symlink_to(root / "a" / "loop.jpg")  # refers to itself
+    (root / "b" / "locked.jpg").write_bytes(_image_bytes())
+    (root / "b" / "growing.jpg").write_bytes(_image_bytes())
+    (root / "b").joinpath(os.fsdecode(b"caf\xe9.jpg")).write_bytes(_image_bytes())  # Latin-1 name
+    (root / "b" / "loop_dir").symlink_to(root / "b")  # a folder link back up (not followed)
+    real_open = PIL.Image.open
+
+    def user_open(path, *args, **kwargs):
+        name = os.path.basename(str(path))
+        if name == "locked.jpg":  # root reads any file: a permission error stands in for chmod 000
+            raise PermissionError(13, "Permission denied", str(path))
+        if name == "growing.jpg":  # another program appends to the file while it is decoded
+            with open(path, "ab") as f:
+                f.write(b"\0" * 16)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", user_open)
+    code, lines, out = run_cli(["data", "info", "imagefolder", "--root", root], capsys)
+    assert code == 0 and "Traceback" not in "\n".join(lines), lines
+    assert ": 3 images" in out, out  # good.jpg x2 + the Latin-1 name
+    report = json.loads(next((tmp_path / "cache").rglob("pack_report.json")).read_text())
+    skipped = {reason: sorted(x.split(":")[0] for x in items) for reason, items in report["skipped"].items()}
+    assert skipped["broken_link"] == ["a/loop.jpg", "a/moved.jpg"]
+    assert skipped["unreadable"] == ["b/locked.jpg"]
+    assert skipped["changed_while_packing"] == ["b/growing.jpg"]
+    assert report["non_utf8_names"] == 1 and report["images"] == 3
+
+
+def test_tree_fingerprint_survives_broken_links_and_sees_them_fixed(tmp_path):
+    from ssl_aug.data.imagefolder import tree_fingerprint
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").symlink_to(tmp_path / "target.jpg")
+    (tmp_path / "a" / "self.jpg").symlink_to(tmp_path / "a" / "self.jpg")
+    broken = tree_fingerprint(tmp_path / "a", 32)
+    (tmp_path / "target.jpg").write_bytes(_image_bytes())
+    assert tree_fingerprint(tmp_path / "a", 32) != broken  # the link now resolves: the pack is redone
 
 
 def test_image_folder_without_decodable_images(tmp_path, capsys, monkeypatch):

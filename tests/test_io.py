@@ -1,5 +1,6 @@
 """ssl_aug.io: atomic writes leave the old or the new file, never a partial one, with open()'s mode."""
 
+import errno
 import json
 import os
 import stat
@@ -47,12 +48,47 @@ def test_failed_write_keeps_previous_file_and_cleans_up(tmp_path):
 
     def broken(f):
         f.write(b"partial")
-        raise RuntimeError("boom")
+        raise ValueError("boom")  # a bug in the caller's writer: propagates unchanged
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError):
         atomic_write(target, broken)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_torch_save_runtime_error_is_one_line_with_free_space(tmp_path):
+    """torch.save reports a failed write as RuntimeError ('[enforce fail at inline_container.cc ...]')."""
+    target = tmp_path / "a.pt"
+    atomic_write_text(target, "old")
+
+    def torch_like(f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0\nmore")
+
+    with pytest.raises(SslAugError) as info:
+        atomic_write(target, torch_like, what="checkpoint")
+    message = str(info.value)
+    assert "\n" not in message and str(target) in message and " free" in message and "inline_container" in message
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+
+
+def test_append_line_failure_leaves_no_torn_line(tmp_path, monkeypatch):
+    from ssl_aug import io as io_mod
+
+    log = tmp_path / "log.jsonl"
+    io_mod.append_line(log, '{"a": 1}')
+    real_write = os.write
+
+    def half_then_full(fd, data):  # writes half the bytes, then the disk is full
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io_mod.os, "write", half_then_full)
+    with pytest.raises(SslAugError, match="No space left on device") as info:
+        io_mod.append_line(log, '{"b": 2, "long": "' + "x" * 100 + '"}', what="metrics log")
+    assert "\n" not in str(info.value) and " free" in str(info.value)
+    assert log.read_text() == '{"a": 1}\n'
 
 
 def test_unwritable_target_is_one_line_error(tmp_path):

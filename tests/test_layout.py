@@ -9,12 +9,12 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ssl_aug"
-LAYERS = {"errors": 0, "io": 0, "_version": 0, "registry": 0, "schedules": 0, "config": 0, "device": 0, "distributed": 0,
+LAYERS = {"errors": 0, "io": 0, "_version": 0, "registry": 0, "schedules": 0, "config": 0, "recipe_checks": 0, "runlock": 0, "device": 0, "distributed": 0,
           "data": 1, "augment": 2, "models": 3, "losses": 3, "methods": 4, "train": 5, "optim": 5, "checkpoint": 5,
           "evaluation": 6, "export": 7, "workflows": 7, "benchmarks": 8, "cli": 9, "__main__": 9, "__init__": 9}
 # the package root holds ground helpers only; everything else lives in a package of its layer
-ROOT_MODULES = {"__init__", "__main__", "_version", "errors", "io", "registry", "config", "device", "distributed",
-                "optim", "checkpoint"}
+ROOT_MODULES = {"__init__", "__main__", "_version", "errors", "io", "registry", "config", "recipe_checks", "runlock",
+                "device", "distributed", "optim", "checkpoint"}
 
 
 def modules():

@@ -50,7 +50,7 @@ def normalization(cfg: Config) -> tuple[list[float], list[float]]:
 def _preset_specs(name: str, spec_keys: dict, augment: dict) -> tuple[list[ViewSpec], list[int]]:
     """The views of a named preset, built at the recipe's `size`; every other ViewSpec key of the
     recipe overrides that field in each of the preset's view families."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise SslAugError(f"recipe key 'augment.preset' = {name!r} is not allowed; choose one of: "
                           f"{', '.join(PRESETS)}")
     clash = [k for k in ("views", "multicrop") if k in augment]

@@ -103,5 +103,6 @@ def update_benchmarks_md(section: str, title: str, body: str, path: str | os.Pat
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery table here is printed by a script in eval/ (or `ssl-aug bench`).\n"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    return path
+    from ssl_aug.io import atomic_write_text
+
+    return atomic_write_text(path, text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import builtins  # `list` in this package's namespace is the `ssl-aug list` command module
+import contextlib
 import importlib
 import sys
 
@@ -52,17 +53,45 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
+    from ssl_aug.train.signals import EXIT_CODES, PhaseInterrupted, interrupt_on_signal
+
+    # search / ablate / finetune keep their own handling of a stopped trial or cell (the trainer's guard)
+    guarded = handed_over is not None or getattr(args, "command", None) not in ("search", "ablate", "finetune")
     try:
-        if handed_over is not None:
-            function, rest = handed_over
-            return int(function(rest) or 0)
-        return int(args.func(args) or 0)
+        with interrupt_on_signal() if guarded else contextlib.nullcontext():
+            if handed_over is not None:
+                function, rest = handed_over
+                return int(function(rest) or 0)
+            return int(args.func(args) or 0)
+    except PhaseInterrupted as stop:
+        _ignore_further_signals()
+        import signal
+
+        print(f"ssl-aug: {signal.Signals(stop.signum).name}: stopped; every file written so far is complete (writes "
+              "are atomic, nothing partial is left); run the same command again to finish", file=sys.stderr)
+        return EXIT_CODES.get(stop.signum, 128 + stop.signum)
     except SslAugError as exc:
         print(f"ssl-aug: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _ignore_further_signals()
         print("ssl-aug: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        if exc.code in (130, 143):  # stopped on a signal (TrainingInterrupted), its one line printed
+            _ignore_further_signals()
+        raise
+
+
+def _ignore_further_signals() -> None:
+    """After a stop on a signal, another Ctrl-C (a quick double press) must not interrupt the interpreter's
+    shutdown (atexit callbacks would print 'Exception ignored ...' tracebacks)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

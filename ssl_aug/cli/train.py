@@ -24,6 +24,9 @@ def validate_before_data(cfg) -> None:
     if unknown:
         raise SslAugError(f"unknown option(s) {', '.join(unknown)} for method {cfg.method.get('name')!r}: "
                           f"allowed are {', '.join(allowed)}")
+    from ssl_aug.recipe_checks import check_option_types
+
+    check_option_types("method", {k: v for k, v in cfg.method.items() if k != "name"}, allowed)
 
 
 def run(args) -> int:

@@ -11,8 +11,9 @@ transparent colour) composited over white; 16-bit / 32-bit integer grayscale sca
 (not clipped); EXIF orientation applied; JPEGs decoded at a reduced DCT scale when much larger
 than `size` (PIL draft). Images smaller than `size` (even 1x1) are upscaled and counted.
 Skipped, counted and listed (never a traceback, never a label from a wrong folder): 0-byte files,
-corrupt or truncated images, files without an image extension, files outside class folders;
-class folders without any image file are dropped before labels are assigned. File and folder names
+corrupt or truncated images, unreadable files, dangling or looping symlinks, files that change while
+they are read, files without an image extension, files outside class folders; class folders without
+any image file are dropped before labels are assigned. File and folder names
 that are not valid UTF-8 are kept (decoded from their bytes), counted, and shown with U+FFFD.
 A source with split folders (train/, val/, test/, ...) is packed split by split into DST/<split>/.
 """
@@ -37,6 +38,7 @@ from ssl_aug.io import atomic_write
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SPLIT_DIRS = ("train", "val", "valid", "validation", "test")
 _16BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+MAX_SIZE = 4096  # packed side in pixels (the largest crop a recipe allows)
 
 
 @dataclass
@@ -74,15 +76,13 @@ class PackReport:
         if self.non_utf8_names:
             lines.append(f"names not valid UTF-8 (kept, shown with U+FFFD): {self.non_utf8_names}")
         if self.empty_classes:
-            names = ", ".join(self.empty_classes)
-            lines.append(f"empty class folders skipped: {len(self.empty_classes)} ({names})")
+            lines.append(f"empty class folders skipped: {len(self.empty_classes)} ({', '.join(self.empty_classes)})")
         if self.classes_without_images:
             lines.append("classes kept with 0 decodable images: " + ", ".join(self.classes_without_images))
         lines.append(f"skipped files: {self.num_skipped}" + ("" if not self.skipped else " (" + ", ".join(
             f"{k} {len(v)}" for k, v in sorted(self.skipped.items())) + ")"))
         for reason, items in sorted(self.skipped.items()):
-            for item in items[:max_list]:
-                lines.append(f"  {reason}: {item}")
+            lines += [f"  {reason}: {item}" for item in items[:max_list]]
             if len(items) > max_list:
                 lines.append(f"  {reason}: ... {len(items) - max_list} more in pack_report.json")
         return "\n".join(lines)
@@ -150,7 +150,11 @@ def decode_image(path: str, size: int):
     from PIL import Image, ImageOps
 
     try:
-        if os.path.getsize(path) == 0:
+        before = os.stat(path)
+    except OSError as e:  # a dangling or looping symlink, a file removed meanwhile, no permission
+        return None, "broken_link" if os.path.islink(path) else "unreadable", f"{type(e).__name__}: {e.strerror}"
+    try:
+        if before.st_size == 0:
             return None, "empty_file", "0 bytes"
         with Image.open(path) as im:
             if im.format == "JPEG":
@@ -162,10 +166,14 @@ def decode_image(path: str, size: int):
             out = np.asarray(resize_center_crop(to_rgb(im), size), dtype=np.uint8)
         if out.shape != (size, size, 3):
             return None, "corrupt", f"decoded to shape {out.shape}"
+        after = os.stat(path)
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            return None, "changed_while_packing", "the file changed while it was read; pack again to include it"
         return out, "ok", (src_mode, up)
     except Exception as e:  # any decoder failure is a skipped file, never a traceback
         msg = " ".join(f"{type(e).__name__}: {e}".split())
-        return None, ("truncated" if "truncated" in msg.lower() else "corrupt"), msg
+        unreadable = isinstance(e, (PermissionError, FileNotFoundError))
+        return None, "unreadable" if unreadable else "truncated" if "truncated" in msg.lower() else "corrupt", msg
 
 
 def _bad_names(relpath: str) -> int:
@@ -210,14 +218,18 @@ def scan_tree(src: Path):
 
 
 def tree_fingerprint(src: Path, size: int) -> str:
-    """sha1 over (relative path, byte size, mtime) of every file and the target size."""
+    """sha1 over (relative path, size, mtime or the stat error of a dangling/looping link) of every file."""
     h = hashlib.sha1(f"size={size}".encode())
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames.sort()
         for fn in sorted(filenames):
             p = os.path.join(dirpath, fn)
-            st = os.stat(p)
-            h.update(os.fsencode(os.path.relpath(p, src)) + f"|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            try:
+                st = os.stat(p)
+            except OSError as e:
+                st = f"error {e.errno}"
+            stamp = f"|{st.st_size}|{st.st_mtime_ns}\n" if isinstance(st, os.stat_result) else f"|{st}\n"
+            h.update(os.fsencode(os.path.relpath(p, src)) + stamp.encode())
     return h.hexdigest()
 
 
@@ -229,12 +241,11 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
     from tqdm import tqdm
 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    if not isinstance(size, int) or size < 1:
-        raise SslAugError(f"--size must be a positive integer, got {size!r}")
+    if not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
+        raise SslAugError(f"--size must be an integer from 1 to {MAX_SIZE}, got {size!r}")
     if not isinstance(shard_size, int) or shard_size < 1:
         raise SslAugError(f"--shard-size must be a positive integer, got {shard_size!r}")
-    workers = workers or os.cpu_count() or 1
-    if workers < 1:
+    if (workers := workers or os.cpu_count() or 1) < 1:
         raise SslAugError(f"--workers must be >= 1, got {workers!r}")
     if dst.resolve().is_relative_to(src.resolve()):
         raise SslAugError(f"destination {dst} is inside the source tree {src}; choose a folder outside it")
@@ -310,9 +321,9 @@ def read_packed(dst: Path) -> dict | None:
     """meta.json of a completed pack in dst, or None."""
     try:
         meta = json.loads((dst / "meta.json").read_text())
+        return meta if isinstance(meta, dict) and meta.get("format") == "ssl_aug.imagefolder" else None
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) and meta.get("format") == "ssl_aug.imagefolder" else None
 
 
 def resolve_tree(root: Path, split: str) -> Path:
@@ -370,8 +381,7 @@ def pack_main(argv: list[str] | None = None) -> int:
                          description="Decode a class-per-folder image tree once into npz shards.")
     ap.add_argument("src", metavar="SRC", help="folder with one sub-folder per class")
     ap.add_argument("dst", metavar="DST", help="output folder for shard_*.npz, classes.txt, pack_report.json")
-    ap.add_argument("--size", type=int, default=96,
-                    help="output side in pixels (shorter side resize + center crop)")
+    ap.add_argument("--size", type=int, default=96, help="output side in pixels (shorter side resize + center crop)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding threads")
     ap.add_argument("--shard-size", type=int, default=10000, help="images per shard")
     ap.add_argument("--quiet", action="store_true", help="no progress bar or report on stderr")

@@ -109,6 +109,9 @@ def load_shards(paths, name: str, classes: list[str] | None = None) -> ImageData
         xs.append(x)
         ys.append(y)
     n = sum(len(x) for x in xs)
+    if n == 0:
+        raise SslAugError(f"the npz shards of {name} hold no images ({len(paths)} shard(s), e.g. {paths[0]} with x of "
+                          f"shape {tuple(xs[0].shape)}); add images to them or remove the empty shards")
     h, w = xs[0].shape[1:3]
     images = torch.empty((n, 3, h, w), dtype=torch.uint8)
     i = 0

@@ -34,7 +34,7 @@ from ssl_aug.evaluation.features import check_images, module_device, normalize_i
 from ssl_aug.evaluation.groups import group_metrics, predictions
 from ssl_aug.evaluation.knn import classification_metrics
 from ssl_aug.evaluation.tta import VIEWS, tta_predict
-from ssl_aug.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from ssl_aug.io import append_line, atomic_torch_save, atomic_write_json, atomic_write_text
 from ssl_aug.registry import check_keys
 
 __all__ = ["FinetuneConfig", "finetune", "last_stage_modules", "TRAINABLE"]
@@ -331,8 +331,7 @@ def finetune(encoder: nn.Module, mean, std, train, test, cfg: FinetuneConfig | d
         record = {"type": "epoch", "epoch": epoch + 1, "train_loss": total / len(train_idx), "val_loss": val_loss,
                   "val_top1": val_acc, "lr": opt.param_groups[0]["lr"]}
         if run is not None:
-            with open(run / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(run / "metrics.jsonl", json.dumps(record), what="metrics log")
             state["lines"] += 1
             atomic_torch_save({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state},

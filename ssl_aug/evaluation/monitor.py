@@ -11,6 +11,7 @@ from torch import nn
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.features import check_images, extract_features
 from ssl_aug.evaluation.knn import knn_evaluate
+from ssl_aug.io import append_line
 
 
 class KnnMonitor:
@@ -56,6 +57,5 @@ class KnnMonitor:
                          temperature=self.temperature, num_classes=self.num_classes, self_index=self.self_index)
         out = {"knn_top1": r["top1"], "knn_top5": r["top5"]}
         if self.log_path is not None:
-            with open(self.log_path, "a") as f:
-                f.write(json.dumps({"epoch": epoch, "step": step, **out}) + "\n")
+            append_line(self.log_path, json.dumps({"epoch": epoch, "step": step, **out}), what="kNN monitor log")
         return out

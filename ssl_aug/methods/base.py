@@ -101,6 +101,9 @@ def build_method(name: str, backbone: nn.Module, **kw) -> Method:
         raise SslAugError(
             f"unknown option(s) {', '.join(unknown)} for method {name!r}: allowed are {', '.join(allowed)}"
         )
+    from ssl_aug.recipe_checks import check_option_types
+
+    check_option_types("method", kw, allowed)  # types of the defaults, finite numbers, declared ranges
     return METHODS[name](backbone, **kw)
 
 

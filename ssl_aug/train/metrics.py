@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ssl_aug.io import atomic_write_text
+from ssl_aug.io import append_line, atomic_write_text
 
 __all__ = ["MetricsLog", "StepTimer", "LOGGERS"]
 LOGGERS = ("none", "tensorboard")
@@ -32,8 +32,7 @@ class MetricsLog:
     def append(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record), what="metrics log")
         self.lines += 1
         if self.tensorboard is not None:
             kind, step = record.get("type", "step"), record.get("step", self.lines)

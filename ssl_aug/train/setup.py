@@ -62,6 +62,7 @@ def build_model(cfg: Config) -> nn.Module:
     """Backbone + method head(s) from the recipe (seeded, so every rank starts identical)."""
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.model.backbone, **backbone_args_for(cfg.model.backbone, cfg.model.backbone_args))
+    check_view_sizes(backbone, cfg)
     method_args = {k: v for k, v in cfg.method.items() if k != "name"}
     return build_method(cfg.method["name"], backbone, **method_args)
 
@@ -88,6 +89,26 @@ def buffer_sync(sync: bool) -> dict:
     if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters:
         return {"forward_sync_buffers": sync}
     return {"broadcast_buffers": sync}
+
+
+def check_view_sizes(backbone: nn.Module, cfg: Config) -> None:
+    """One eval-mode forward of two blank images at the recipe's smallest view size: a crop too small for
+    the backbone's downsampling is one line now, not a shape error at the first step. Eval mode and no
+    grad: no BatchNorm statistics or random numbers are touched."""
+    from ssl_aug.augment.recipe import views_of
+
+    specs = views_of(cfg).specs
+    size = min(spec.size for spec in specs)
+    was_training = backbone.training
+    try:
+        with torch.no_grad():
+            backbone.eval()(torch.zeros(2, 3, size, size))
+    except RuntimeError as exc:
+        key = "augment.size" if size == specs[0].size else "augment.multicrop.size"
+        raise SslAugError(f"recipe key '{key}' = {size} is too small for backbone {cfg.model.backbone!r} "
+                          f"({str(exc).splitlines()[0][:120]}); use larger crops") from None
+    finally:
+        backbone.train(was_training)
 
 
 def autocast(device: torch.device, amp: str):

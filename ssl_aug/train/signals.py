@@ -9,12 +9,13 @@ Ctrl-C interrupts at once (KeyboardInterrupt, no new checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
 from ssl_aug import distributed as dist
 
-__all__ = ["EXIT_CODES", "PreemptionGuard", "TrainingInterrupted"]
+__all__ = ["EXIT_CODES", "PreemptionGuard", "TrainingInterrupted", "PhaseInterrupted", "interrupt_on_signal"]
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
@@ -26,6 +27,33 @@ class TrainingInterrupted(SystemExit):
     def __init__(self, signum: int, step: int, checkpoint=None):
         super().__init__(EXIT_CODES.get(signum, 128 + int(signum)))
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class PhaseInterrupted(BaseException):
+    """Raised by `interrupt_on_signal` where SIGTERM/SIGINT arrived (outside the training loop, whose
+    PreemptionGuard finishes the step first). A BaseException, so writers clean up their temp files."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interrupt_on_signal():
+    """For the phases around training (data, model, final evaluation, export): SIGTERM and SIGINT raise
+    PhaseInterrupted at once, so the caller can say what is saved and how to continue."""
+    previous = {}
+
+    def handle(signum, frame):
+        raise PhaseInterrupted(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, handle) for signum in EXIT_CODES}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class PreemptionGuard:

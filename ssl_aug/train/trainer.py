@@ -20,11 +20,13 @@ from torch import nn
 
 from ssl_aug import distributed as dist
 from ssl_aug.augment.recipe import view_dtype, views_of
-from ssl_aug.checkpoint import latest_checkpoint, load_checkpoint, save_run_checkpoint
+from ssl_aug.checkpoint import (latest_checkpoint, load_checkpoint, nonfinite_flag, save_run_checkpoint,
+                                training_tensors)
 from ssl_aug.config import Config
 from ssl_aug.data import ImageDataset
 from ssl_aug.errors import SslAugError
 from ssl_aug.io import atomic_write_json
+from ssl_aug.runlock import hold_run_folder
 from ssl_aug.train.hard_views import hard_views
 from ssl_aug.train.metrics import MetricsLog, StepTimer
 from ssl_aug.train.resume import agree_on_checkpoint, other_node_writers, save_on_every_node, writes_checkpoints
@@ -38,7 +40,8 @@ EpochCallback = Callable[["Trainer", int], dict]
 
 
 class NonFiniteLossError(SslAugError):
-    """The loss became NaN or inf; the run stopped and the last good checkpoint was kept."""
+    """The loss, a weight, a buffer or the optimiser state became NaN or inf; the run stopped and the
+    last good checkpoint was kept."""
 
 
 class Trainer:
@@ -119,7 +122,9 @@ class Trainer:
             hook.load_hook_state(hook_state, self.device)
 
     def save_checkpoint(self) -> Path | None:
-        """Every rank calls this (the per-rank state is gathered); only rank 0 writes the file."""
+        """Every rank calls this (the per-rank state is gathered); only rank 0 writes the file. A state
+        with a NaN/inf weight, buffer or optimiser value is never written (NonFiniteLossError instead)."""
+        self._check_state_finite()
         self._saved_step = self.step
         state = self.state_dict()
         if getattr(self, "_node_copies", False):  # nodes without rank 0's folder keep identical copies
@@ -158,7 +163,11 @@ class Trainer:
     def fit(self, resume: bool | str | Path = False) -> dict:
         """Train to the end of the schedule. resume: False, True (latest checkpoint of the run
         directory, if any) or a checkpoint path. On SIGTERM/SIGINT: checkpoint, one line, then
-        TrainingInterrupted (exit code 143/130)."""
+        TrainingInterrupted (exit code 143/130). The run folder is locked meanwhile (ssl_aug.runlock)."""
+        with hold_run_folder(self.run_dir, enabled=self.is_main):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool | str | Path) -> dict:
         fresh_epoch = self._start(resume)
         cfg = self.cfg.train
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -222,6 +231,19 @@ class Trainer:
             raise NonFiniteLossError(
                 f"loss became NaN/inf before step {self.step}: run stopped; last good checkpoint kept in "
                 f"{self.run_dir / 'checkpoints'} (try a lower train.lr, train.amp=none or train.grad_clip=1.0)")
+
+    def _check_state_finite(self) -> None:
+        """Raise NonFiniteLossError if any parameter, buffer or optimiser tensor is NaN/inf on any rank:
+        one device reduction and one host read, at checkpoint boundaries only."""
+        flag = nonfinite_flag(training_tensors(self.method, self.optimizer)).to(torch.int32)
+        if self.world_size > 1:
+            flag = dist.all_reduce_max(flag.to(self.device).clone())
+        if bool(flag):
+            kept = latest_checkpoint(self.run_dir)
+            where = f"last good checkpoint kept: {kept}" if kept else "no checkpoint was written"
+            raise NonFiniteLossError(
+                f"weights or optimiser state became NaN/inf by step {self.step}: run stopped; {where} "
+                f"(try a lower train.lr, train.amp=none or train.grad_clip=1.0)")
 
     def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         """uint8 (B,3,H,W) on the device -> the recipe's views (list of (B,3,s,s) float tensors);

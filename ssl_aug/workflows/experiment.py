@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ssl_aug import distributed as dist
 from ssl_aug.augment.recipe import normalization
 from ssl_aug.config import Config
 from ssl_aug.data import ImageDataset
@@ -18,6 +19,7 @@ from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation import KnnMonitor, evaluate_encoder, evaluators_from_config, flat_results  # noqa: F401
 from ssl_aug.io import atomic_write_json
 from ssl_aug.train import Trainer, load_training_data
+from ssl_aug.train.signals import PhaseInterrupted, TrainingInterrupted, interrupt_on_signal
 
 
 def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, device, progress: bool = True,
@@ -49,9 +51,38 @@ def labelled_bank(cfg: Config, train: ImageDataset | None) -> ImageDataset:
 
 def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool = True, progress: bool = True) -> dict:
     """Train `cfg` in `run_dir` (resuming from its last checkpoint when `resume`), evaluate, write
-    eval.json and return the results."""
+    eval.json and return the results. The run folder is locked throughout (ssl_aug.runlock)."""
     run_dir = Path(run_dir or cfg.output_dir)
     final_evaluators = evaluators_from_config(cfg.eval)  # unknown names / bad keys: one line before any work
+    from ssl_aug.runlock import hold_run_folder
+
+    phase = {"trained": None}  # set to the Trainer once training has ended
+    with hold_run_folder(run_dir, enabled=dist.is_main()):
+        try:
+            with interrupt_on_signal():
+                return _run_experiment(cfg, run_dir, resume, progress, phase, final_evaluators)
+        except PhaseInterrupted as stop:
+            _interrupted(stop.signum, run_dir, phase["trained"])
+
+
+def _interrupted(signum: int, run_dir: Path, trainer) -> None:
+    """A signal outside the training loop: one line saying what is saved and how to continue."""
+    import signal
+
+    name = signal.Signals(signum).name
+    if trainer is None:
+        line = (f"ssl-aug: {name}: stopped while preparing the run (data, model); nothing new was trained; "
+                f"start it again with the same command (plus --resume if output_dir {run_dir} has checkpoints)")
+    else:
+        line = (f"ssl-aug: {name}: stopped during the final evaluation; training is complete and saved "
+                f"({run_dir / 'checkpoints' / 'last.pt'}, step {trainer.step}); finish the evaluation with the same "
+                f"command plus --resume (output_dir {run_dir})")
+    if dist.is_main():
+        print(line, file=sys.stderr, flush=True)
+    raise TrainingInterrupted(signum, trainer.step if trainer else 0, None)
+
+
+def _run_experiment(cfg: Config, run_dir: Path, resume: bool, progress: bool, phase: dict, final_evaluators) -> dict:
     epoch_evaluators = [e for e in final_evaluators if e.config.every > 0]
     train = None if cfg.data.stream else load_training_data(cfg)
     evaluate = bool(cfg.eval.knn_every or final_evaluators)
@@ -105,11 +136,14 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
         write_view_grid(cfg, run_dir / "views.png", n=min(8, len(train.labels)), seed=cfg.seed, data=train)
     start = time.perf_counter()
     final = trainer.fit(resume=resume)
+    phase["trained"] = trainer
     if trainer.is_main:  # loss / lr / kNN monitor curves next to metrics.jsonl (skipped without matplotlib)
         from ssl_aug.evaluation.plots import plot_training_curves
 
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         plot_training_curves(records, run_dir / "curves.png", title=cfg.description or run_dir.name)
+        if final.get("loss") is None:  # a resume with only the evaluation left: the last logged step's loss
+            final["loss"] = next((r["loss"] for r in reversed(records) if r.get("type") == "step"), None)
     epochs = trainer.step / trainer.steps_per_epoch  # what ran, also when train.max_steps cut an epoch
     results = {"train_time_s": round(time.perf_counter() - start, 2), "steps": trainer.step,
                "epochs": int(epochs) if epochs.is_integer() else round(epochs, 3), "final_loss": final.get("loss")}

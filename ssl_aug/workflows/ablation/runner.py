@@ -66,12 +66,16 @@ def run_cell(config: dict, run_dir: str, progress: bool = False) -> tuple[dict, 
     Module-level so launchers can run it in worker processes or as a Ray task."""
     from ssl_aug.config import config_from_dict
     from ssl_aug.workflows.experiment import run_experiment
+    from ssl_aug.runlock import RunFolderBusy
 
     run_dir = Path(run_dir)
     try:
         results = run_experiment(config_from_dict(config), run_dir, resume=True, progress=progress)
         (run_dir / "error.txt").unlink(missing_ok=True)
         return results, None
+    except RunFolderBusy as exc:  # another process trains this cell: leave its folder alone
+        print(f"    skipped: {exc}")
+        return {}, str(exc)
     except (SslAugError, RuntimeError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         atomic_write_text(run_dir / "error.txt", error + "\n\n" + traceback.format_exc())

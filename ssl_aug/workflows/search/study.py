@@ -25,7 +25,7 @@ import torch
 
 from ssl_aug.config import config_from_dict, set_dotted
 from ssl_aug.errors import SslAugError
-from ssl_aug.io import atomic_write_json, atomic_write_text
+from ssl_aug.io import append_line, atomic_write_json, atomic_write_text
 from ssl_aug.workflows.search.objectives import ObjectiveData, carve_validation, check_objective, compute_scores
 from ssl_aug.workflows.search.space import apply_point, base_point
 from ssl_aug.workflows.search.spec import SearchSpec, load_search, spec_hash
@@ -180,8 +180,8 @@ class _TrialRunner:
             final = epoch >= cfg.train.epochs
             scores = compute_scores(trainer.method.backbone, self.data, mean, std,
                                     rotation=final or self.key == "rotation")
-            with open(run_dir / "objective.jsonl", "a") as f:
-                f.write(json.dumps({"epoch": epoch, "step": trainer.step, **scores}) + "\n")
+            append_line(run_dir / "objective.jsonl", json.dumps({"epoch": epoch, "step": trainer.step, **scores}),
+                        what="objective log")
             last.update(epoch=epoch, step=trainer.step, scores=scores)
             trial.report(scores[self.key], epoch)
             if not final and trial.should_prune():
