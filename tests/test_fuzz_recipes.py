@@ -88,7 +88,7 @@ def toml_value(value) -> str:
 @pytest.fixture
 def harness(tmp_path, monkeypatch):
     """-> check(method, key, value): run `ssl-aug train` with one override and check the outcome."""
-    from ssl_aug import experiment
+    from ssl_aug.workflows import experiment
 
     monkeypatch.setenv("SSL_AUG_CACHE", str(tmp_path / "cache"))
     recipe = tmp_path / "recipe.toml"
@@ -148,7 +148,7 @@ def test_fuzz_augment_keys(harness, capsys, key, value):
 @given(value=st.one_of(st.text(max_size=12), st.sampled_from(["", NOT_UTF8, "a\x00b", "-", "--resume"])))
 def test_fuzz_train_output_dir_option(harness, capsys, tmp_path, value):
     """--output-dir with any text: a run folder name, or one line."""
-    from ssl_aug import experiment
+    from ssl_aug.workflows import experiment
 
     code, lines, _ = run_cli(["train", tmp_path / "recipe.toml", "--output-dir", value, "--no-progress"], capsys)
     assert "Traceback" not in "\n".join(lines)

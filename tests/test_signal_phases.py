@@ -28,7 +28,8 @@ phase, mark = os.environ.get("SLOW_PHASE"), os.environ.get("PHASE_MARK")
 def wait():
     Path(mark).touch()
     time.sleep(30)
-from ssl_aug import experiment, io
+from ssl_aug import io
+from ssl_aug.workflows import experiment
 from ssl_aug.train import trainer
 if phase == "data":
     _load = experiment.load_training_data
