@@ -18,6 +18,7 @@ from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation import KnnMonitor, evaluate_encoder
 from ssl_aug.io import atomic_write_json
 from ssl_aug.train import Trainer, load_training_data
+from ssl_aug.train.setup import streams
 
 
 def flat_results(report: dict) -> dict:
@@ -70,10 +71,14 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
     """Train `cfg` in `run_dir` (resuming from its last checkpoint when `resume`), evaluate, write
     eval.json and return the results."""
     run_dir = Path(run_dir or cfg.output_dir)
-    train = None if cfg.data.stream else load_training_data(cfg)
+    train = None if streams(cfg) else load_training_data(cfg)
     evaluate = bool(cfg.eval.knn_every or cfg.eval.final_knn)
     bank_set = labelled_bank(cfg, train) if evaluate else None
-    test = load_training_data(cfg, split=cfg.eval.test_split) if evaluate else None
+    test = None
+    if evaluate:  # the training split held out for testing is the set already loaded, never a second copy
+        same = cfg.eval.test_split == cfg.data.split
+        test = train if same and train is not None else bank_set if cfg.eval.test_split == "train" and train is None \
+            else load_training_data(cfg, split=cfg.eval.test_split)
     from ssl_aug.sizes import check_sizes  # size/count keys against the loaded data: one line each
 
     for note in check_sizes(cfg, train, test, bank_set):

@@ -83,6 +83,7 @@ DATASETS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "stl10": ("ssl_aug.data.stl10", "load_stl10", ("train", "test", "unlabeled", "train+unlabeled")),
     "imagefolder": ("ssl_aug.data.imagefolder", "load_imagefolder", None),
     "npz": ("ssl_aug.data.npz", "load_npz", None),
+    "shards": ("ssl_aug.data.shard_eval", "load_shard_folder", None),
     "embedded": ("ssl_aug.data.embedded", "load_embedded", None),
 }
 

@@ -26,7 +26,7 @@ from ssl_aug.models import backbone_args_for, build_backbone
 from ssl_aug.optim import build_optimizer, warmup_cosine
 
 __all__ = ["tune_allocator", "load_training_data", "build_model", "autocast", "training_device", "check_fits_device",
-           "build_source", "stream_shards", "build_optimization", "DEVICE_DATA_SHARE"]
+           "build_source", "build_shard_source", "shard_root", "streams", "stream_shards", "build_optimization", "DEVICE_DATA_SHARE"]
 
 DEVICE_DATA_SHARE = 0.5  # the training set may take at most this share of the GPU's free memory
 
@@ -51,7 +51,12 @@ def load_training_data(cfg: Config, split: str | None = None) -> ImageDataset:
     """The recipe's data set, split `split` (default: the training split `data.split`); the
     training split is cut to `data.subset` images (a fixed, seed-0 class-balanced subset)."""
     split = cfg.data.split if split is None else split
-    ds = load_dataset(cfg.data.name, split=split, root=cfg.data.root, download=cfg.data.download, **cfg.data.options)
+    name, options = cfg.data.name, cfg.data.options
+    if name != "shards" and shard_root(cfg) is not None:  # an image-folder / npz root holding a shard pack
+        name, options = "shards", {k: v for k, v in options.items() if k in ("workers", "shuffle_buffer", "decode")}
+    if name == "shards" and "size" not in options:  # evaluate at the training views' size
+        options = dict(options, size=int(cfg.augment.get("size", 224)))
+    ds = load_dataset(name, split=split, root=cfg.data.root, download=cfg.data.download, **options)
     if split == cfg.data.split and cfg.data.subset and cfg.data.subset < len(ds.labels):
         idx = balanced_subset(ds.labels, cfg.data.subset, seed=0)  # the same images for every run seed
         ds = ds.subset(idx)  # keeps group labels
@@ -123,10 +128,49 @@ def stream_shards(cfg: Config) -> list[Path]:
     return shards
 
 
+def shard_root(cfg: Config) -> Path | None:
+    """The packed shard folder of split data.split the run streams crops from (data.name = "shards", or
+    an image-folder / npz data.root that holds a `--format shards` pack), else None."""
+    from ssl_aug.data.shard_eval import shard_split_root
+    from ssl_aug.data.shard_read import is_shard_folder
+
+    root = Path(cfg.data.root).expanduser() if cfg.data.root else None
+    if cfg.data.name == "shards" or (cfg.data.name in ("imagefolder", "npz") and root is not None
+                                     and (is_shard_folder(root) or is_shard_folder(root / cfg.data.split))):
+        return shard_split_root(root, cfg.data.split) if root is not None else None
+    return None
+
+
+def streams(cfg: Config) -> bool:
+    """True when training reads batches from disk (data.stream or a shard pack) instead of memory."""
+    return bool(cfg.data.stream) or shard_root(cfg) is not None
+
+
+def build_shard_source(cfg: Config, root: Path, device: torch.device, rank: int, world_size: int):
+    """ShardCropSource over `root` cutting the recipe's views' crops (data.options: workers, shuffle_buffer,
+    decode)."""
+    from ssl_aug.augment.crop_views import crop_plan_of
+    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.data.stream import ShardCropSource
+
+    if cfg.data.subset:
+        raise SslAugError(f"data.subset = {cfg.data.subset} cannot be combined with a shard pack; drop it")
+    if cfg.train.view_candidates > 1:
+        raise SslAugError(f"train.view_candidates = {cfg.train.view_candidates} needs the whole image on the device; "
+                          "with a shard pack use 1")
+    o = cfg.data.options
+    return ShardCropSource(root, crop_plan_of(build_views(cfg.augment)), cfg.train.batch_size // world_size,
+                           seed=cfg.seed, rank=rank, world_size=world_size, workers=o.get("workers", 2),
+                           shuffle_buffer=o.get("shuffle_buffer", 512), device=device, decode=o.get("decode", "auto"))
+
+
 def build_source(cfg: Config, data: ImageDataset | None, device: torch.device, rank: int, world_size: int):
-    """The batch source: device-resident BatchSource, or ShardStream when data.stream is set
-    (then `data` is ignored). Refuses a resident set that will not fit the GPU."""
+    """The batch source: device-resident BatchSource, ShardStream when data.stream is set, or
+    ShardCropSource for a shard pack (then `data` is ignored). Refuses a resident set that will not
+    fit the GPU."""
     batch = cfg.train.batch_size // world_size
+    if (root := shard_root(cfg)) is not None:
+        return build_shard_source(cfg, root, device, rank, world_size)
     if cfg.data.stream:
         if cfg.data.subset:
             raise SslAugError(f"data.subset = {cfg.data.subset} cannot be combined with data.stream = true; "
