@@ -2,8 +2,8 @@
 
 `eval_batches(root, size, batch)` yields (ids (B,), labels (B,), images (B, 3, size, size) uint8)
 in stored order, each image resized on its shorter side to round(size / 0.875) and centre-cropped to
-size (torchvision `Resize` + `CenterCrop`, as one reduced-DCT decode + antialiased resize of the
-centre box; ssl_aug.data.crop_decode.eval_box), decoded by a thread pool: features can be computed
+size (torchvision `Resize` + `CenterCrop` after a reduced-DCT decode; ssl_aug.data.crop_decode.decode_eval),
+decoded by a thread pool: features can be computed
 chunk by chunk without the whole set in memory. `ids` selects a subset (e.g. a held-out part).
 
 Data set `shards` (`load_shard_folder`): the same images gathered into an in-memory ImageDataset
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ssl_aug.data import ImageDataset
-from ssl_aug.data.crop_decode import decode_crops, eval_box
+from ssl_aug.data.crop_decode import decode_eval
 from ssl_aug.data.shard_read import is_shard_folder, iter_rows, read_index
 from ssl_aug.errors import SslAugError
 
@@ -41,9 +41,8 @@ def shard_split_root(root, split: str) -> Path:
 
 def _decode_eval(sample, size: int) -> torch.Tensor:
     key, data, _, w, h = sample
-    box = torch.tensor([eval_box(w, h, size)], dtype=torch.int64)
     try:
-        return decode_crops(data, box, [size])[0]
+        return decode_eval(data, size)
     except Exception as e:  # a corrupt image evaluates as mid-grey, logged (never a crash mid-evaluation)
         print(f"warning: corrupt image {key} evaluated as grey ({' '.join(f'{type(e).__name__}: {e}'.split())})",
               file=sys.stderr)
