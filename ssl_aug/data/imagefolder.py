@@ -4,7 +4,8 @@
 PIL in a thread pool (PIL releases the GIL while decoding and resizing), converts to RGB,
 resizes the shorter side to `size` (bilinear, antialiased, torchvision's `Resize(size)` rule) and
 center-crops `size` x `size` (torchvision's `CenterCrop` rounding), and writes shard_00000.npz, ...
-(x (n, size, size, 3) uint8, y (n,) int64) plus classes.txt, meta.json and pack_report.json.
+(x (n, size, size, 3) uint8, y (n,) int64) plus classes.txt, files.txt, meta.json and pack_report.json,
+the images in one seeded (seed 0) shuffle of the whole tree, so every shard mixes all classes.
 
 Conversions: CMYK, palette, grayscale, 1-bit -> RGB; alpha (RGBA, LA, palette or RGB/L with a
 transparent colour) composited over white; 16-bit / 32-bit integer grayscale scaled to 8 bits
@@ -241,6 +242,7 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
     require_folder(dst, "pack destination")
     t0 = time.perf_counter()
     classes, files, empty, stray, bad = scan_tree(src)
+    files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]  # every shard mixes classes
     fingerprint = fingerprint or tree_fingerprint(src, size)
     try:
         dst.mkdir(parents=True, exist_ok=True)
