@@ -86,3 +86,28 @@ def test_image_folder_recipe_accepts_a_shard_pack_as_root(packed, tmp_path, caps
                       .replace("final_knn = true", "final_knn = false"))
     assert _train(recipe, tmp_path / "run") == 0
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
+
+
+@pytest.mark.slow
+def test_a_large_image_folder_streams_from_shards_it_packs_once(packed, tmp_path, monkeypatch, capsys):
+    from ssl_aug.data import shard_cache, shard_pack
+    from ssl_aug.train import setup
+
+    tmp, _ = packed
+    monkeypatch.setenv("SSL_AUG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(shard_cache, "STREAM_ABOVE_BYTES", 1000)  # any tree is "large"
+    monkeypatch.setattr(setup, "_AUTO_SHARDS", {})
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE.format(name="imagefolder", root=json.dumps(str(tmp / "tree")))
+                      .replace("epochs = 2", "epochs = 1").replace("final_knn = true", "final_knn = false"))
+    assert _train(recipe, tmp_path / "run") == 0
+    err = capsys.readouterr().err
+    assert sum("streaming crops from shards of the original images" in line for line in err.splitlines()) == 1
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
+
+    def boom(*a, **k):
+        raise AssertionError("packed again")
+
+    monkeypatch.setattr(shard_pack, "pack_shards", boom)
+    monkeypatch.setattr(setup, "_AUTO_SHARDS", {})
+    assert shard_cache.auto_shards(tmp / "tree", 96, verbose=False) is not None  # the finished pack is reused

@@ -137,8 +137,9 @@ def _kept(dst: Path, name: str, plan: str) -> dict | None:
 
 
 def pack_shards(src, dst, shard_size: int = 1000, max_res: int | None = None, workers: int | None = None,
-                seed: int = 0, verbose: bool = True):
-    """Pack the class tree `src` into tar shards in `dst` (see module docstring) -> PackReport."""
+                seed: int = 0, verbose: bool = True, fingerprint: str | None = None):
+    """Pack the class tree `src` into tar shards in `dst` (see module docstring) -> PackReport.
+    fingerprint: recorded in the index as "source_fingerprint" (cache reuse)."""
     from tqdm import tqdm
 
     from ssl_aug.data.imagefolder import PackReport, display_name, require_folder, scan_tree
@@ -211,7 +212,7 @@ def pack_shards(src, dst, shard_size: int = 1000, max_res: int | None = None, wo
              "seed": seed, "shard_size": shard_size, "max_res": max_res, "reencoded": reenc, "plan": plan,
              "sizes": {k: {"min": int(wh[:, j].min()), "median": int(np.median(wh[:, j])), "max": int(wh[:, j].max())}
                        for j, k in enumerate(("width", "height"))},
-             "shards": shards, "source": display_name(str(src))}
+             "shards": shards, "source": display_name(str(src)), "source_fingerprint": fingerprint}
     atomic_write_json(dst / "index.json", index)  # written last: marks a finished pack
     if verbose:
         print(rep.summary().replace(" at 0x0 ", " ").replace(f" at {max_res}x{max_res} ", f" (longer side <= {max_res}) "),

@@ -51,12 +51,15 @@ def load_training_data(cfg: Config, split: str | None = None) -> ImageDataset:
     """The recipe's data set, split `split` (default: the training split `data.split`); the
     training split is cut to `data.subset` images (a fixed, seed-0 class-balanced subset)."""
     split = cfg.data.split if split is None else split
-    name, options = cfg.data.name, cfg.data.options
-    if name != "shards" and shard_root(cfg) is not None:  # an image-folder / npz root holding a shard pack
-        name, options = "shards", {k: v for k, v in options.items() if k in ("workers", "shuffle_buffer", "decode")}
-    if name == "shards" and "size" not in options:  # evaluate at the training views' size
-        options = dict(options, size=int(cfg.augment.get("size", 224)))
-    ds = load_dataset(name, split=split, root=cfg.data.root, download=cfg.data.download, **options)
+    folder = shard_root(cfg, split)
+    if folder is not None:  # the eval view of a shard pack, at data.options.size (shards) or the views' size
+        options = {k: v for k, v in cfg.data.options.items()
+                   if k in ("workers", "shuffle_buffer", "decode") or (k == "size" and cfg.data.name == "shards")}
+        options.setdefault("size", int(cfg.augment.get("size", 224)))
+        ds = load_dataset("shards", split="all", root=folder, **options)
+    else:
+        ds = load_dataset(cfg.data.name, split=split, root=cfg.data.root, download=cfg.data.download,
+                          **cfg.data.options)
     if split == cfg.data.split and cfg.data.subset and cfg.data.subset < len(ds.labels):
         idx = balanced_subset(ds.labels, cfg.data.subset, seed=0)  # the same images for every run seed
         ds = ds.subset(idx)  # keeps group labels
@@ -128,16 +131,30 @@ def stream_shards(cfg: Config) -> list[Path]:
     return shards
 
 
-def shard_root(cfg: Config) -> Path | None:
-    """The packed shard folder of split data.split the run streams crops from (data.name = "shards", or
-    an image-folder / npz data.root that holds a `--format shards` pack), else None."""
+_AUTO_SHARDS: dict = {}  # (tree, size) -> the auto-packed shard folder or None, decided once per process
+
+
+def shard_root(cfg: Config, split: str | None = None) -> Path | None:
+    """The packed shard folder of `split` (default data.split) the run reads: data.name = "shards", an
+    image-folder / npz data.root holding a `--format shards` pack, or an image folder whose decoded pack
+    would exceed STREAM_ABOVE_BYTES (packed once into shards of its original images); else None."""
     from ssl_aug.data.shard_eval import shard_split_root
     from ssl_aug.data.shard_read import is_shard_folder
 
+    split = cfg.data.split if split is None else split
     root = Path(cfg.data.root).expanduser() if cfg.data.root else None
-    if cfg.data.name == "shards" or (cfg.data.name in ("imagefolder", "npz") and root is not None
-                                     and (is_shard_folder(root) or is_shard_folder(root / cfg.data.split))):
-        return shard_split_root(root, cfg.data.split) if root is not None else None
+    if root is None or cfg.data.name not in ("shards", "imagefolder", "npz"):
+        return None
+    if cfg.data.name == "shards" or is_shard_folder(root) or is_shard_folder(root / split):
+        return shard_split_root(root, split)
+    if cfg.data.name == "imagefolder":
+        from ssl_aug.data.imagefolder import resolve_tree
+        from ssl_aug.data.shard_cache import auto_shards
+
+        key = (str(resolve_tree(root, split).resolve()), int(cfg.data.options.get("size", 96)))
+        if key not in _AUTO_SHARDS:
+            _AUTO_SHARDS[key] = auto_shards(Path(key[0]), key[1], rank=dist.rank())
+        return _AUTO_SHARDS[key]
     return None
 
 
