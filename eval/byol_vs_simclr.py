@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 
 from ssl_aug.config import config_from_dict, read_toml, resolve_recipe_path
-from ssl_aug.experiment import run_experiment
+from ssl_aug.workflows.experiment import run_experiment
 
 
 def recipes(data: str) -> dict[str, dict]:

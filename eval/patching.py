@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssl_aug.ablation import execute, load_spec, plan_runs, stale_reason
+from ssl_aug.workflows.ablation import execute, load_spec, plan_runs, stale_reason
 from ssl_aug.augment.recipe import normalization
 from ssl_aug.config import config_from_dict
 from ssl_aug.data.embedded import SHIFTED_DOMAIN, load_embedded
@@ -27,7 +27,7 @@ from ssl_aug.evaluation import extract_features, knn_evaluate, linear_probe
 from ssl_aug.evaluation.groups import gap_ratio
 from ssl_aug.evaluation.patching import patched_finetune, patched_probe
 from ssl_aug.export import encoder_from_checkpoint
-from ssl_aug.gate import gate
+from ssl_aug.workflows.gate import gate
 from ssl_aug.io import atomic_write_text
 from ssl_aug.models import build_backbone
 

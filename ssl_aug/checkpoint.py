@@ -28,16 +28,23 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     return atomic_torch_save(obj, path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read and check an ssl_aug checkpoint; one clear error for missing, truncated or foreign files."""
+def load_weights_only(path: str | os.PathLike, map_location="cpu"):
+    """torch.load(weights_only=True): tensors and plain containers only, never pickled code; one clear
+    error for missing, truncated or foreign files."""
     path = Path(path)
     if not path.is_file():
         raise SslAugError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on foreign bytes (IndexError, KeyError, ...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SslAugError(f"checkpoint {path} is corrupted, truncated or not a torch file ({reason[:160]})") from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read and check an ssl_aug checkpoint; one clear error for missing, truncated or foreign files."""
+    path = Path(path)
+    ckpt = load_weights_only(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise SslAugError(f"{path} is not an ssl_aug checkpoint (expected format '{FORMAT}')")
     if ckpt.get("version", 0) > VERSION:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ssl_aug.ablation import load_spec, plan_runs, run_ablation
+from ssl_aug.workflows.ablation import load_spec, plan_runs, run_ablation
 from ssl_aug.errors import SslAugError
 
 pytest.importorskip("ssl_aug.models.small_cnn")

@@ -50,7 +50,7 @@ def test_without_preset_unchanged():
 
 def test_size_checks_accept_a_preset_with_equal_size_families():
     from ssl_aug.config import config_from_dict
-    from ssl_aug.sizes import check_sizes
+    from ssl_aug.workflows.sizes import check_sizes
 
     cfg = config_from_dict({"augment": {"preset": "byol_asymmetric", "size": 20}})
     assert check_sizes(cfg, None) == []

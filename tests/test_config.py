@@ -76,7 +76,7 @@ SHIPPED = sorted(p.stem for p in RECIPE_DIR.rglob("*.toml"))
 def test_every_shipped_file_is_valid_and_cites_only_what_ships(name):
     """Training recipes build their views; ablation specs plan every cell; no file cites a document that is
     not in the repository (the engineering guide is not shipped)."""
-    from ssl_aug.ablation.spec import is_ablation_spec, load_spec, plan_runs
+    from ssl_aug.workflows.ablation.spec import is_ablation_spec, load_spec, plan_runs
     from ssl_aug.augment.recipe import build_views
 
     path = resolve_recipe_path(name)

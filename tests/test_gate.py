@@ -13,7 +13,7 @@ from ssl_aug.cli.gate import gate_main
 from ssl_aug.data import ImageDataset
 from ssl_aug.data.npz import load_npz
 from ssl_aug.errors import SslAugError
-from ssl_aug.gate import fit_gate_classifier, gate, load_candidates
+from ssl_aug.workflows.gate import fit_gate_classifier, gate, load_candidates
 
 CLASSES = ["red", "green", "blue"]
 MEAN, STD = [0.5] * 3, [0.25] * 3

@@ -102,7 +102,7 @@ def test_finetune_with_consistency_runs_and_reports_groups():
 def test_evaluate_encoder_reports_groups_for_knn_and_linear():
     from ssl_aug.data.embedded import load_embedded
     from ssl_aug.evaluation import evaluate_encoder, format_report
-    from ssl_aug.experiment import flat_results
+    from ssl_aug.workflows.experiment import flat_results
     from ssl_aug.models import build_backbone
 
     tr = load_embedded("train", cache=False, size=12, n_per_class=8, spurious=0.9)

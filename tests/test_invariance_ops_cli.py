@@ -8,6 +8,7 @@ import pytest
 from cli_helpers import RECIPE, assert_one_error, run_cli
 from ssl_aug.config import config_from_dict
 from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation import evaluators_from_config
 
 
 def test_eval_probes_named_ops(tmp_path, capsys):
@@ -24,8 +25,8 @@ def test_eval_probes_named_ops(tmp_path, capsys):
 def test_unknown_op_is_one_line(tmp_path, capsys):
     assert_one_error(["eval", "random:small_cnn", "--data", "embedded", "--invariance-op", "RandomNope",
                       "--json", tmp_path / "e.json"], capsys, "unknown op 'RandomNope'")
-    with pytest.raises(SslAugError, match="unknown op 'RandomNope'"):
-        config_from_dict({"eval": {"invariance_ops": ["RandomNope"]}})
+    with pytest.raises(SslAugError, match="unknown op 'RandomNope'"):  # the evaluators are built before any work
+        evaluators_from_config(config_from_dict({"eval": {"invariance_ops": ["RandomNope"]}}).eval)
     recipe = tmp_path / "r.toml"
     recipe.write_text(RECIPE)
     assert_one_error(["train", recipe, f"output_dir={tmp_path / 'run'}", 'eval.invariance_ops=["RandomNope"]'],

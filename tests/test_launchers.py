@@ -7,7 +7,7 @@ import os
 import pytest
 
 from ssl_aug.errors import SslAugError
-from ssl_aug.launchers import check_ray_address, launch
+from ssl_aug.workflows.launchers import check_ray_address, launch
 from test_search_resume import tiny_spec
 
 
@@ -61,7 +61,7 @@ def test_search_with_two_local_workers(tmp_path):
 def test_search_on_a_local_ray_instance(tmp_path):
     ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'ssl_aug[ray]'")
     pytest.importorskip("optuna")
-    from ssl_aug.search import run_search
+    from ssl_aug.workflows.search import run_search
 
     spec, out = tiny_spec(tmp_path, trials=2, epochs=2)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -74,7 +74,7 @@ def test_search_on_a_local_ray_instance(tmp_path):
 
 
 def test_ablation_cells_through_local_workers(tmp_path):
-    from ssl_aug.ablation import run_ablation
+    from ssl_aug.workflows.ablation import run_ablation
 
     out = tmp_path / "abl"
     spec = tmp_path / "abl.toml"
@@ -123,7 +123,7 @@ def test_local_workers_honour_the_callers_thread_count(monkeypatch):
     search run in this process must not raise its thread count (and change the numerics of later runs)."""
     import torch
 
-    from ssl_aug.launchers import threads_per_worker
+    from ssl_aug.workflows.launchers import threads_per_worker
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     before = torch.get_num_threads()

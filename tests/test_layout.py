@@ -1,20 +1,20 @@
 """The package layout rules: no source file over 400 lines, no import cycle, imports flow one way.
 
 Flow (module-level imports only; imports inside functions are deliberate late bindings):
-base (errors, io, _version, config, device, distributed) -> data -> augment -> models, losses -> methods
--> train -> evaluation -> workflows (experiment, ablation, search, export, gate, launchers, plots)
--> benchmarks, cli.
+ground (errors, io, _version, registry, schedules, config, device, distributed) -> data -> augment
+-> models, losses -> methods -> train (+ optim, checkpoint) -> evaluation -> export, workflows -> benchmarks, cli.
 """
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ssl_aug"
-LAYERS = {"errors": 0, "io": 0, "_version": 0, "config": 0, "device": 0, "distributed": 0,
+LAYERS = {"errors": 0, "io": 0, "_version": 0, "registry": 0, "schedules": 0, "config": 0, "device": 0, "distributed": 0,
           "data": 1, "augment": 2, "models": 3, "losses": 3, "methods": 4, "train": 5, "optim": 5, "checkpoint": 5,
-          "evaluation": 6,
-          "experiment": 7, "ablation": 7, "search": 7, "export": 7, "gate": 7, "launchers": 7, "plots": 7,
-          "evaluate_encoder": 7, "benchmarks": 8, "cli": 9, "__main__": 9, "__init__": 9}
+          "evaluation": 6, "export": 7, "workflows": 7, "benchmarks": 8, "cli": 9, "__main__": 9, "__init__": 9}
+# the package root holds ground helpers only; everything else lives in a package of its layer
+ROOT_MODULES = {"__init__", "__main__", "_version", "errors", "io", "registry", "config", "device", "distributed",
+                "optim", "checkpoint"}
 
 
 def modules():
@@ -26,12 +26,13 @@ def modules():
         yield name, path
 
 
-def top_level_imports(path: Path, name: str) -> set[str]:
-    """ssl_aug modules imported at module level (not inside functions or TYPE_CHECKING blocks)."""
+def top_level_imports(path: Path, name: str, everywhere: bool = False) -> set[str]:
+    """ssl_aug modules imported at module level (not inside functions or TYPE_CHECKING blocks); with
+    everywhere=True also those imported inside functions."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
-    for node in tree.body:
+    for node in (ast.walk(tree) if everywhere else tree.body):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("ssl_aug")}
         elif isinstance(node, ast.ImportFrom):
@@ -57,6 +58,11 @@ def test_no_source_file_over_400_lines():
     long = {str(p.relative_to(PACKAGE.parent)): n for _, p in modules()
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long, f"files over 400 lines: {long}"
+
+
+def test_package_root_holds_ground_helpers_only():
+    modules_at_root = {p.stem for p in PACKAGE.glob("*.py")}
+    assert modules_at_root <= ROOT_MODULES, f"not ground helpers: {sorted(modules_at_root - ROOT_MODULES)}"
 
 
 def test_no_import_cycle():
@@ -86,11 +92,12 @@ def test_no_import_cycle():
 
 
 def test_imports_flow_one_way():
+    """No import runs back up the flow: neither at module level nor late, inside a function."""
     backwards = []
     for name, path in modules():
         if name == "ssl_aug" or name.endswith("__main__"):
             continue
-        for imported in top_level_imports(path, name):
+        for imported in top_level_imports(path, name, everywhere=True):
             if layer(imported) > layer(name):
                 backwards.append(f"{name} -> {imported}")
     assert not backwards, "imports against the flow: " + ", ".join(sorted(backwards))

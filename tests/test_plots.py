@@ -6,7 +6,7 @@ pytest.importorskip("matplotlib")
 
 import matplotlib.image  # noqa: E402
 
-import ssl_aug.plots as plots  # noqa: E402
+import ssl_aug.evaluation.plots as plots  # noqa: E402
 
 ROWS = [{"cell": "full recipe with a long name", "seeds": 2, "knn_top1": (0.75, 0.01), "invariance_color_jitter": (0.7, 0.0),
          "invariance_grayscale": (0.5, 0.0), "invariance_crop_scale": (0.82, 0.0)},
@@ -106,8 +106,8 @@ def test_reference_accuracies_match_independent_computations():
 def test_ablation_report_draws_the_floors(tmp_path, figures):
     import torch
 
-    from ssl_aug.ablation.report import write_report
-    from ssl_aug.ablation.spec import Run
+    from ssl_aug.workflows.ablation.report import write_report
+    from ssl_aug.workflows.ablation.spec import Run
     from ssl_aug.config import config_from_dict
 
     cfg = config_from_dict({"data": {"name": "embedded", "options": {"n_per_class": 12, "cache": False}},

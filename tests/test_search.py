@@ -9,11 +9,11 @@ import torch
 
 from ssl_aug.config import read_toml, resolve_recipe_path
 from ssl_aug.errors import SslAugError
-from ssl_aug.search.objectives import (alignment, carve_validation, check_objective, rotation_accuracy,
+from ssl_aug.workflows.search.objectives import (alignment, carve_validation, check_objective, rotation_accuracy,
                                        uniformity, _rotations)
-from ssl_aug.search.report import dump_toml, spearman
-from ssl_aug.search.space import apply_point, base_point, parse_space
-from ssl_aug.search.spec import load_search
+from ssl_aug.workflows.search.report import dump_toml, spearman
+from ssl_aug.workflows.search.space import apply_point, base_point, parse_space
+from ssl_aug.workflows.search.spec import load_search
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -131,7 +131,7 @@ def test_objective_needing_labels_on_unlabelled_data():
 def test_unlabelled_search_refused_before_writing(tmp_path, monkeypatch):
     import ssl_aug.train
     from ssl_aug.data import ImageDataset
-    from ssl_aug.search.study import prepare_search
+    from ssl_aug.workflows.search.study import prepare_search
 
     pytest.importorskip("optuna")
     images = torch.randint(0, 256, (64, 3, 20, 20), dtype=torch.uint8)
@@ -226,8 +226,8 @@ def test_best_recipe_toml_round_trips(base):
 
 
 def test_missing_extras_name_the_pip_command(monkeypatch):
-    from ssl_aug.launchers import require_ray
-    from ssl_aug.search.study import require_optuna
+    from ssl_aug.workflows.launchers import require_ray
+    from ssl_aug.workflows.search.study import require_optuna
 
     monkeypatch.setitem(sys.modules, "optuna", None)
     monkeypatch.setitem(sys.modules, "ray", None)

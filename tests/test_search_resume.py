@@ -46,14 +46,14 @@ def tiny_spec(tmp_path: Path, trials: int = 3, epochs: int = 3, name: str = "sea
 
 
 def _run_code(spec: Path) -> list[str]:
-    code = f"from ssl_aug.search import run_search; run_search({str(spec)!r}, progress=False)"
+    code = f"from ssl_aug.workflows.search import run_search; run_search({str(spec)!r}, progress=False)"
     return [sys.executable, "-c", code]
 
 
 def test_killed_search_resumes_without_losing_or_rerunning_trials(tmp_path):
-    from ssl_aug.search import load_search
-    from ssl_aug.search.report import trial_rows
-    from ssl_aug.search.study import finished_trials, open_study
+    from ssl_aug.workflows.search import load_search
+    from ssl_aug.workflows.search.report import trial_rows
+    from ssl_aug.workflows.search.study import finished_trials, open_study
 
     epochs = 8  # the kill lands while the trial has epochs left (an idle machine runs an epoch in ~0.1 s)
     spec, out = tiny_spec(tmp_path, epochs=epochs)

@@ -14,8 +14,8 @@ from ssl_aug.augment.ops import tf_names
 from ssl_aug.augment.recipe import build_views
 from ssl_aug.config import load_recipe
 from ssl_aug.errors import SslAugError
-from ssl_aug.search.spec import load_search
-from ssl_aug.search.tanda import TandaSettings, learn_tf_sequence, reinforce_loss, sequence_rewards
+from ssl_aug.workflows.search.spec import load_search
+from ssl_aug.workflows.search.tanda import TandaSettings, learn_tf_sequence, reinforce_loss, sequence_rewards
 from cli_helpers import run_cli
 
 RAW = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -222,7 +222,7 @@ def test_shipped_tanda_spec_matches_the_tpe_spec():
 
 
 def test_spec_path_writes_a_recipe_that_builds_views(tmp_path):
-    from ssl_aug.search.tanda_search import run_tanda_search
+    from ssl_aug.workflows.search.tanda_search import run_tanda_search
 
     spec, out = tiny_spec(tmp_path)
     report, files = run_tanda_search(load_search(spec), compare_seeds=0, progress=False)

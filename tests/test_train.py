@@ -143,7 +143,7 @@ def test_resume_with_a_changed_setting_is_refused_and_config_kept(tmp_path):
 def test_max_steps_drives_the_schedule_and_the_results(tmp_path):
     """train.max_steps cuts a 10-epoch, 5-epoch-warm-up budget to 6 steps: warm-up shrinks with it (the lr
     peaks inside the run and then decays) and the results report the fraction of an epoch that ran."""
-    from ssl_aug.experiment import run_experiment
+    from ssl_aug.workflows.experiment import run_experiment
 
     cfg = tiny_config(tmp_path, epochs=10, warmup_epochs=5, max_steps=7)
     cfg.data.root, cfg.data.options = str(tmp_path / "data"), {"n_per_class": 8, "size": 16}  # 80 images

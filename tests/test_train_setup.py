@@ -160,7 +160,7 @@ def _write_stl(root, n_train=8, n_test=8, n_unl=40):
 
 @pytest.mark.parametrize("split, n_images", [("unlabeled", 40), ("train+unlabeled", 48)])
 def test_stl10_unlabeled_splits_train_and_evaluate_on_labelled_train(tmp_path, split, n_images):
-    from ssl_aug.experiment import run_experiment
+    from ssl_aug.workflows.experiment import run_experiment
 
     _write_stl(tmp_path / "data")
     cfg = load_recipe("simclr_stl10", [f"data.root={json.dumps(str(tmp_path / 'data'))}", f"data.split={json.dumps(split)}",

@@ -51,7 +51,7 @@ def test_installed_wheel_finds_recipes_from_another_directory(wheel, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    code = ("import json, ssl_aug, ssl_aug.config as c; from ssl_aug.ablation import load_spec, plan_runs; "
+    code = ("import json, ssl_aug, ssl_aug.config as c; from ssl_aug.workflows.ablation import load_spec, plan_runs; "
             "spec, path = load_spec('ablate_quickstart'); runs = plan_runs(spec, path); "
             "print(json.dumps({'pkg': ssl_aug.__file__, 'recipe': str(c.resolve_recipe_path('quickstart')), "
             "'spec': str(path), 'cells': sorted({r.cell for r in runs}), "

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import check_keys
 
 
 class Mixed(NamedTuple):
@@ -51,9 +52,7 @@ def parse_mix(table, allowed=MIX_MODES) -> dict:
     if not isinstance(table, dict):
         raise SslAugError(f"mix must be a table {{mode, alpha, p}}, got {table!r}")
     known = ("mode", "alpha", "p", "grid", "cutout_size")
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise SslAugError(f"mix: unknown key {unknown[0]!r}; allowed keys: {', '.join(known)}")
+    check_keys(sorted(table), known, "mix key")
     out = {"mode": check_mode(table.get("mode"), allowed), "alpha": check_alpha(table.get("alpha", 1.0)),
            "p": check_p(table.get("p", 1.0)), "grid": table.get("grid", 4), "cutout_size": table.get("cutout_size", 8)}
     for key in ("grid", "cutout_size"):

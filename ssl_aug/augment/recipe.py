@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+from dataclasses import dataclass
 
 from ssl_aug.augment.multiview import MultiView
 from ssl_aug.augment.presets import PRESETS, get_preset
@@ -10,12 +12,38 @@ from ssl_aug.augment.spec import ViewSpec
 from ssl_aug.config import AUGMENT_EXTRA_KEYS, Config, MultiCropConfig, _build
 from ssl_aug.errors import SslAugError
 
-__all__ = ["build_views", "view_specs", "normalization"]
+__all__ = ["ParsedViews", "views_of", "build_views", "view_specs", "normalization"]
+
+
+@dataclass(frozen=True)
+class ParsedViews:
+    """A recipe's [augment] table parsed once: the view families (ViewSpec), how many views of each, the
+    engine mode. `build(channels_last, dtype)` -> the MultiView the trainer runs."""
+
+    specs: tuple
+    counts: tuple
+    mode: str
+
+    def build(self, channels_last: bool = False, dtype=None) -> MultiView:
+        kw = {} if dtype is None else {"dtype": dtype}
+        return MultiView(list(self.specs), list(self.counts), mode=self.mode, channels_last=channels_last, **kw)
+
+
+def views_of(cfg: Config) -> ParsedViews:
+    """The recipe's views, parsed (and validated) once per Config: later calls return the same object while
+    cfg.augment is unchanged."""
+    key = json.dumps(cfg.augment, sort_keys=True, default=str)
+    cached = cfg.__dict__.get("_parsed_views")
+    if cached is None or cached[0] != key:
+        specs, counts = view_specs(cfg.augment)
+        cached = (key, ParsedViews(tuple(specs), tuple(counts), cfg.augment.get("mode", "exact")))
+        cfg.__dict__["_parsed_views"] = cached
+    return cached[1]
 
 
 def normalization(cfg: Config) -> tuple[list[float], list[float]]:
     """(mean, std) the views normalise with; evaluation and export use the same."""
-    spec = view_specs(cfg.augment)[0][0]
+    spec = views_of(cfg).specs[0]
     return list(spec.mean), list(spec.std)
 
 

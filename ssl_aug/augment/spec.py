@@ -9,6 +9,7 @@ import dataclasses
 
 from ssl_aug.augment.ops import AUTO_AUGMENT, OPS, Blur, ColorJitter, Solarize  # noqa: F401 (re-exported)
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import check_keys
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -30,9 +31,7 @@ def _from_dict(cls, d, prefix: str):
     if not isinstance(d, dict):
         raise SslAugError(f"view spec: {prefix.rstrip('.') or 'view'}={d!r} is not allowed; use a table")
     allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-        raise SslAugError(f"view spec: unknown key {prefix}{unknown[0]!r}; allowed keys: {', '.join(allowed)}")
+    check_keys(sorted(d), allowed, "key", prefix)
     return cls(**d)
 
 
@@ -47,9 +46,7 @@ class ViewSpec:
     [0, 1] images. Default: the SimCLR CIFAR view. `spec.cfg(op_name)` is an op's validated config."""
 
     def __init__(self, **fields):
-        unknown = sorted(set(fields) - set(allowed_keys()))
-        if unknown:
-            raise SslAugError(f"view spec: unknown key {unknown[0]!r}; allowed keys: {', '.join(allowed_keys())}")
+        check_keys(sorted(fields), allowed_keys(), "key")
         cfgs = {}
         for name, op in OPS.items():
             if op.nested:

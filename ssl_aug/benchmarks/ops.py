@@ -98,14 +98,14 @@ def count_train_step(recipe: str, batch: int = 512, backbone: str = "small_cnn")
     """Counts of one training step on meta: views + forward + backward + after_backward + optimiser step +
     after_optimizer_step (the recipe's method, optimiser and views; foreach updates as on CUDA). The second
     of two steps is counted (optimiser state exists). Returns (counter, number of views)."""
-    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.augment.recipe import views_of
     from ssl_aug.config import load_recipe
     from ssl_aug.optim import build_optimizer
     from ssl_aug.train.setup import build_model
 
     cfg = load_recipe(recipe, [f'model.backbone="{backbone}"', f"train.batch_size={batch}"])
     method = build_model(cfg).to("meta")
-    views = build_views(cfg.augment)
+    views = views_of(cfg).build()
     t = cfg.train
     opt = build_optimizer(method, t.optimizer, t.lr, t.momentum, t.weight_decay)
     for g in opt.param_groups:

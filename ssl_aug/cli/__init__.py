@@ -1,30 +1,24 @@
 """`ssl-aug` command line (also `python -m ssl_aug`).
 
 One module per command in this package, each with ``register(sub)`` adding its parser (arguments,
-help, ``func``); a new command is one module plus one line in `COMMANDS`. Every user error is printed
+help, ``func``); a new command is one module plus its name in the `COMMANDS` registration loop. Every user error is printed
 as one line `ssl-aug: error: ...` (exit code 2); an unknown flag names the sub-command's --help.
 """
 
 from __future__ import annotations
 
 import argparse
+import builtins  # `list` in this package's namespace is the `ssl-aug list` command module
 import importlib
 import sys
 
 from ssl_aug.errors import SslAugError, one_line_parser
+from ssl_aug.registry import Registry
 
-COMMANDS = (  # the order `ssl-aug --help` lists them in
-    "ssl_aug.cli.quickstart",
-    "ssl_aug.cli.train",
-    "ssl_aug.cli.views",
-    "ssl_aug.cli.eval",
-    "ssl_aug.cli.finetune",
-    "ssl_aug.cli.ablate",
-    "ssl_aug.cli.search",
-    "ssl_aug.cli.export",
-    "ssl_aug.cli.bench",
-    "ssl_aug.cli.data",
-)
+COMMANDS = Registry("command")  # name -> its module; the order `ssl-aug --help` lists them in
+for _name in ("quickstart", "train", "views", "eval", "finetune", "ablate", "search", "export", "bench", "data",
+              "list"):
+    COMMANDS.register(_name, f"ssl_aug.cli.{_name}")
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -36,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = one_line_parser(prog="ssl-aug", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ssl_aug {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=type(parser))
-    for name in COMMANDS:
-        importlib.import_module(name).register(sub)
+    for module in COMMANDS.values():
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -45,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     from ssl_aug.cli._common import find_passthrough
 
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = builtins.list(sys.argv[1:] if argv is None else argv)
     handed_over = find_passthrough(argv)
     if handed_over is None:
         args, extra = parser.parse_known_args(argv)
-        if extra and isinstance(getattr(args, "overrides", None), list) \
+        if extra and isinstance(getattr(args, "overrides", None), builtins.list) \
                 and not any(e.startswith("-") for e in extra):  # key=value after a flag
             args.overrides += extra
             extra = []

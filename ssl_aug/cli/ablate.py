@@ -8,7 +8,7 @@ from ssl_aug.cli._common import add_command
 
 
 def run(args) -> int:
-    from ssl_aug.ablation import run_ablation
+    from ssl_aug.workflows.ablation import run_ablation
 
     overrides = list(args.overrides)
     if args.output_dir:

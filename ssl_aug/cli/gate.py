@@ -1,5 +1,5 @@
 """`ssl-aug data gate CANDIDATES --encoder ENC --reference DATA --min-confidence C --out DIR`: quality gating
-of extra images (see ssl_aug.gate)."""
+of extra images (see ssl_aug.workflows.gate)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ssl_aug.errors import SslAugError, one_line_parser
-from ssl_aug.gate import check_confidence, gate, load_candidates
+from ssl_aug.workflows.gate import check_confidence, gate, load_candidates
 
 
 def gate_main(argv: list[str] | None = None) -> int:
@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> dict:
     from ssl_aug.config import parse_value
     from ssl_aug.data import load_dataset
     from ssl_aug.device import resolve_device
-    from ssl_aug.evaluate_encoder import resolve_encoder
+    from ssl_aug.workflows.evaluate_encoder import resolve_encoder
 
     check_confidence(args.min_confidence)
     options = {}

@@ -9,7 +9,7 @@ from ssl_aug.cli._common import add_command
 
 
 def run(args) -> int:
-    from ssl_aug.ablation import run_ablation
+    from ssl_aug.workflows.ablation import run_ablation
 
     spec = args.spec or "ablate_quickstart"
     overrides = [f"output_dir={json.dumps(args.output_dir)}"] if args.output_dir else []

@@ -8,7 +8,7 @@ from ssl_aug.cli._common import add_command
 
 
 def run(args) -> int:
-    from ssl_aug.search import run_search
+    from ssl_aug.workflows.search import run_search
 
     overrides = list(args.overrides)
     if args.output_dir:

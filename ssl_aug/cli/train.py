@@ -12,11 +12,11 @@ from ssl_aug.errors import SslAugError
 def validate_before_data(cfg) -> None:
     """Check the [augment] and [method] tables before any data is loaded or an image folder is decoded
     (a typo should not cost a cache build)."""
-    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.augment.recipe import views_of
     from ssl_aug.methods import method_options
 
-    build_views(cfg.augment)
-    from ssl_aug.sizes import check_sizes
+    views_of(cfg).build()
+    from ssl_aug.workflows.sizes import check_sizes
 
     check_sizes(cfg, None)  # the checks that need no data (view counts, crop sizes)
     allowed = method_options(cfg.method.get("name", "simclr"))
@@ -29,12 +29,12 @@ def validate_before_data(cfg) -> None:
 def run(args) -> int:
     from ssl_aug import distributed as dist
     from ssl_aug.config import load_recipe
-    from ssl_aug.experiment import run_experiment
+    from ssl_aug.workflows.experiment import run_experiment
 
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")
-    from ssl_aug.ablation.spec import is_ablation_spec
+    from ssl_aug.workflows.ablation.spec import is_ablation_spec
     from ssl_aug.config import read_toml, resolve_recipe_path
 
     if is_ablation_spec(read_toml(resolve_recipe_path(args.recipe))):

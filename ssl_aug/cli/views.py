@@ -7,7 +7,7 @@ from ssl_aug.cli._common import add_command
 
 def run(args) -> int:
     from ssl_aug.config import load_recipe
-    from ssl_aug.viewgrid import write_view_grid
+    from ssl_aug.workflows.viewgrid import write_view_grid
 
     cfg = load_recipe(args.recipe, list(args.overrides))
     out = write_view_grid(cfg, args.out, n=args.images, seed=args.seed)

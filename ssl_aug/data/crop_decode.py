@@ -68,7 +68,7 @@ def image_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 def sample_boxes(width: int, height: int, plan, g: torch.Generator) -> torch.Tensor:
     """(V, 4) int64 [top, left, h, w] in original pixels, one box per view of `plan` (torchvision rule)."""
-    from ssl_aug.augment.ops.crop import sample_crop_boxes  # the one implementation of the rule
+    from ssl_aug.data.crop_boxes import sample_crop_boxes  # the one implementation of the rule
 
     return torch.cat([sample_crop_boxes(1, height, width, v.scale, v.ratio, g) for v in plan])
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_aug.augment.mix import MIX_MODES, check_alpha, check_p, mix_batch
+from ssl_aug.checkpoint import load_weights_only
 from ssl_aug.data.subset import balanced_subset
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.calibration import calibration_report
@@ -34,6 +35,7 @@ from ssl_aug.evaluation.groups import group_metrics, predictions
 from ssl_aug.evaluation.knn import classification_metrics
 from ssl_aug.evaluation.tta import VIEWS, tta_predict
 from ssl_aug.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from ssl_aug.registry import check_keys
 
 __all__ = ["FinetuneConfig", "finetune", "last_stage_modules", "TRAINABLE"]
 
@@ -94,9 +96,7 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "FinetuneConfig":
         names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise SslAugError(f"unknown finetune key {unknown[0]!r}; allowed: {', '.join(names)}")
+        check_keys(sorted(data), names, "finetune key")
         return cls(**data)
 
 
@@ -286,7 +286,7 @@ def finetune(encoder: nn.Module, mean, std, train, test, cfg: FinetuneConfig | d
         run.mkdir(parents=True, exist_ok=True)
         saved = run / "finetune_state.pt"
         if resume and saved.is_file():
-            ckpt = torch.load(saved, map_location=device, weights_only=False)
+            ckpt = load_weights_only(saved, map_location=device)
             if ckpt["config"] != dataclasses.asdict(cfg):
                 raise SslAugError(f"{saved} was written with other fine-tuning settings; use another run directory "
                                   "or delete it")
@@ -356,7 +356,7 @@ def finetune(encoder: nn.Module, mean, std, train, test, cfg: FinetuneConfig | d
                          "delta_top1": t["top1"] - report["top1"]}
     if run is not None:
         atomic_write_json(run / "finetune.json", report)
-        from ssl_aug.plots import plot_reliability
+        from ssl_aug.evaluation.plots import plot_reliability
 
         plot_reliability(report["reliability"], run / "reliability.png",
                          title=f"fine-tuned, mix={cfg.mix}: top-1 {report['top1']:.3f}, ECE {report['ece']:.3f}")

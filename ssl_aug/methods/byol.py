@@ -8,11 +8,11 @@ import math
 import torch
 import torch.nn as nn
 
-from ssl_aug.augment.mix import LABEL_FREE_MODES, mix_view, parse_mix
 from ssl_aug.losses.byol import byol_loss
 from ssl_aug.losses.imix import imix_byol_loss
 from ssl_aug.methods.base import (Method, check_views, encode_views, preserved_norm_buffers, register_method,
-                                  require, step_generator)
+                                  require)
+from ssl_aug.methods.imix import MixedViews
 from ssl_aug.models.heads import ProjectionHead
 
 __all__ = ["BYOL", "target_momentum"]
@@ -26,7 +26,7 @@ def target_momentum(steps_done: int, total_steps: int, base: float = 0.996, fina
 
 
 @register_method("byol")
-class BYOL(Method):
+class BYOL(MixedViews, Method):
     """BYOL (Grill et al. 2020).
 
     forward(views: V >= 2 batches (N, 3, H, W), step, epoch) -> (loss, stats). Online:
@@ -70,9 +70,7 @@ class BYOL(Method):
             p.requires_grad_(False)
         self.base_momentum, self.final_momentum = float(base_momentum), float(final_momentum)
         self.register_buffer("momentum", torch.tensor(self.base_momentum, dtype=torch.float64))
-        self.mix = None if mix is None else parse_mix(mix, LABEL_FREE_MODES)
-        # Drawn after the layers are built, only when mixing is on: plain BYOL's init is unchanged.
-        self._mix_seed = int(torch.randint(0, 2 ** 31, (1,))) if self.mix is not None else 0
+        self.init_mix(mix)
 
     def _target_parameters(self):
         return [*self.target_backbone.parameters(), *self.target_projector.parameters()]
@@ -89,7 +87,7 @@ class BYOL(Method):
         return q, z
 
     def forward(self, views, step: int = 0, epoch: int = 0):
-        if self.mix is not None and self.training:
+        if self.mixing:
             return self._imix_forward(views, step)
         q, z = self._embed(views)
         loss = byol_loss(q, z)
@@ -98,8 +96,7 @@ class BYOL(Method):
 
     def _imix_forward(self, views, step: int):
         check_views(views)
-        require(len(views) == 2, "number of views with method.mix", len(views), "i-Mix uses exactly 2 views")
-        mixed, lam, perm = mix_view(self.mix, views[0], step_generator(self._mix_seed, step))
+        mixed, lam, perm = self.mixed_view(views, step)
         q = self.predictor(self.projector(self.backbone(mixed)))
         with torch.no_grad():
             z = self.target_projector(self.target_backbone(views[1]))

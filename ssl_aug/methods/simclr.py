@@ -7,10 +7,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssl_aug import distributed as dist_utils
-from ssl_aug.augment.mix import LABEL_FREE_MODES, mix_view, parse_mix
 from ssl_aug.losses import imix_nt_xent, nt_xent_multiview, nt_xent_per_sample
 from ssl_aug.methods.base import (Method, check_views, encode_views, preserved_norm_buffers, register_method,
-                                  require, step_generator)
+                                  require)
+from ssl_aug.methods.imix import MixedViews
 from ssl_aug.models.heads import ProjectionHead
 
 __all__ = ["SimCLR", "similarity_stats"]
@@ -34,7 +34,7 @@ def similarity_stats(z: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @register_method("simclr")
-class SimCLR(Method):
+class SimCLR(MixedViews, Method):
     """SimCLR (Chen et al. 2020): views -> backbone -> projector -> NT-Xent.
 
     forward(views: V x (N, 3, H, W), step, epoch) -> (loss, stats); V = 2 is the classic loss,
@@ -69,26 +69,18 @@ class SimCLR(Method):
         self.projector = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim, proj_layers)
         self.temperature = float(temperature)
         self.gather = dist_utils.world_size() > 1 if gather is None else bool(gather)
-        self.mix = None if mix is None else parse_mix(mix, LABEL_FREE_MODES)
-        # Drawn after the layers are built, only when mixing is on: plain SimCLR's init is unchanged.
-        self._mix_seed = int(torch.randint(0, 2 ** 31, (1,))) if self.mix is not None else 0
-
-    def mix_generator(self, step: int) -> torch.Generator:
-        """The CPU generator i-Mix uses at ``step`` on this rank (a pure function of seed, step, rank)."""
-        return step_generator(self._mix_seed, step)
+        self.init_mix(mix)
 
     def forward(self, views, step: int = 0, epoch: int = 0):
         n = check_views(views)
-        if self.mix is not None and self.training:
+        if self.mixing:
             return self._imix_forward(views, n, step)
         z = self.projector(encode_views(self.backbone, views)).view(len(views), n, -1)
         loss = nt_xent_multiview(z, self.temperature, gather=self.gather)
         return loss, {"loss": loss.detach(), **similarity_stats(z.detach())}
 
     def _imix_forward(self, views, n: int, step: int):
-        require(len(views) == 2, "number of views with method.mix", len(views), "i-Mix uses exactly 2 views "
-                "(set augment.views = 2 and no multicrop)")
-        mixed, lam, perm = mix_view(self.mix, views[0], self.mix_generator(step))
+        mixed, lam, perm = self.mixed_view(views, step)
         z = self.projector(encode_views(self.backbone, [mixed, views[1]])).view(2, n, -1)
         loss = imix_nt_xent(z[0], z[1], lam, perm, self.temperature)
         return loss, {"loss": loss.detach(), **similarity_stats(z.detach()), "mix_lam": lam.detach().float().mean()}

@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from ssl_aug.ablation.spec import Run
+from ssl_aug.workflows.ablation.spec import Run
 from ssl_aug.io import atomic_write_text
 
 __all__ = ["summarize", "write_report", "invariance_order", "DEFAULT_METRICS"]
@@ -107,7 +107,7 @@ def write_report(runs: list[Run], out_dir: Path, title: str, metrics: list[str] 
         writer.writerow([r.cell, r.seed] + [r.results.get(m, "") for m in metrics] + [r.error or ""])
     written.append(atomic_write_text(out_dir / "results.csv", buf.getvalue()))
     from ssl_aug.evaluation.floors import reference_lines
-    from ssl_aug.plots import plot_results
+    from ssl_aug.evaluation.plots import plot_results
 
     refs = reference_lines(runs, out_dir) if any(m.endswith("top1") for m in metrics) else {}
     plots, note = plot_results(rows, metrics, out_dir, title, references=refs)

@@ -29,9 +29,10 @@ from pathlib import Path
 
 from ssl_aug.config import apply_overrides, config_from_dict, read_toml, resolve_recipe_path
 from ssl_aug.errors import SslAugError
-from ssl_aug.search.objectives import OBJECTIVES
-from ssl_aug.search.space import Param, parse_space
-from ssl_aug.search.tanda import check_tanda
+from ssl_aug.registry import check_keys
+from ssl_aug.workflows.search.objectives import OBJECTIVES
+from ssl_aug.workflows.search.space import Param, parse_space
+from ssl_aug.workflows.search.tanda import check_tanda
 
 __all__ = ["SearchSpec", "load_search", "SPEC_KEYS", "PRUNERS", "spec_hash"]
 
@@ -83,9 +84,7 @@ def load_search(spec: str | Path | dict, overrides: list[str] = (), validate: bo
         raw = dict(read_toml(path))
     raw = apply_overrides(raw, [o for o in overrides if not o.startswith("base.")])
     base_extra = [o[len("base."):] for o in overrides if o.startswith("base.")]
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
-    if unknown:
-        raise SslAugError(f"unknown search spec key '{unknown[0]}' in {path}; allowed: {', '.join(SPEC_KEYS)}")
+    check_keys(sorted(raw), list(SPEC_KEYS), "search spec key", "", f" in {path}")
     if not isinstance(raw.get("base"), (str, dict)):
         raise SslAugError(f"search spec {path} needs a 'base' recipe (a recipe name or a TOML path)")
     if isinstance(raw["base"], dict):
@@ -140,6 +139,6 @@ def load_search(spec: str | Path | dict, overrides: list[str] = (), validate: bo
 
 
 def _unchecked(space: dict, base: dict) -> list[Param]:
-    from ssl_aug.search.space import _parse_param
+    from ssl_aug.workflows.search.space import _parse_param
 
     return [_parse_param(k, v) for k, v in space.items()]

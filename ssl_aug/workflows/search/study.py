@@ -26,9 +26,9 @@ import torch
 from ssl_aug.config import config_from_dict, set_dotted
 from ssl_aug.errors import SslAugError
 from ssl_aug.io import atomic_write_json, atomic_write_text
-from ssl_aug.search.objectives import ObjectiveData, carve_validation, check_objective, compute_scores
-from ssl_aug.search.space import apply_point, base_point
-from ssl_aug.search.spec import SearchSpec, load_search, spec_hash
+from ssl_aug.workflows.search.objectives import ObjectiveData, carve_validation, check_objective, compute_scores
+from ssl_aug.workflows.search.space import apply_point, base_point
+from ssl_aug.workflows.search.spec import SearchSpec, load_search, spec_hash
 
 __all__ = ["require_optuna", "prepare_search", "run_worker", "open_study", "finished_trials", "STUDY_NAME"]
 
@@ -119,7 +119,7 @@ def prepare_search(spec: SearchSpec) -> Path:
 
 def _load_objective_data(spec: SearchSpec, device=None) -> tuple[ObjectiveData, object]:
     """(scoring data, the training images left after carving the validation split)."""
-    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.augment.recipe import views_of
     from ssl_aug.data import ImageDataset
     from ssl_aug.train import load_training_data
 
@@ -131,7 +131,7 @@ def _load_objective_data(spec: SearchSpec, device=None) -> tuple[ObjectiveData, 
     n_bank = min(len(keep), max(cfg.eval.monitor_train, 1))
     bank = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(spec.raw["seed"]))[:n_bank]]
     data = ObjectiveData(train.images[bank], train.labels[bank], train.images[val], train.labels[val],
-                         build_views(cfg.augment), labelled, k=cfg.eval.knn_k,
+                         views_of(cfg).build(), labelled, k=cfg.eval.knn_k,
                          temperature=cfg.eval.knn_temperature, seed=spec.raw["seed"])
     return data, rest
 

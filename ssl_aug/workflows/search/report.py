@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 
 from ssl_aug.io import atomic_write_text
-from ssl_aug.search.objectives import LABEL_FREE
-from ssl_aug.search.space import apply_point
+from ssl_aug.workflows.search.objectives import LABEL_FREE
+from ssl_aug.workflows.search.space import apply_point
 
 __all__ = ["trial_rows", "first_rung_rows", "spearman", "correlations", "dump_toml", "write_best_recipe", "write_trials", "best_trial"]
 

@@ -219,7 +219,7 @@ def _check_key(key: str, base: dict) -> None:
 def parse_space(space, base: dict) -> list[Param]:
     """[space] table + base recipe dict -> validated parameters (each representative value builds a valid
     config and views)."""
-    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.augment.recipe import views_of
 
     if not isinstance(space, dict) or not space:
         raise SslAugError("search spec needs a non-empty [space] table: \"dotted.recipe.key\" = { low = A, high = B }")
@@ -233,7 +233,7 @@ def parse_space(space, base: dict) -> list[Param]:
         for value in p.values():
             try:
                 cfg = config_from_dict(apply_point(base, [p], {p.key: value}))
-                build_views(cfg.augment)
+                views_of(cfg).build()
             except SslAugError as exc:
                 raise SslAugError(f"search space parameter '{p.key}' = {value!r}: {exc}") from None
     return params
@@ -242,10 +242,10 @@ def parse_space(space, base: dict) -> list[Param]:
 def base_point(base: dict, params: list[Param]) -> dict | None:
     """The base recipe as a point of the space (for a first, reference trial), or None when some value of
     the base lies outside the space."""
-    from ssl_aug.augment.recipe import view_specs
+    from ssl_aug.augment.recipe import views_of
 
     point = {}
-    spec = view_specs(config_from_dict(base).augment)[0][0]
+    spec = views_of(config_from_dict(base)).specs[0]
     for p in params:
         if p.kind == "switch":
             name = p.key[3:]

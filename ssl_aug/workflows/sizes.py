@@ -21,9 +21,9 @@ def _fail(key: str, value, why: str) -> None:
 
 def check_sizes(cfg, train, test=None, bank=None) -> list[str]:
     """Refuse size/count keys the data cannot satisfy; return notes (one line each) to print."""
-    from ssl_aug.augment.recipe import view_specs
+    from ssl_aug.augment.recipe import views_of
 
-    specs, counts = view_specs(cfg.augment)
+    specs, counts = views_of(cfg).specs, views_of(cfg).counts
     if sum(counts) < 2:
         _fail("augment.views", cfg.augment.get("views", 2), "gives fewer than 2 views per image; contrastive "
               "methods compare at least 2 (use augment.views = 2)")

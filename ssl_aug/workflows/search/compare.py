@@ -14,7 +14,7 @@ import torch
 
 from ssl_aug.config import config_from_dict, set_dotted
 from ssl_aug.io import atomic_write_text
-from ssl_aug.search.space import apply_point
+from ssl_aug.workflows.search.space import apply_point
 
 __all__ = ["compare_best", "compare_recipes", "floors", "mean_std"]
 
@@ -54,7 +54,7 @@ def floors(cfg, seed: int = 0) -> dict:
 def compare_best(spec, best, search_dir: Path, seeds: int, progress: bool = False) -> tuple[str, list[Path]]:
     """Train the base recipe and the best trial's policy for `seeds` seeds each (the trials' budget, on the
     recipe's whole training set) and compare kNN top-1 on the test split; -> (Markdown, files written)."""
-    from ssl_aug.search.space import base_point
+    from ssl_aug.workflows.search.space import base_point
 
     base = base_point(spec.base, spec.params) or {}
     same = set(base) == set(best.params) and all(  # the base recipe won: nothing else to train
@@ -70,7 +70,7 @@ def compare_recipes(spec, policy: dict, title: str, search_dir: Path, seeds: int
     """Train the base recipe and the recipe `policy` (the best policy of any search strategy) for `seeds`
     seeds each and compare kNN top-1 on the test split; same = the policy is the base recipe (trained once);
     held_out = the search scored on a validation split (now trained on, which the text says)."""
-    from ssl_aug.experiment import run_experiment
+    from ssl_aug.workflows.experiment import run_experiment
 
     recipes = {"base recipe": spec.base, "best policy": policy}
     results: dict[str, list[float]] = {}

@@ -79,7 +79,7 @@ def results_table(results: dict[str, list[dict]], title: str) -> str:
 
 
 def _data(args, data_keys):
-    from ssl_aug.evaluate_encoder import _subset, load_eval_data
+    from ssl_aug.workflows.evaluate_encoder import _subset, load_eval_data
 
     ns = argparse.Namespace(data=args.data, root=args.root, split=None, test_split=None)
     (train, test), name, how = load_eval_data(data_keys, ns)
@@ -113,7 +113,7 @@ def run_cells(encoder, mean, std, train, test, cells: dict[str, dict], seeds: in
 
 def finetune_command(args) -> int:
     from ssl_aug.device import resolve_device
-    from ssl_aug.evaluate_encoder import resolve_encoder
+    from ssl_aug.workflows.evaluate_encoder import resolve_encoder
 
     device = resolve_device(args.device)
     base = {}

@@ -30,6 +30,7 @@ from ssl_aug.augment.ops.policy import RAND_OPS
 from ssl_aug.augment.ops.tf_sequence import TfSequence, tf_names
 from ssl_aug.augment.params import ViewParams
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import check_keys
 
 __all__ = ["TandaSettings", "check_tanda", "TandaResult", "MeanFieldGenerator", "Discriminator", "reinforce_loss",
            "apply_tf_sequence", "sequence_rewards", "learn_tf_sequence", "top_tfs", "DISTANCE_EPS"]
@@ -67,9 +68,7 @@ def check_tanda(table, seed: int = 0) -> dict:
         table = {}
     if not isinstance(table, dict):
         raise SslAugError(f"search [tanda] = {table!r} is not allowed; use a table with keys: {', '.join(_BOUNDS)}")
-    unknown = sorted(set(table) - set(_BOUNDS))
-    if unknown:
-        raise SslAugError(f"unknown search [tanda] key '{unknown[0]}'; allowed: {', '.join(_BOUNDS)}")
+    check_keys(sorted(table), list(_BOUNDS), "search [tanda] key")
     out = {**TandaSettings(seed=seed).__dict__, **table}
     for key, (kind, low, high, allowed) in _BOUNDS.items():
         v = out[key]

@@ -11,7 +11,7 @@ import json
 import traceback
 from pathlib import Path
 
-from ssl_aug.ablation.spec import Run
+from ssl_aug.workflows.ablation.spec import Run
 from ssl_aug.errors import SslAugError
 from ssl_aug.io import atomic_write_json, atomic_write_text
 
@@ -65,7 +65,7 @@ def run_cell(config: dict, run_dir: str, progress: bool = False) -> tuple[dict, 
     """Train and evaluate one cell (a resolved config as a plain dict) -> (results, one-line error or None).
     Module-level so launchers can run it in worker processes or as a Ray task."""
     from ssl_aug.config import config_from_dict
-    from ssl_aug.experiment import run_experiment
+    from ssl_aug.workflows.experiment import run_experiment
 
     run_dir = Path(run_dir)
     try:
@@ -81,7 +81,7 @@ def run_cell(config: dict, run_dir: str, progress: bool = False) -> tuple[dict, 
 
 def execute(runs: list[Run], progress: bool = True, rerun_changed: bool = False, launcher: str = "local",
             workers: int = 1, address: str | None = None, gpus_per_task: float = 0.0) -> list[Path]:
-    """Run every cell (in order, or through ssl_aug.launchers: `workers` local processes or Ray tasks);
+    """Run every cell (in order, or through ssl_aug.workflows.launchers: `workers` local processes or Ray tasks);
     returns the run folders moved aside (stale, rerun on request)."""
     stale = [(run, reason) for run in runs if (reason := stale_reason(run))]
     if stale and not rerun_changed:
@@ -110,7 +110,7 @@ def execute(runs: list[Run], progress: bool = True, rerun_changed: bool = False,
         else:
             pending.append(run)
     if pending:
-        from ssl_aug.launchers import launch
+        from ssl_aug.workflows.launchers import launch
 
         tasks = [(run.config.to_dict(), str(run.run_dir.resolve()), False) for run in pending]
         for run, (results, error) in zip(pending, launch(run_cell, tasks, launcher=launcher, workers=workers,

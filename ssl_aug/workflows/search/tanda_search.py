@@ -17,8 +17,8 @@ from pathlib import Path
 from ssl_aug.config import config_from_dict
 from ssl_aug.errors import SslAugError
 from ssl_aug.io import atomic_write_json, atomic_write_text
-from ssl_aug.search.report import dump_toml
-from ssl_aug.search.tanda import TandaResult, TandaSettings, learn_tf_sequence, top_tfs
+from ssl_aug.workflows.search.report import dump_toml
+from ssl_aug.workflows.search.tanda import TandaResult, TandaSettings, learn_tf_sequence, top_tfs
 
 __all__ = ["run_tanda_search", "learned_recipe", "probability_table", "LOG_FILE"]
 
@@ -55,7 +55,7 @@ def probability_table(result: TandaResult) -> str:
 
 def _learn(spec, search_dir: Path, progress: bool) -> TandaResult:
     """Learn (or reuse the record of the same spec) and write tanda.json."""
-    from ssl_aug.search.spec import spec_hash
+    from ssl_aug.workflows.search.spec import spec_hash
     from ssl_aug.train import load_training_data
 
     digest = spec_hash(spec.raw, spec.base)
@@ -85,9 +85,9 @@ def run_tanda_search(spec, compare_seeds: int, progress: bool = True,
         raise SslAugError(f"no search in {search_dir} to report on; run it first (without --report-only)")
     result = _learn(spec, search_dir, progress)
     recipe = learned_recipe(spec, result)
-    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.augment.recipe import views_of
 
-    build_views(config_from_dict(recipe).augment)  # the recipe loads and its views build before it is written
+    views_of(config_from_dict(recipe)).build()  # the recipe loads and its views build before it is written
     header = (f"TF sequence learned by TANDA (mean-field generator, REINFORCE) in {spec.out_dir}.\n"
               f"Train it: ssl-aug train {search_dir / 'best_recipe.toml'}")
     table = probability_table(result)
@@ -104,7 +104,7 @@ def run_tanda_search(spec, compare_seeds: int, progress: bool = True,
     files = [atomic_write_text(search_dir / "tanda.md", table),
              atomic_write_text(search_dir / "best_recipe.toml", dump_toml(recipe, header))]
     if compare_seeds:
-        from ssl_aug.search.compare import compare_recipes
+        from ssl_aug.workflows.search.compare import compare_recipes
 
         text, written = compare_recipes(spec, recipe, "The TANDA-learned TF sequence (best policy)", search_dir,
                                         compare_seeds, held_out=False, progress=progress,

@@ -26,6 +26,7 @@ from pathlib import Path
 from ssl_aug.config import (Config, apply_overrides, config_from_dict, read_toml, resolve_recipe_path,
                             set_dotted)
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import check_keys
 
 __all__ = ["Run", "SPEC_KEYS", "MODES", "load_spec", "base_recipe", "plan_cells", "plan_runs", "config_hash",
            "is_ablation_spec"]
@@ -74,11 +75,9 @@ def load_spec(spec: str | Path, overrides: list[str] = ()) -> tuple[dict, Path]:
     top = dict(read_toml(path))
     top = apply_overrides(top, [o for o in overrides if not o.startswith("base.")])
     base_extra = {o.split("=", 1)[0][len("base."):]: o.split("=", 1)[1] for o in overrides if o.startswith("base.")}
-    unknown = sorted(set(top) - set(SPEC_KEYS))
-    if unknown:
-        hint = ("; this is a training recipe: use ssl-aug train" if {"data", "model", "train"} & set(unknown)
-                else "")
-        raise SslAugError(f"unknown ablation key '{unknown[0]}' in {path}; allowed: {', '.join(SPEC_KEYS)}{hint}")
+    unknown = set(top) - set(SPEC_KEYS)
+    hint = "; this is a training recipe: use ssl-aug train" if {"data", "model", "train"} & unknown else ""
+    check_keys(sorted(top), list(SPEC_KEYS), "ablation key", "", f" in {path}{hint}")
     if top.get("mode", "cells") not in MODES:
         raise SslAugError(f"ablation mode {top.get('mode')!r} is not allowed; choose one of: {', '.join(MODES)}")
     if "base" not in top:
@@ -144,7 +143,7 @@ def plan_cells(spec: dict) -> list[tuple[str, dict]]:
 
 def plan_runs(spec: dict, spec_path: Path) -> list[Run]:
     """Every (cell, seed) run with its validated config (views built once to check [augment])."""
-    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.augment.recipe import views_of
 
     base = base_recipe(spec, spec_path)
     out = Path(spec.get("output_dir") or f"runs/{spec_path.stem}")
@@ -160,7 +159,7 @@ def plan_runs(spec: dict, spec_path: Path) -> list[Run]:
             set_dotted(data, "output_dir", str(run_dir))
             try:
                 config = config_from_dict(data)
-                build_views(config.augment)  # validates the augment table before anything trains
+                views_of(config).build()  # validates the augment table before anything trains
             except SslAugError as exc:
                 raise SslAugError(f"ablation cell '{cell}': {exc}") from None
             runs.append(Run(cell, seed, overrides, run_dir, config, config_hash(config)))

@@ -3,16 +3,16 @@ a results table (Markdown + CSV, mean ± std over seeds) and plots.
 
 - `spec`: load and plan (`load_spec`, `plan_runs`, the spec format in its docstring).
 - `runner`: run the cells; finished cells are reused only when their resolved config hash matches.
-- `report`: results.md / results.csv and the PNGs (drawn by ssl_aug.plots).
+- `report`: results.md / results.csv and the PNGs (drawn by ssl_aug.evaluation.plots).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ssl_aug.ablation.report import summarize, write_report
-from ssl_aug.ablation.runner import CELL_FILE, execute, stale_reason
-from ssl_aug.ablation.spec import MODES, SPEC_KEYS, Run, config_hash, load_spec, plan_cells, plan_runs
+from ssl_aug.workflows.ablation.report import summarize, write_report
+from ssl_aug.workflows.ablation.runner import CELL_FILE, execute, stale_reason
+from ssl_aug.workflows.ablation.spec import MODES, SPEC_KEYS, Run, config_hash, load_spec, plan_cells, plan_runs
 
 __all__ = ["run_ablation", "load_spec", "plan_cells", "plan_runs", "execute", "summarize", "write_report",
            "config_hash", "stale_reason", "Run", "SPEC_KEYS", "MODES", "CELL_FILE"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ssl_aug.plots import MISSING, _pyplot, _save
+from ssl_aug.evaluation.plots import MISSING, _pyplot, _save
 
 __all__ = ["plot_search"]
 
@@ -55,7 +55,7 @@ def _importances(study, path: Path, plt) -> Path | None:
 
 
 def _scores(rows: list[dict], path: Path, plt) -> Path | None:
-    from ssl_aug.search.report import spearman
+    from ssl_aug.workflows.search.report import spearman
 
     done = [r for r in rows if r["state"] == "complete" and r.get("knn_val") is not None]
     keys = [k for k in ("alignment", "uniformity", "align_uniform", "rotation") if any(r.get(k) is not None for r in done)]

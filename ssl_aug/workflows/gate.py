@@ -147,7 +147,7 @@ def gate(encoder, mean, std, reference, candidates, min_confidence: float, out_d
               "confidence_histogram": {"edges": edges.tolist(), "counts": hist.tolist()},
               "kept_mask": keep.tolist()}
     atomic_write_json(out / "gate_report.json", report)
-    from ssl_aug.plots import plot_confidence_histogram
+    from ssl_aug.evaluation.plots import plot_confidence_histogram
 
     plot_confidence_histogram(conf.numpy(), keep.numpy(), min_confidence, out / "confidence_histogram.png",
                               title=f"gate: {report['kept']} of {report['candidates']} kept (C = {min_confidence:g})")

@@ -6,14 +6,14 @@ sequence adversarially (`tanda`, `tanda_search`) and compares it the same way.
 
 - `spec`: the search TOML; `space`: parameters; `objectives`: knn_val and label-free scores;
 - `study`: the Optuna study and its workers; `report`, `plots`, `compare`: the outputs.
-Workers run here (`--workers N`) or on Ray (`ssl_aug.launchers`). Needs the `search` extra (Optuna).
+Workers run here (`--workers N`) or on Ray (`ssl_aug.workflows.launchers`). Needs the `search` extra (Optuna).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ssl_aug.search.spec import SearchSpec, load_search
+from ssl_aug.workflows.search.spec import SearchSpec, load_search
 
 __all__ = ["run_search", "write_search_report", "load_search", "SearchSpec"]
 
@@ -21,10 +21,10 @@ __all__ = ["run_search", "write_search_report", "load_search", "SearchSpec"]
 def write_search_report(spec: SearchSpec, search_dir: Path, compare_seeds: int = 0, progress: bool = False) -> tuple[str, list[Path]]:
     """Trial table, best recipe, correlations, plots and (compare_seeds > 0) the test comparison."""
     from ssl_aug.io import atomic_write_text
-    from ssl_aug.search.plots import plot_search
-    from ssl_aug.search.report import (best_trial, correlations, first_rung_rows, trial_rows, write_best_recipe,
+    from ssl_aug.workflows.search.plots import plot_search
+    from ssl_aug.workflows.search.report import (best_trial, correlations, first_rung_rows, trial_rows, write_best_recipe,
                                        write_trials)
-    from ssl_aug.search.study import open_study
+    from ssl_aug.workflows.search.study import open_study
 
     study = open_study(spec, search_dir)
     rows = trial_rows(study)
@@ -58,7 +58,7 @@ def write_search_report(spec: SearchSpec, search_dir: Path, compare_seeds: int =
     if note:
         lines.append(note)
     if compare_seeds and best is not None:
-        from ssl_aug.search.compare import compare_best
+        from ssl_aug.workflows.search.compare import compare_best
 
         text, written = compare_best(spec, best, search_dir, compare_seeds, progress=progress)
         lines += ["", text]
@@ -73,8 +73,8 @@ def run_search(spec: str | Path, overrides: list[str] = (), launcher: str = "loc
                report_only: bool = False) -> Path:
     """Validate, create or resume the search directory, run the workers, write the report."""
     from ssl_aug.errors import SslAugError
-    from ssl_aug.launchers import LAUNCHERS, check_ray_address, launch, require_ray, threads_per_worker
-    from ssl_aug.search.study import SPEC_FILE, prepare_search, require_optuna, run_worker
+    from ssl_aug.workflows.launchers import LAUNCHERS, check_ray_address, launch, require_ray, threads_per_worker
+    from ssl_aug.workflows.search.study import SPEC_FILE, prepare_search, require_optuna, run_worker
 
     require_optuna()
     if launcher not in LAUNCHERS or not isinstance(workers, int) or workers < 1:
@@ -87,7 +87,7 @@ def run_search(spec: str | Path, overrides: list[str] = (), launcher: str = "loc
             check_ray_address(address)  # before anything is written
     loaded = load_search(spec, overrides)
     if loaded.raw.get("strategy") == "tanda":  # one seeded learner on this machine, no trials
-        from ssl_aug.search.tanda_search import run_tanda_search
+        from ssl_aug.workflows.search.tanda_search import run_tanda_search
 
         if launcher != "local" or workers != 1:
             raise SslAugError("search strategy 'tanda' runs one learner on this machine; "

@@ -50,7 +50,7 @@ def view_grid(images: torch.Tensor, views: list[torch.Tensor], labels: list[str]
 def write_view_grid(cfg, path, n: int = 8, seed: int = 0, data=None) -> Path:
     """Draw `n` class-balanced images of the recipe's training data (or `data`, an ImageDataset) and their
     views (the recipe's [augment], seeded by `seed`) into the PNG `path` (written atomically)."""
-    from ssl_aug.augment.recipe import build_views, view_specs
+    from ssl_aug.augment.recipe import views_of
     from ssl_aug.data import balanced_subset, load_dataset
     from ssl_aug.errors import SslAugError
     from ssl_aug.io import atomic_write
@@ -65,10 +65,11 @@ def write_view_grid(cfg, path, n: int = 8, seed: int = 0, data=None) -> Path:
     labelled = bool((data.labels >= 0).all())
     idx = balanced_subset(data.labels, n, seed) if labelled else torch.randperm(len(data.labels))[:n]
     images = data.images[idx]
-    multiview = build_views(cfg.augment)
+    parsed = views_of(cfg)
+    multiview = parsed.build()
     generator = torch.Generator().manual_seed(seed)
     views = multiview.apply(images, multiview.sample(images, generator), normalize=False)
-    specs, counts = view_specs(cfg.augment)
+    specs, counts = parsed.specs, parsed.counts
     kinds = ["global", "local"] + [f"family {i}" for i in range(2, len(specs))]
     labels = [f"{kinds[f]} view {k + 1} ({specs[f].size}px)" for f, count in enumerate(counts) for k in range(count)]
     title = f"{cfg.data.name}: {len(views)} views of {n} images ({images.shape[-1]}px source), seed {seed}"
