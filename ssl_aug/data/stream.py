@@ -32,7 +32,6 @@ import torch
 from ssl_aug.data.batch import _check_common, _Resumable, epoch_generator
 from ssl_aug.data.crop_decode import crop_plan, decode_crops, decode_crops_device, image_generator, sample_boxes
 from ssl_aug.data.shard_read import iter_rows, read_index
-from ssl_aug.data.source import DataSource
 from ssl_aug.errors import SslAugError
 
 DECODES = ("auto", "cpu", "device")
@@ -135,7 +134,7 @@ def _shuffled(it, size: int, g: torch.Generator):
         yield buf.pop(int(torch.randint(len(buf), (1,), generator=g)))
 
 
-class ShardCropSource(_Resumable, DataSource):
+class ShardCropSource(_Resumable):  # a DataSource (ssl_aug.data.source) whose batches are crops
     """Batches of per-view crops streamed from a packed shard folder (see module docstring).
 
     plan: one (size, scale, ratio) per view (or objects with those attributes). classes: the class
