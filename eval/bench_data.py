@@ -234,6 +234,8 @@ def main(argv=None) -> int:
                          f"({n / (t2 - t1):.0f} img/s, {args.workers} processes)")
             if tput is None:
                 tput = throughput(tree, shards, args.workers, args.batches)
+                for k, v in tput.items():
+                    print(f"{k}: {v:.0f} img/s", flush=True)
             rss = training_rss(shards, Path(tmp), args.workers, args.rss_steps)
             rows_rss.append([n, f"{rss:.0f}", f"{classes_per_batch(shards):.1f}"])
             print(f"{n} images: peak RSS {rss:.0f} MB", flush=True)
