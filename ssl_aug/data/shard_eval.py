@@ -80,8 +80,10 @@ def _chunk(buf, size, pool, index):
 
 def load_shard_folder(split: str, root, download: bool = False, size: int = 224, workers: int = 2,
                       shuffle_buffer: int = 512, decode: str = "auto") -> ImageDataset:
-    """Data set `shards`: the eval view of every image of root[/split] in memory (workers,
-    shuffle_buffer and decode are training options of the streaming source, unused here)."""
+    """Tar shards of encoded images (`ssl-aug data pack --format shards`): training streams crops.
+
+    Loaded, root[/split] gives the eval view of every image in memory (workers, shuffle_buffer and
+    decode are options of the streaming source, unused here)."""
     if root is None:
         raise SslAugError("dataset 'shards' needs root=<folder packed by `ssl-aug data pack --format shards`> "
                           "(recipe data.root=..., CLI --root)")
