@@ -157,8 +157,8 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def training_rss(shards: Path, workdir: Path, workers: int, steps: int) -> float:
-    """Peak RSS (MB, process tree) of `ssl-aug train` streaming SimCLR views from `shards` (ResNet-18,
+def training_rss(shards: Path, workdir: Path, workers: int, steps: int, backbone: str = "resnet18") -> float:
+    """Peak RSS (MB, process tree) of `ssl-aug train` streaming SimCLR views from `shards` (`backbone`,
     2 x 96 px, batch 64, `steps` steps, no evaluation)."""
     recipe = workdir / "rss.toml"
     recipe.write_text(f"""seed = 0
@@ -168,7 +168,7 @@ name = "shards"
 root = {json.dumps(str(shards))}
 options = {{ workers = {workers} }}
 [model]
-backbone = "resnet18"
+backbone = "{backbone}"
 [method]
 name = "simclr"
 [augment]
@@ -216,6 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batches", type=int, default=6, help="timed batches of 64 per measurement")
     ap.add_argument("--rss-steps", type=int, default=20)
+    ap.add_argument("--backbone", default="resnet18", help="backbone of the RSS training runs")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     from ssl_aug.data.shard_pack import pack_shards
@@ -236,7 +237,7 @@ def main(argv=None) -> int:
                 tput = throughput(tree, shards, args.workers, args.batches)
                 for k, v in tput.items():
                     print(f"{k}: {v:.0f} img/s", flush=True)
-            rss = training_rss(shards, Path(tmp), args.workers, args.rss_steps)
+            rss = training_rss(shards, Path(tmp), args.workers, args.rss_steps, args.backbone)
             rows_rss.append([n, f"{rss:.0f}", f"{classes_per_batch(shards):.1f}"])
             print(f"{n} images: peak RSS {rss:.0f} MB", flush=True)
     floor = tput["decode alone (PIL, per file)"]
