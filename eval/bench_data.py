@@ -160,6 +160,7 @@ def _tree_rss_mb(pid: int) -> float:
 def training_rss(shards: Path, workdir: Path, workers: int, steps: int, backbone: str = "resnet18") -> float:
     """Peak RSS (MB, process tree) of `ssl-aug train` streaming SimCLR views from `shards` (`backbone`,
     2 x 96 px, batch 64, `steps` steps, no evaluation)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     recipe = workdir / "rss.toml"
     recipe.write_text(f"""seed = 0
 device = "cpu"
@@ -237,7 +238,7 @@ def main(argv=None) -> int:
                 tput = throughput(tree, shards, args.workers, args.batches)
                 for k, v in tput.items():
                     print(f"{k}: {v:.0f} img/s", flush=True)
-            rss = training_rss(shards, Path(tmp), args.workers, args.rss_steps, args.backbone)
+            rss = training_rss(shards, Path(tmp) / f"rss{n}", args.workers, args.rss_steps, args.backbone)
             rows_rss.append([n, f"{rss:.0f}", f"{classes_per_batch(shards):.1f}"])
             print(f"{n} images: peak RSS {rss:.0f} MB", flush=True)
     floor = tput["decode alone (PIL, per file)"]
