@@ -10,7 +10,7 @@ DataLoader workers, interleaved rounds in one process:
     training device, here the CPU of the main process);
   - torchvision ImageFolder + RandomResizedCrop / flip / ColorJitter / RandomGrayscale PIL transforms
     (2 views, the lightly / solo-learn path);
-then peak RSS (the whole process tree) of a short SimCLR training run streaming the shards at each
+then peak memory (PSS of the whole process tree) of a short SimCLR training run streaming the shards at each
 tree size, and classes covered per batch of 256.
 
 Usage: python eval/bench_data.py [--images 5000 20000] [--workers 2] [--batches 6] [--no-write]
@@ -52,7 +52,7 @@ def make_tree(root: Path, n: int, classes: int = 100, seed: int = 0) -> float:
         yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
         base = np.stack([127 + 90 * np.sin(2 * np.pi * (rng.uniform(0.5, 4) * xx + rng.uniform(0.5, 4) * yy)
                                             + rng.uniform(0, 6)) for _ in range(3)], -1)
-        img = (base + rng.normal(0, 18, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        img = (base + rng.normal(0, 30, (h, w, 3))).clip(0, 255).astype(np.uint8)
         p = d / f"{i:06d}.jpg"
         Image.fromarray(img).save(p, quality=90)
         total += p.stat().st_size
@@ -135,7 +135,8 @@ def throughput(tree: Path, shards: Path, workers: int, batches: int, batch: int 
 
 
 def _tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (MB), from /proc."""
+    """Proportional resident memory (PSS: a page shared by k processes counts 1/k) of a process and all
+    its descendants (MB), from /proc/<pid>/smaps_rollup; VmRSS where that file is missing."""
     total, todo = 0, [pid]
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
@@ -148,9 +149,9 @@ def _tree_rss_mb(pid: int) -> float:
     while todo:
         p = todo.pop()
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            rollup = Path(f"/proc/{p}/smaps_rollup")
+            key, text = ("Pss:", rollup.read_text()) if rollup.exists() else ("VmRSS:", Path(f"/proc/{p}/status").read_text())
+            total += next((int(line.split()[1]) for line in text.splitlines() if line.startswith(key)), 0)
         except OSError:
             pass
         todo += children.get(p, [])
@@ -246,11 +247,11 @@ def main(argv=None) -> int:
     from ssl_aug.benchmarks import markdown_table, update_benchmarks_md
 
     body = (markdown_table(["path", "images/s (median of 3)", "x decode alone"], rows) + "\n\n"
-            + markdown_table(["images in the tree", "peak RSS of a training run (MB, process tree)",
+            + markdown_table(["images in the tree", "peak PSS of a training run (MB, process tree)",
                               "classes per batch of 256 (of 100)"], rows_rss) + "\n\n"
             + f"{args.workers} DataLoader workers everywhere; batches of 64, {args.batches} timed batches after the "
             f"first, 3 interleaved rounds. The SimCLR views of our path run in the main process (the training "
-            f"device is this CPU), on top of the workers. Training run: ResNet-18, SimCLR 2 x 96, batch 64, "
+            f"device is this CPU), on top of the workers. Training run: {args.backbone}, SimCLR 2 x 96, batch 64, "
             f"{args.rss_steps} steps. " + "; ".join(notes) + ". The machine was shared with other jobs "
             "(loaded): absolute figures are low, ratios are measured side by side.")
     print(body)
