@@ -108,6 +108,7 @@ register_source("stl10", LazySource("ssl_aug.data.stl10:load_stl10", ("train", "
 register_source("imagefolder", LazySource("ssl_aug.data.imagefolder:load_imagefolder"))
 register_source("npz", LazySource("ssl_aug.data.npz:load_npz", None, "ssl_aug.data.npz:split_shards"))
 register_source("embedded", LazySource("ssl_aug.data.embedded:load_embedded"))
+register_source("shards", LazySource("ssl_aug.data.shard_eval:load_shard_folder"))  # trains via ShardCropSource
 
 
 def default_root() -> Path:

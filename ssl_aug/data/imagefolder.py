@@ -4,7 +4,8 @@
 PIL in a thread pool (PIL releases the GIL while decoding and resizing), converts to RGB,
 resizes the shorter side to `size` (bilinear, antialiased, torchvision's `Resize(size)` rule) and
 center-crops `size` x `size` (torchvision's `CenterCrop` rounding), and writes shard_00000.npz, ...
-(x (n, size, size, 3) uint8, y (n,) int64) plus classes.txt, meta.json and pack_report.json.
+(x (n, size, size, 3) uint8, y (n,) int64) plus classes.txt, files.txt, meta.json and pack_report.json,
+the images in one seeded (seed 0) shuffle of the whole tree, so every shard mixes all classes.
 
 Conversions: CMYK, palette, grayscale, 1-bit -> RGB; alpha (RGBA, LA, palette or RGB/L with a
 transparent colour) composited over white; 16-bit / 32-bit integer grayscale scaled to 8 bits
@@ -252,6 +253,7 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
     require_folder(dst, "pack destination")
     t0 = time.perf_counter()
     classes, files, empty, stray, bad = scan_tree(src)
+    files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]  # every shard mixes classes
     fingerprint = fingerprint or tree_fingerprint(src, size)
     try:
         dst.mkdir(parents=True, exist_ok=True)
@@ -383,18 +385,26 @@ def pack_main(argv: list[str] | None = None) -> int:
     ap.add_argument("dst", metavar="DST", help="output folder for shard_*.npz, classes.txt, pack_report.json")
     ap.add_argument("--size", type=int, default=96, help="output side in pixels (shorter side resize + center crop)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding threads")
-    ap.add_argument("--shard-size", type=int, default=10000, help="images per shard")
+    ap.add_argument("--shard-size", type=int, default=None, help="images per shard (npz 10000, shards 1000)")
+    ap.add_argument("--format", choices=("npz", "shards"), default="npz",
+                    help="npz: decoded fixed-size squares; shards: tar shards of encoded images (streamed)")
+    ap.add_argument("--max-res", type=int, default=None, help="shards: cap on the longer side in pixels")
+    ap.add_argument("--seed", type=int, default=0, help="shards: seed of the global shuffle")
     ap.add_argument("--quiet", action="store_true", help="no progress bar or report on stderr")
     args = ap.parse_args(argv)
     src, dst = Path(args.src).expanduser(), Path(args.dst).expanduser()
     splits = [d for d in SPLIT_DIRS if (src / d).is_dir()] if src.is_dir() else []
     try:
         for tree, out in [(src / d, dst / d) for d in splits] or [(src, dst)]:
-            rep = pack_imagefolder(tree, out, args.size, args.workers, args.shard_size, verbose=not args.quiet)
+            if args.format == "shards":
+                from ssl_aug.data.shard_pack import pack_shards
+                rep = pack_shards(tree, out, args.shard_size or 1000, args.max_res, args.workers, args.seed, not args.quiet)
+            else:
+                rep = pack_imagefolder(tree, out, args.size, args.workers, args.shard_size or 10000, verbose=not args.quiet)
             print(f"{rep.images} images, {len(rep.classes)} classes, {rep.num_skipped} skipped -> {rep.dst}")
     except SslAugError as e:
         print(f"ssl-aug: error: {e}", file=sys.stderr)
         return 2
-    print(f"train on it: ssl-aug train RECIPE data.name=npz data.root={dst}"
+    print(f"train on it: ssl-aug train RECIPE data.name={'shards' if args.format == 'shards' else 'npz'} data.root={dst}"
           + ("" if splits else ' eval.test_split="train" (a seeded held-out part of each class is the test set)'))
     return 0

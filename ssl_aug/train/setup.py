@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import os
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,7 +27,8 @@ from ssl_aug.optim import build_optimizer, warmup_cosine
 from ssl_aug.schedules import parse_schedule
 
 __all__ = ["tune_allocator", "load_training_data", "build_model", "autocast", "training_device", "check_fits_device",
-           "build_source", "build_optimization", "build_schedules", "apply_schedules", "DEVICE_DATA_SHARE"]
+           "build_source", "build_shard_source", "shard_root", "streams", "build_optimization", "build_schedules",
+           "apply_schedules", "DEVICE_DATA_SHARE"]
 
 DEVICE_DATA_SHARE = 0.5  # the training set may take at most this share of the GPU's free memory
 
@@ -51,7 +53,15 @@ def load_training_data(cfg: Config, split: str | None = None) -> ImageDataset:
     """The recipe's data set, split `split` (default: the training split `data.split`); the
     training split is cut to `data.subset` images (a fixed, seed-0 class-balanced subset)."""
     split = cfg.data.split if split is None else split
-    ds = load_dataset(cfg.data.name, split=split, root=cfg.data.root, download=cfg.data.download, **cfg.data.options)
+    folder = shard_root(cfg, split)
+    if folder is not None:  # the eval view of a shard pack, at data.options.size (shards) or the views' size
+        options = {k: v for k, v in cfg.data.options.items()
+                   if k in ("workers", "shuffle_buffer", "decode") or (k == "size" and cfg.data.name == "shards")}
+        options.setdefault("size", int(cfg.augment.get("size", 224)))
+        ds = load_dataset("shards", split="all", root=folder, **options)
+    else:
+        ds = load_dataset(cfg.data.name, split=split, root=cfg.data.root, download=cfg.data.download,
+                          **cfg.data.options)
     if split == cfg.data.split and cfg.data.subset and cfg.data.subset < len(ds.labels):
         idx = balanced_subset(ds.labels, cfg.data.subset, seed=0)  # the same images for every run seed
         ds = ds.subset(idx)  # keeps group labels
@@ -143,10 +153,62 @@ def check_fits_device(num_bytes: int, device: torch.device, what: str) -> None:
                           "(npz shards), data.subset, or a smaller image size")
 
 
+_AUTO_SHARDS: dict = {}  # (tree, size) -> the auto-packed shard folder or None, decided once per process
+
+
+def shard_root(cfg: Config, split: str | None = None) -> Path | None:
+    """The packed shard folder of `split` (default data.split) the run reads: data.name = "shards", an
+    image-folder / npz data.root holding a `--format shards` pack, or an image folder whose decoded pack
+    would exceed STREAM_ABOVE_BYTES (packed once into shards of its original images); else None."""
+    from ssl_aug.data.shard_eval import shard_split_root
+    from ssl_aug.data.shard_read import is_shard_folder
+
+    split = cfg.data.split if split is None else split
+    root = Path(cfg.data.root).expanduser() if cfg.data.root else None
+    if root is None or cfg.data.name not in ("shards", "imagefolder", "npz"):
+        return None
+    if cfg.data.name == "shards" or is_shard_folder(root) or is_shard_folder(root / split):
+        return shard_split_root(root, split)
+    if cfg.data.name == "imagefolder":
+        from ssl_aug.data.imagefolder import resolve_tree
+        from ssl_aug.data.shard_cache import auto_shards
+
+        key = (str(resolve_tree(root, split).resolve()), int(cfg.data.options.get("size", 96)))
+        if key not in _AUTO_SHARDS:
+            _AUTO_SHARDS[key] = auto_shards(Path(key[0]), key[1], rank=dist.rank())
+        return _AUTO_SHARDS[key]
+    return None
+
+
+def streams(cfg: Config) -> bool:
+    """True when training reads batches from disk (data.stream or a shard pack) instead of memory."""
+    return bool(cfg.data.stream) or shard_root(cfg) is not None
+
+
+def build_shard_source(cfg: Config, root: Path, device: torch.device, rank: int, world_size: int):
+    """ShardCropSource over `root` cutting the recipe's views' crops (data.options: workers, shuffle_buffer,
+    decode)."""
+    from ssl_aug.augment.crop_views import crop_plan_of
+    from ssl_aug.augment.recipe import views_of
+    from ssl_aug.data.stream import ShardCropSource
+
+    if cfg.data.subset:
+        raise SslAugError(f"data.subset = {cfg.data.subset} cannot be combined with a shard pack; drop it")
+    if cfg.train.view_candidates > 1:
+        raise SslAugError(f"train.view_candidates = {cfg.train.view_candidates} needs the whole image on the device; "
+                          "with a shard pack use 1")
+    o = cfg.data.options
+    return ShardCropSource(root, crop_plan_of(views_of(cfg).build()), cfg.train.batch_size // world_size,
+                           seed=cfg.seed, rank=rank, world_size=world_size, workers=o.get("workers", 2),
+                           shuffle_buffer=o.get("shuffle_buffer", 512), device=device, decode=o.get("decode", "auto"))
+
+
 def build_source(cfg: Config, data: ImageDataset | None, device: torch.device, rank: int, world_size: int):
     """The training DataSource of the recipe's data set (ssl_aug.data.source): a device-resident
     BatchSource over `data`, or the source's stream when data.stream is set (then `data` is ignored).
-    Refuses a resident set that will not fit the GPU."""
+    Refuses a resident set that will not fit the GPU. A shard pack gives a ShardCropSource (crops)."""
+    if (root := shard_root(cfg)) is not None:
+        return build_shard_source(cfg, root, device, rank, world_size)
     if cfg.data.stream and cfg.data.subset:
         raise SslAugError(f"data.subset = {cfg.data.subset} cannot be combined with data.stream = true; "
                           "drop one of them")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ssl_aug import distributed as dist
+from ssl_aug.augment.crop_views import views_from_crops
 from ssl_aug.augment.recipe import view_dtype, views_of
 from ssl_aug.checkpoint import (latest_checkpoint, load_checkpoint, nonfinite_flag, save_run_checkpoint,
                                 training_tensors)
@@ -31,7 +32,7 @@ from ssl_aug.train.hard_views import hard_views
 from ssl_aug.train.metrics import MetricsLog, StepTimer
 from ssl_aug.train.resume import agree_on_checkpoint, other_node_writers, save_on_every_node, writes_checkpoints
 from ssl_aug.train.setup import (apply_schedules, autocast, buffer_sync, build_model, build_optimization,
-                                 build_schedules, build_source, load_training_data, sync_batchnorm_on,
+                                 build_schedules, build_source, load_training_data, streams, sync_batchnorm_on,
                                  training_device, tune_allocator)
 from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted
 from ssl_aug.train.state import load_trainer_state, trainer_state
@@ -67,7 +68,7 @@ class Trainer:
             raise SslAugError(f"train.batch_size = {cfg.train.batch_size} must be divisible by the world size "
                               f"{self.world_size}")
 
-        if train_data is None and not cfg.data.stream:
+        if train_data is None and not streams(cfg):
             train_data = load_training_data(cfg)
         self.data = train_data
         self.source = build_source(cfg, train_data, self.device, self.rank, self.world_size)
@@ -245,11 +246,14 @@ class Trainer:
                 f"weights or optimiser state became NaN/inf by step {self.step}: run stopped; {where} "
                 f"(try a lower train.lr, train.amp=none or train.grad_clip=1.0)")
 
-    def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def make_views(self, images) -> list[torch.Tensor]:
         """uint8 (B,3,H,W) on the device -> the recipe's views (list of (B,3,s,s) float tensors);
-        with train.view_candidates = K > 1, per image the hardest of K candidate view sets."""
+        with train.view_candidates = K > 1, per image the hardest of K candidate view sets. A list of
+        per-view uint8 crops (a shard source) gets the views' post-crop ops."""
         k = self.cfg.train.view_candidates
         with torch.no_grad():
+            if isinstance(images, list):
+                return views_from_crops(self.views, images, generator=self.view_generator)
             if k == 1:
                 return self.views(images, generator=self.view_generator)
             return hard_views(self.method, lambda: self.views(images, generator=self.view_generator), k,
@@ -318,7 +322,7 @@ class Trainer:
             self.step += 1
             nonfinite = self.accumulate_loss(loss, nonfinite)
             timer.add(t0, t1, timer.mark())
-            images_seen += images.shape[0]
+            images_seen += indices.shape[0]
             bar.update(1)
             last_of_epoch = self.source.position >= self.steps_per_epoch
             if self.step % cfg.log_every == 0 or last_of_epoch or self.step >= self.total_steps:

@@ -20,6 +20,7 @@ from ssl_aug.evaluation import KnnMonitor, evaluate_encoder, evaluators_from_con
 from ssl_aug.io import atomic_write_json
 from ssl_aug.train import Trainer, load_training_data
 from ssl_aug.train.signals import PhaseInterrupted, TrainingInterrupted, interrupt_on_signal
+from ssl_aug.train.setup import streams
 
 
 def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, device, progress: bool = True,
@@ -84,10 +85,14 @@ def _interrupted(signum: int, run_dir: Path, trainer) -> None:
 
 def _run_experiment(cfg: Config, run_dir: Path, resume: bool, progress: bool, phase: dict, final_evaluators) -> dict:
     epoch_evaluators = [e for e in final_evaluators if e.config.every > 0]
-    train = None if cfg.data.stream else load_training_data(cfg)
+    train = None if streams(cfg) else load_training_data(cfg)
     evaluate = bool(cfg.eval.knn_every or final_evaluators)
     bank_set = labelled_bank(cfg, train) if evaluate else None
-    test = load_training_data(cfg, split=cfg.eval.test_split) if evaluate else None
+    test = None
+    if evaluate:  # the training split held out for testing is the set already loaded, never a second copy
+        same = cfg.eval.test_split == cfg.data.split
+        test = train if same and train is not None else bank_set if cfg.eval.test_split == "train" and train is None \
+            else load_training_data(cfg, split=cfg.eval.test_split)
     from ssl_aug.workflows.sizes import check_sizes  # size/count keys against the loaded data: one line each
 
     for note in check_sizes(cfg, train, test, bank_set):

@@ -1,0 +1,152 @@
+"""GPU check of streaming from shards: our decode + crops + SimCLR views on the device beside NVIDIA
+DALI's decode + random-resized crop + SimCLR colour pipeline on the same shards, in one run.
+
+Ours: ShardCropSource(decode="device") (workers read and shuffle encoded bytes; one batched
+`torchvision.io.decode_jpeg(..., device="cuda")` per batch, crops cut with roi_align on the GPU) +
+views_from_crops (flip, colour jitter, grayscale, blur on the GPU).
+DALI (when `nvidia-dali` is importable): readers.webdataset -> decoders.image_random_crop (mixed,
+ROI decode) per view -> resize -> colour twist with probability 0.8 -> grayscale with probability
+0.2 (saturation 0) -> Gaussian blur with probability 0.5 -> crop_mirror_normalize (flip 0.5).
+
+Usage (on a CUDA machine):
+  python eval/bench_data_gpu.py --images 20000 [--batch 256] [--batches 30] [--workers 8]
+  python eval/bench_data_gpu.py --shards PACKED_FOLDER ...
+Prints images/s of each path (median of 3 interleaved rounds, first batch excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def build_dali_simclr(shards: Path, batch_size: int, size: int = 224, views: int = 2, num_threads: int = 8,
+                      device_id: int = 0, seed: int = 0, shard_id: int = 0, num_shards: int = 1):
+    """A DALI iterator over a `--format shards` pack yielding {"view0": (B,3,size,size) float on
+    cuda:device_id, ..., "label": (B,1)} per batch: SimCLR views (jitter 0.8/0.8/0.8/0.2 p=0.8,
+    grayscale p=0.2, blur p=0.5 kernel 23 sigma 0.1-2, flip 0.5, ImageNet normalisation)."""
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    tars = sorted(str(p) for p in Path(shards).glob("shard-*.tar"))
+
+    def coin(p):
+        return fn.cast(fn.random.coin_flip(probability=p), dtype=types.FLOAT)
+
+    def view(jpegs):
+        img = fn.decoders.image_random_crop(jpegs, device="mixed", output_type=types.RGB,
+                                            random_area=[0.08, 1.0], random_aspect_ratio=[0.75, 4 / 3],
+                                            num_attempts=10)
+        img = fn.resize(img, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
+        on = coin(0.8)  # colour jitter with probability 0.8: factors pulled to 1 when off
+        b = 1 + on * (fn.random.uniform(range=[0.2, 1.8]) - 1)
+        c = 1 + on * (fn.random.uniform(range=[0.2, 1.8]) - 1)
+        s = 1 + on * (fn.random.uniform(range=[0.2, 1.8]) - 1)
+        h = on * fn.random.uniform(range=[-0.2 * 180, 0.2 * 180])  # degrees
+        img = fn.color_twist(img, brightness=b, contrast=c, saturation=s, hue=h)
+        img = fn.hsv(img, saturation=1 - coin(0.2))  # grayscale with probability 0.2
+        blur = coin(0.5).gpu()  # arithmetic with the GPU image: the per-sample coin moves to the GPU too
+        blurred = fn.gaussian_blur(img, window_size=23, sigma=fn.random.uniform(range=[0.1, 2.0]))
+        img = fn.cast(blur * fn.cast(blurred, dtype=types.FLOAT) + (1 - blur) * fn.cast(img, dtype=types.FLOAT),
+                      dtype=types.UINT8)
+        return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW",
+                                        mean=[m * 255 for m in MEAN], std=[s_ * 255 for s_ in STD],
+                                        mirror=fn.random.coin_flip(probability=0.5))
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
+    def pipe():
+        jpegs, labels = fn.readers.webdataset(paths=tars, ext=["jpg", "cls"], missing_component_behavior="error",
+                                              random_shuffle=True, initial_fill=1024, shard_id=shard_id,
+                                              num_shards=num_shards, name="Reader")
+        return (*[view(jpegs) for _ in range(views)], labels)
+
+    p = pipe()
+    p.build()
+    return DALIGenericIterator(p, [f"view{i}" for i in range(views)] + ["label"], reader_name="Reader",
+                               last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
+
+
+def ours(shards: Path, batch: int, workers: int, size: int, views: int = 2):
+    from bench_data import SIMCLR
+
+    from ssl_aug.augment.crop_views import views_from_crops
+    from ssl_aug.augment.recipe import build_views
+    from ssl_aug.data.stream import ShardCropSource
+
+    mv = build_views(dict(SIMCLR, size=size, views=views), dtype=torch.bfloat16)
+    src = ShardCropSource(shards, [(size, (0.08, 1.0), (3 / 4, 4 / 3))] * views, batch, workers=workers,
+                          device="cuda", decode="device", verbose=False)
+    gen = torch.Generator().manual_seed(0)
+    while True:
+        for _, crops in src:
+            yield views_from_crops(mv, crops, gen)
+        src.set_epoch(src.epoch + 1)
+
+
+def rate(it, batch: int, batches: int) -> float:
+    next(it)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        out = next(it)
+    if isinstance(out, list) and out and isinstance(out[0], dict):  # DALI yields [dict]
+        out[0]["view0"].sum().item()
+    torch.cuda.synchronize()
+    return batch * batches / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shards", type=Path, default=None, help="a `--format shards` pack (else one is generated)")
+    ap.add_argument("--images", type=int, default=20000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batches", type=int, default=30)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to measure", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="ssl_aug_bench_gpu_") as tmp:
+        shards = args.shards
+        if shards is None:
+            from bench_data import make_tree
+
+            from ssl_aug.data.shard_pack import pack_shards
+
+            make_tree(Path(tmp) / "tree", args.images)
+            shards = Path(tmp) / "shards"
+            pack_shards(Path(tmp) / "tree", shards, shard_size=500, workers=args.workers, verbose=False)
+        paths = {"ours: nvjpeg decode + crops + SimCLR views on the GPU": lambda: ours(shards, args.batch, args.workers,
+                                                                                       args.size)}
+        try:
+            import nvidia.dali  # noqa: F401
+
+            paths["DALI: webdataset + ROI decode + SimCLR colour pipeline"] = lambda: iter(build_dali_simclr(
+                shards, args.batch, args.size, num_threads=args.workers))
+        except ImportError:
+            print("nvidia-dali not importable: DALI peer skipped (pip install nvidia-dali-cuda120)", file=sys.stderr)
+        its = {k: f() for k, f in paths.items()}
+        results = {k: [] for k in its}
+        for _ in range(3):
+            for k, it in its.items():
+                results[k].append(rate(it, args.batch, args.batches))
+    for k, v in results.items():
+        print(f"{k}: {statistics.median(v):.0f} img/s at {args.size} px (2 views, batch {args.batch}, "
+              f"{args.workers} workers)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
