@@ -12,7 +12,8 @@ from PIL import Image
 
 from ssl_aug.data import load_dataset
 from ssl_aug.data import imagefolder as imf
-from ssl_aug.data.imagefolder import pack_imagefolder, pack_main
+from ssl_aug.data.imagefolder import pack_imagefolder
+from ssl_aug.data.pack_command import pack_main
 from ssl_aug.data.npz import load_shards
 from ssl_aug.errors import SslAugError
 

@@ -15,7 +15,8 @@ from torchvision.transforms import RandomResizedCrop
 
 from ssl_aug.data.crop_decode import (crop_plan, dct_reduction, decode_crops, decode_crops_device, decode_eval,
                                       image_generator, sample_boxes)
-from ssl_aug.data.imagefolder import pack_main, to_rgb
+from ssl_aug.data.imagefolder import to_rgb
+from ssl_aug.data.pack_command import pack_main
 from ssl_aug.data.shard_pack import pack_shards
 from ssl_aug.data.shard_read import iter_rows, read_index
 from ssl_aug.errors import SslAugError

@@ -49,7 +49,7 @@ def cache_clear(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("data", help="data tools: pack an image folder, inspect a data set")
     data = p.add_subparsers(dest="data", metavar="ACTION", required=True, parser_class=type(p))
-    passthrough(data, "pack", "ssl_aug.data.imagefolder", "pack_main",
+    passthrough(data, "pack", "ssl_aug.data.pack_command", "pack_main",
                 help="decode an image folder once into uint8 npz shards")
     passthrough(data, "gate", "ssl_aug.cli.gate", "gate_main", help="keep the extra images a classifier on real data trusts")
     b = add_command(data, "info", info, help="load a data set and print its size and class counts")

@@ -165,7 +165,7 @@ _LAZY = {
     "BatchSource": "ssl_aug.data.batch",
     "ShardStream": "ssl_aug.data.batch",
     "pack_imagefolder": "ssl_aug.data.imagefolder",
-    "pack_main": "ssl_aug.data.imagefolder",
+    "pack_main": "ssl_aug.data.pack_command",
     "PackReport": "ssl_aug.data.imagefolder",
     "balanced_subset": "ssl_aug.data.subset",
 }
