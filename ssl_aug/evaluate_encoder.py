@@ -27,7 +27,20 @@ def _data_of(recipe: dict) -> dict:
     """The data keys evaluation needs from a recipe dict (config.json / checkpoint / export metadata)."""
     data = recipe.get("data") or {}
     return {"name": data.get("name"), "root": data.get("root"), "options": dict(data.get("options") or {}),
-            "split": data.get("split", "train"), "test_split": (recipe.get("eval") or {}).get("test_split", "test")}
+            "split": data.get("split", "train"), "test_split": (recipe.get("eval") or {}).get("test_split", "test"),
+            "eval": dict(recipe.get("eval") or {})}
+
+
+def run_eval_defaults(args, run_eval: dict) -> None:
+    """Flags left unset take the run's own eval keys (eval.knn_k, knn_temperature, knn_index, knn_nlist,
+    knn_nprobe), then the built-in defaults (k 200, T 0.1, flat, automatic, 16)."""
+    for flag, key, default in (("k", "knn_k", 200), ("temperature", "knn_temperature", 0.1),
+                               ("knn_index", "knn_index", "flat"), ("nlist", "knn_nlist", 0),
+                               ("nprobe", "knn_nprobe", 16)):
+        if getattr(args, flag, None) is None:
+            setattr(args, flag, run_eval.get(key, default))
+    if isinstance(args.k, int):
+        args.k = [args.k]
 
 
 def resolve_encoder(spec: str, device: torch.device):
@@ -132,6 +145,7 @@ def eval_command(args) -> int:
     device = resolve_device(args.device)
     out = _output_path(args)  # checked before any work
     backbone, mean, std, data, label = resolve_encoder(args.encoder, device)
+    run_eval_defaults(args, data["eval"])
     (train, test), data_name, how, groups = load_eval_data(data, args, with_groups=True)
     train = _subset(*train, args.train_subset, "--train-subset")
     *test, groups["test_groups"] = _subset(*test, args.test_subset, "--test-subset", groups["test_groups"], True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ssl_aug import distributed as dist
 from ssl_aug.augment.recipe import normalization
 from ssl_aug.config import Config
 from ssl_aug.data import ImageDataset
@@ -18,6 +19,9 @@ from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation import KnnMonitor, evaluate_encoder
 from ssl_aug.io import atomic_write_json
 from ssl_aug.train import Trainer, load_training_data
+from ssl_aug.train.fit import check_fits_machine
+from ssl_aug.train.sanity import run_facts, sanity_warnings
+from ssl_aug.train.setup import training_device
 
 
 def flat_results(report: dict) -> dict:
@@ -73,11 +77,21 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
     train = None if cfg.data.stream else load_training_data(cfg)
     evaluate = bool(cfg.eval.knn_every or cfg.eval.final_knn)
     bank_set = labelled_bank(cfg, train) if evaluate else None
-    test = load_training_data(cfg, split=cfg.eval.test_split) if evaluate else None
+    same_split = cfg.eval.test_split == cfg.data.split and train is not None
+    test = (train if same_split else load_training_data(cfg, split=cfg.eval.test_split)) if evaluate else None
     from ssl_aug.sizes import check_sizes  # size/count keys against the loaded data: one line each
 
-    for note in check_sizes(cfg, train, test, bank_set):
-        print(note, file=sys.stderr)
+    notes = check_sizes(cfg, train, test, bank_set)
+    if train is not None:  # the memory / time estimate first (stdout); refused in one line when it cannot fit
+        world = dist.world_size()
+        estimate = check_fits_machine(cfg, len(train), int(train.images.shape[-1]), training_device(cfg, world),
+                                      world, name=f"the run {run_dir.name}")
+        if dist.is_main():
+            print(estimate, flush=True)
+    notes += sanity_warnings(run_facts(cfg, train, bank_set))
+    if dist.is_main():
+        for note in notes:
+            print(note, file=sys.stderr, flush=True)
     callbacks = []
     if cfg.eval.knn_every:
         bank = balanced_subset(bank_set.labels, min(cfg.eval.monitor_train, len(bank_set.labels)), cfg.seed)
@@ -110,7 +124,8 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
         from ssl_aug.plots import plot_training_curves
 
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        plot_training_curves(records, run_dir / "curves.png", title=cfg.description or run_dir.name)
+        plot_training_curves(records, run_dir / "curves.png",  # titled by what trained, not the recipe text
+                             title=f"{run_dir.name}: {cfg.method['name']}, {cfg.model.backbone}")
     epochs = trainer.step / trainer.steps_per_epoch  # what ran, also when train.max_steps cut an epoch
     results = {"train_time_s": round(time.perf_counter() - start, 2), "steps": trainer.step,
                "epochs": int(epochs) if epochs.is_integer() else round(epochs, 3), "final_loss": final.get("loss")}

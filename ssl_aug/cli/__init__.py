@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# OpenMP threads that wait for work sleep instead of spinning: on a machine shared with other jobs a
+# spinning thread burns the core another process needs (set before torch is imported; the caller's value wins).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ssl_aug.errors import SslAugError, one_line_parser
 
 COMMANDS = (  # the order `ssl-aug --help` lists them in
     "ssl_aug.cli.quickstart",
     "ssl_aug.cli.train",
+    "ssl_aug.cli.show",
     "ssl_aug.cli.views",
     "ssl_aug.cli.eval",
     "ssl_aug.cli.finetune",

@@ -29,7 +29,8 @@ __all__ = ["rng_state", "set_rng_state", "rank_state", "trainer_state", "load_tr
 # Recipe keys a resumed run may change: they decide where files go, how often it logs or keeps files, and
 # what is evaluated, never what is trained. Everything else must equal the checkpoint's recipe.
 RESUME_MAY_CHANGE = ("description", "output_dir", "data.root", "data.download", "train.log_every",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "eval.")
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.strict",
+                     "train.check_fit", "eval.")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

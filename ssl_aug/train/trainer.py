@@ -1,6 +1,6 @@
 """The training loop: device-resident batches -> batched views -> method loss -> optimiser step.
 
-Writes to the run directory: config.json (the resolved recipe), metrics.jsonl (one JSON object per
+Writes to the run directory: config.json and config.toml (the resolved recipe), metrics.jsonl (one JSON object per
 logged step and per epoch), checkpoints/step_*.pt and checkpoints/last.pt (atomic). `fit(resume=True)`
 continues exactly where the last checkpoint stopped (see ssl_aug.train.state). The loop talks to the
 method only through the Method contract (forward, after_backward, after_optimizer_step, per_image_loss,
@@ -24,9 +24,9 @@ from ssl_aug.checkpoint import latest_checkpoint, load_checkpoint, save_run_chec
 from ssl_aug.config import Config
 from ssl_aug.data import ImageDataset
 from ssl_aug.errors import SslAugError
-from ssl_aug.io import atomic_write_json
 from ssl_aug.train.hard_views import hard_views
 from ssl_aug.train.metrics import MetricsLog, StepTimer
+from ssl_aug.train.run_folder import write_run_recipe
 from ssl_aug.train.setup import (autocast, build_model, build_optimization, build_source, load_training_data,
                                  training_device, tune_allocator)
 from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted
@@ -116,10 +116,17 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Every rank calls this (the per-rank state is gathered); only rank 0 writes the file."""
         self._saved_step = self.step
-        state = self.state_dict()
-        if not self.is_main:
-            return None
-        return save_run_checkpoint(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints)
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.saving = True
+        try:
+            state = self.state_dict()
+            if not self.is_main:
+                return None
+            return save_run_checkpoint(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints)
+        finally:
+            if guard is not None:
+                guard.saving, guard.saved_step = False, self.step
 
     # ----------------------------------------------------------------- loop
     def _start(self, resume: bool | str | Path) -> bool:
@@ -139,7 +146,7 @@ class Trainer:
         else:
             self.metrics.reset()
         if self.is_main and (fresh_epoch or not (self.run_dir / "config.json").exists()):
-            atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())  # a resume keeps the original
+            write_run_recipe(self.run_dir, self.cfg.to_dict())  # config.json + config.toml; a resume keeps them
         self._saved_step = self.step if not fresh_epoch else -1
         return fresh_epoch
 
@@ -153,6 +160,9 @@ class Trainer:
         self.model.train()
         self._stopping = False  # set on every rank at once, when the ranks agree a signal came
         with PreemptionGuard() as self._guard:
+            self._guard.step = self.step  # lets a signal before the first finished step stop at once (one rank)
+            self._guard.started_at = self.step if self.world_size == 1 else None
+            self._guard.saved_step = self._saved_step if self._saved_step >= 0 else None
             while self.step < self.total_steps and self.epoch < cfg.epochs:
                 if fresh_epoch:
                     self.source.set_epoch(self.epoch)
@@ -277,6 +287,7 @@ class Trainer:
             self.epoch_loss["sum"] = self.epoch_loss["sum"] + detached.double()
             self.epoch_loss["count"] += 1
             self.step += 1
+            self._guard.step = self.step
             timer.add(t0, t1, timer.mark())
             images_seen += images.shape[0]
             bar.update(1)
