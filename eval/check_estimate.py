@@ -49,7 +49,8 @@ def make_folder(root: Path, n: int = 600) -> Path:
 def run_case(recipe: str, overrides: list[str], steps: int, work: Path, folder: Path) -> dict:
     run = work / f"run_{len(list(work.glob('run_*')))}"
     argv = ["train", recipe, *overrides, f"train.max_steps={steps}", "train.log_every=1", "eval.final_knn=false",
-            "eval.knn_every=0", "train.check_fit=false", f"data.root={folder}", "--no-progress", "--output-dir", str(run)]
+            "eval.knn_every=0", "train.check_fit=false", f"data.root={folder}", "--no-progress",
+            "--output-dir", str(run)]
     env = dict(os.environ, SSL_AUG_CACHE=str(work / "cache"))
     done = subprocess.run([sys.executable, "-c", WRAP, *argv], capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode:

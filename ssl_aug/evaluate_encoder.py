@@ -80,9 +80,10 @@ def _subset(images, labels, n: int, flag: str, groups=None, with_groups: bool = 
     return (images, labels, groups) if with_groups else (images, labels)
 
 
-def load_eval_data(data: dict, args, with_groups: bool = False):
+def load_eval_data(data: dict, args, with_groups: bool = False, roles: tuple[str, str] = ("bank", "query")):
     """((bank images, labels), (query images, labels), data name, description of the split used); with_groups
-    also a dict {test_groups (M,) or None, classes, group_names} for the subgroup report."""
+    also a dict {test_groups (M,) or None, classes, group_names} for the subgroup report. roles: what the
+    description calls the two sets (("train", "test") for fine-tuning)."""
     name = args.data or data["name"]
     if name is None:
         raise SslAugError("no data set known for this encoder: pass --data NAME (cifar10, cifar100, stl10, "
@@ -102,7 +103,7 @@ def load_eval_data(data: dict, args, with_groups: bool = False):
         bank, held = stratified_holdout(train_y, HOLDOUT_FRACTION, seed=0)
         if len(held) == 0:
             raise SslAugError(f"split {split!r} has no class with 2 or more labelled images to hold out")
-        how = (f"seeded stratified hold-out of split {split!r}: {len(bank)} bank / {len(held)} query images "
+        how = (f"seeded stratified hold-out of split {split!r}: {len(bank)} {roles[0]} / {len(held)} {roles[1]} images "
                f"({HOLDOUT_FRACTION:.0%} of each class held out)")
         pair = (train_x[bank], train_y[bank]), (train_x[held], train_y[held])
         source, query_rows = train, keep.nonzero().squeeze(1)[held]
@@ -111,7 +112,8 @@ def load_eval_data(data: dict, args, with_groups: bool = False):
         keep_t = test.labels >= 0
         pair = (train_x, train_y), (test.images[keep_t], test.labels[keep_t])
         source, query_rows = test, keep_t.nonzero().squeeze(1)
-        how = f"bank: split {split!r} ({len(train_y)} images), queries: split {test_split!r} ({int(keep_t.sum())})"
+        how = (f"{roles[0]}: split {split!r} ({len(train_y)} images), {roles[1]}: split {test_split!r} "
+               f"({int(keep_t.sum())} images)")
     if len(pair[0][1]) == 0 or len(pair[1][1]) == 0:
         raise SslAugError(f"data set {name!r} has no labelled images in {how}")
     if with_groups:

@@ -81,17 +81,16 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
     test = (train if same_split else load_training_data(cfg, split=cfg.eval.test_split)) if evaluate else None
     from ssl_aug.sizes import check_sizes  # size/count keys against the loaded data: one line each
 
-    notes = check_sizes(cfg, train, test, bank_set)
-    if train is not None:  # the memory / time estimate first (stdout); refused in one line when it cannot fit
+    notes = check_sizes(cfg, train, test, bank_set) + sanity_warnings(run_facts(cfg, train, bank_set))
+    if dist.is_main():
+        for note in notes:
+            print(note, file=sys.stderr, flush=True)
+    if train is not None:  # the memory / time estimate (stdout); refused in one line when it cannot fit
         world = dist.world_size()
         estimate = check_fits_machine(cfg, len(train), int(train.images.shape[-1]), training_device(cfg, world),
                                       world, name=f"the run {run_dir.name}")
         if dist.is_main():
             print(estimate, flush=True)
-    notes += sanity_warnings(run_facts(cfg, train, bank_set))
-    if dist.is_main():
-        for note in notes:
-            print(note, file=sys.stderr, flush=True)
     callbacks = []
     if cfg.eval.knn_every:
         bank = balanced_subset(bank_set.labels, min(cfg.eval.monitor_train, len(bank_set.labels)), cfg.seed)

@@ -96,3 +96,110 @@ def test_the_big_recipe_is_refused_in_one_line_naming_overrides_that_fit(monkeyp
     assert check_fits_machine(off, 600, 256, torch.device("cpu")).startswith("estimate: ")
     fits = load_recipe("simclr_imagefolder_cpu")
     assert check_fits_machine(fits, 600, 32, torch.device("cpu")).startswith("estimate: ")
+
+
+def test_extended_schedule_reference():
+    from ssl_aug.optim import extended_schedule, warmup_cosine
+
+    segments = [[0, 20], [20, 60]]
+    assert [extended_schedule(s, segments[:1], 4) for s in range(20)] == [warmup_cosine(s, 20, 4) for s in range(20)]
+    tail = [extended_schedule(s, segments, 4) for s in range(20, 60)]
+    assert tail[:4] == [0.25, 0.5, 0.75, 1.0]  # min(4, 40 // 10) warm-up steps back to the peak
+    assert all(a >= b for a, b in zip(tail[3:], tail[4:])) and tail[-1] < 0.01  # then cosine to the new end
+    assert extended_schedule(10, segments, 4) == warmup_cosine(10, 20, 4)  # the steps already run keep theirs
+
+
+def test_resume_with_more_epochs_adds_a_cosine_tail_and_fewer_are_refused(tmp_path):
+    from trainer_fixtures import tiny_config, tiny_data
+
+    from ssl_aug.train import Trainer
+
+    data = tiny_data()
+    first = Trainer(tiny_config(tmp_path, epochs=2), train_data=data, progress=False)
+    first.fit()
+    assert first.step == 6
+    longer = Trainer(tiny_config(tmp_path, epochs=4), train_data=data, progress=False)
+    longer.fit(resume=True)
+    assert longer.step == 12 and longer.extended and longer.scheduler.segments == [[0, 6], [6, 12]]
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+           if r["type"] == "step"]  # the lr of the step after each logged step
+    assert len(lrs) == 12 and lrs[5] < 1e-6  # the first run's cosine ended at 0
+    assert lrs[6] > 0.9 * 0.0125 and lrs[11] < 1e-6  # the tail restarts near the peak and decays to the new end
+    assert read_toml(tmp_path / "run" / "config.toml")["train"]["epochs"] == 4  # the run's recipe says so now
+    again = Trainer(tiny_config(tmp_path, epochs=4), train_data=data, progress=False)  # a plain resume keeps the tail
+    again.fit(resume=True)
+    assert again.step == 12 and again.scheduler.segments == [[0, 6], [6, 12]] and not again.extended
+    shorter = Trainer(tiny_config(tmp_path, epochs=3), train_data=data, progress=False)
+    with pytest.raises(SslAugError, match="cannot|not shorten"):
+        shorter.fit(resume=True)
+
+
+def _image_folder(root: Path, n: int = 600, side: int = 32) -> Path:
+    """n small images of 3 classes (PNG and JPEG), the class in the dominant colour channel."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        c = i % 3
+        pixels = rng.integers(0, 80, (side, side, 3), dtype=np.uint8)
+        pixels[..., c] += 150
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / f"class{c}" / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.slow
+def test_journey_on_a_folder_of_600_small_images(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SSL_AUG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SSL_AUG_MEMORY_LIMIT", "20")  # the 23 GB laptop of the journey, whatever runs the test
+    _image_folder(tmp_path / "data" / "my_images")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+
+    # the documented big recipe: refused in one line naming the overrides that fit, before any training
+    code, out, err = _cli(capsys, "train", "simclr_imagefolder", "data.root=../data/my_images", "--no-progress")
+    refusal = [line for line in err.splitlines() if line.startswith("ssl-aug: error:")]
+    assert code == 2 and len(refusal) == 1 and "does not fit this machine" in refusal[0]
+    assert "model.backbone=small_cnn" in refusal[0] and "train.batch_size=" in refusal[0]
+    assert not (tmp_path / "a" / "runs" / "simclr_imagefolder" / "checkpoints").exists()
+    assert "upscaled 8.0x" in err  # 32 px images packed at the recipe's 256 px are said to be
+
+    # the CPU recipe, a relative data.root, kept tiny: 1 epoch of 6 steps
+    code, out, err = _cli(capsys, "train", "simclr_imagefolder_cpu", "data.root=../data/my_images", "train.epochs=1",
+                          "train.batch_size=100", "train.warmup_epochs=0", "--no-progress")
+    run = tmp_path / "a" / "runs" / "simclr_imagefolder_cpu"
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"run directory: {run}" and lines[1].startswith("estimate: ") and "GiB" in lines[1]
+    assert lines[-1].startswith(f"run directory: {run}") and "kNN top-1 (k=20)" in out and "{" not in out
+    assert "32x32 px (the images' median shorter side of 32 px" in err  # packed at the images' own size
+    assert len(lines) == len(set(lines)) and "warning" not in err  # no line twice, a sane recipe is silent
+    recipe = read_toml(run / "config.toml")
+    assert recipe["data"]["root"] == str(tmp_path / "data" / "my_images") and recipe["output_dir"] == str(run)
+    assert json.loads((run / "eval.json").read_text())["steps"] == 6
+
+    # from another directory, with the run folder alone: evaluate (the run's eval.knn_k), export, extend, resume
+    monkeypatch.chdir(tmp_path / "b")
+    rel = os.path.relpath(run, tmp_path / "b")
+    code, out, err = _cli(capsys, "eval", rel, "--no-progress")
+    assert code == 0, err
+    assert list(json.loads((run / "eval_cli.json").read_text())["knn"]["by_k"]) == ["20"]
+    code, out, err = _cli(capsys, "export", rel, "--out", "exported")
+    assert code == 0 and (tmp_path / "b" / "exported" / "encoder.json").is_file(), err
+    code, out, err = _cli(capsys, "train", rel, "--resume", "train.epochs=2", "--no-progress")
+    assert code == 0, err
+    assert json.loads((run / "eval.json").read_text())["steps"] == 12
+    assert read_toml(run / "config.toml")["train"]["epochs"] == 2
+    code, out, err = _cli(capsys, "train", os.path.join(rel, "config.toml"), "--resume", "eval.final_knn=false",
+                          "--no-progress")
+    assert code == 0, err
+    assert json.loads((run / "eval.json").read_text())["steps"] == 12  # nothing left to train: resumed, done
+    code, out, err = _cli(capsys, "train", rel, "--no-progress")  # without --resume: told how, nothing lost
+    assert code == 2 and "--resume" in err

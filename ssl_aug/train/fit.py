@@ -49,7 +49,8 @@ def smaller_settings(cfg, image_side: int) -> list[dict]:
         small["model.backbone_args"] = {}
     if (cfg.augment.get("multicrop") or {}).get("local_views"):
         small["augment.multicrop.size"] = small["augment.size"] // 2
-    if isinstance(cfg.augment.get("blur"), dict) and cfg.augment["blur"].get("kernel_size", 3) >= small["augment.size"] // 2:
+    blur = cfg.augment.get("blur")
+    if isinstance(blur, dict) and blur.get("kernel_size", 3) >= small["augment.size"] // 2:
         small["augment.blur.kernel_size"] = 3
     if cfg.data.name == "imagefolder" and image_side > round(1.25 * small["augment.size"]):
         small["data.options.size"] = round(1.25 * small["augment.size"])

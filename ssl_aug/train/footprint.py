@@ -124,14 +124,14 @@ _VIEW_SECONDS: dict[str, float] = {}
 _MODELS: dict[str, tuple[int, list[tuple[int, float]]]] = {}
 
 
-def measured_rate(device: torch.device, repeats: int = 3) -> float:
+def measured_rate(device: torch.device, repeats: int = 5) -> float:
     """FLOP/s of a 3x3 convolution's forward + backward on `device` (median of `repeats`, cached per device)."""
     key = f"{device}:{torch.get_num_threads()}"
     if key in _RATES:
         return _RATES[key]
     conv = nn.Conv2d(64, 64, 3, padding=1).to(device)
-    x = torch.randn(8, 64, 32, 32, device=device, requires_grad=True)
-    flops = 3 * 2 * (8 * 64 * 32 * 32) * (64 * 9)  # forward + backward (grad input, grad weight)
+    x = torch.randn(16, 64, 32, 32, device=device, requires_grad=True)  # ~7 GFLOP: long enough to see a busy CPU
+    flops = 3 * 2 * (16 * 64 * 32 * 32) * (64 * 9)  # forward + backward (grad input, grad weight)
     times = []
     for i in range(repeats + 1):
         if device.type == "cuda":

@@ -68,8 +68,9 @@ def read_recipe_source(recipe: str | Path) -> tuple[dict, Path | None]:
         started_in = run_dir
         for _ in Path(str(data.get("output_dir") or run_dir.name)).parts:
             started_in = started_in.parent
-        data = apply_overrides(data, {k: str((started_in / v).resolve()) for k in PATH_KEYS
-                                      if isinstance(v := _get(data, k), str) and not Path(v).expanduser().is_absolute()})
+        relative = {k: v for k in PATH_KEYS
+                    if isinstance(v := _get(data, k), str) and not Path(v).expanduser().is_absolute()}
+        data = apply_overrides(data, {k: str((started_in / v).resolve()) for k, v in relative.items()})
         data["output_dir"] = str(run_dir)
     return data, run_dir
 

@@ -96,6 +96,7 @@ class Trainer:
         self._warned: set[str] = set()
         self._last_loss: float | None = None
         self._saved_step = -1
+        self.extended = False  # set when a resume added epochs (the schedule gained a cosine tail)
 
     # ----------------------------------------------------------------- state
     def _new_epoch_loss(self) -> dict:
@@ -145,7 +146,7 @@ class Trainer:
                               "or choose another output_dir")
         else:
             self.metrics.reset()
-        if self.is_main and (fresh_epoch or not (self.run_dir / "config.json").exists()):
+        if self.is_main and (fresh_epoch or self.extended or not (self.run_dir / "config.json").exists()):
             write_run_recipe(self.run_dir, self.cfg.to_dict())  # config.json + config.toml; a resume keeps them
         self._saved_step = self.step if not fresh_epoch else -1
         return fresh_epoch
