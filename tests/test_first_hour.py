@@ -203,3 +203,20 @@ def test_journey_on_a_folder_of_600_small_images(tmp_path, monkeypatch, capsys):
     assert json.loads((run / "eval.json").read_text())["steps"] == 12  # nothing left to train: resumed, done
     code, out, err = _cli(capsys, "train", rel, "--no-progress")  # without --resume: told how, nothing lost
     assert code == 2 and "--resume" in err
+
+
+def test_a_run_folder_written_with_relative_paths_is_read_from_anywhere(tmp_path, monkeypatch):
+    from ssl_aug.train.run_folder import read_recipe_source
+
+    run = tmp_path / "project" / "runs" / "x"
+    run.mkdir(parents=True)
+    recipe = Config().to_dict()
+    recipe.update(output_dir="runs/x", data=dict(recipe["data"], name="imagefolder", root="my_images"))
+    (run / "config.json").write_text(json.dumps(recipe))  # as runs stored it before paths were made absolute
+    monkeypatch.chdir(tmp_path)
+    for source in (run, run / "config.json", "project/runs/x"):
+        data, found = read_recipe_source(source)
+        assert found == run and data["output_dir"] == str(run)
+        assert data["data"]["root"] == str(tmp_path / "project" / "my_images")  # where the run was started from
+    with pytest.raises(SslAugError, match="without config.toml or config.json"):
+        read_recipe_source(tmp_path)

@@ -119,8 +119,9 @@ def load_trainer_state(trainer, ckpt: dict, path: Path) -> None:
     if changed:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed[:8]) + (" ..." if len(changed) > 8 else "")
         raise SslAugError(f"checkpoint {path} was trained with other settings ({listed}); resume with the recipe "
-                          f"it was trained with (the run's config.json) or use another output_dir; resuming may "
-                          f"change only {', '.join(k + '*' if k.endswith('.') else k for k in RESUME_MAY_CHANGE)}")
+                          f"it was trained with (ssl-aug train {trainer.run_dir} --resume reads it) or use another "
+                          f"output_dir; resuming may change only train.epochs (more: a new cosine tail) and "
+                          f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUME_MAY_CHANGE)}")
     if ckpt.get("world_size", 1) != trainer.world_size:
         raise SslAugError(f"checkpoint {path} was written with world size {ckpt.get('world_size', 1)}; resume "
                           f"with the same number of processes (now {trainer.world_size})")
