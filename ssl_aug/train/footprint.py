@@ -130,8 +130,8 @@ def measured_rate(device: torch.device, repeats: int = 5) -> float:
     if key in _RATES:
         return _RATES[key]
     conv = nn.Conv2d(64, 64, 3, padding=1).to(device)
-    x = torch.randn(16, 64, 32, 32, device=device, requires_grad=True)  # ~7 GFLOP: long enough to see a busy CPU
-    flops = 3 * 2 * (16 * 64 * 32 * 32) * (64 * 9)  # forward + backward (grad input, grad weight)
+    x = torch.randn(8, 64, 32, 32, device=device, requires_grad=True)  # 1.8 GFLOP a call: ~0.4 s in all on 1 core
+    flops = 3 * 2 * (8 * 64 * 32 * 32) * (64 * 9)  # forward + backward (grad input, grad weight)
     times = []
     for i in range(repeats + 1):
         if device.type == "cuda":
