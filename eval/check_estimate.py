@@ -87,7 +87,10 @@ def main(argv=None) -> int:
     print(table)
     if not args.no_write and not args.quick:
         update_benchmarks_md("estimate", "Memory and time estimate vs measured runs (eval/check_estimate.py)",
-                             "Ratio = estimate / measured (1 = exact; the estimate aims at a factor of two).\n\n"
+                             "Ratio = estimate / measured (1 = exact; the estimate aims at a factor of two). One "
+                             "fresh process per row, seconds per step = median over its logged steps; the load "
+                             "average above says how busy the machine was (a busy machine makes the short rate "
+                             "probe optimistic).\n\n"
                              + table)
     return 0
 
