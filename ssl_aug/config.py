@@ -74,6 +74,8 @@ class TrainConfig:
     view_candidates: int = 1  # >1: hard view sampling, keep the highest-loss of K candidate views per image
     deterministic: bool = False  # true: deterministic CUDA kernels (bit-identical resume on GPU, slower)
     logger: str = "none"  # "tensorboard": also write metrics as TensorBoard scalars into <run>/tensorboard
+    strict: bool = False  # true: a sanity warning (e.g. warm-up longer than the run) stops the run before it starts
+    check_fit: bool = True  # false: start even when the memory estimate says the run will not fit the machine
 
 
 @dataclass

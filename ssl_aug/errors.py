@@ -14,6 +14,20 @@ def one_line_parser(**kwargs):
 
     class OneLineParser(argparse.ArgumentParser):
         def error(self, message: str):
-            self.exit(2, f"ssl-aug: error: {self.prog}: {message} (see {self.prog} --help)\n")
+            where = "" if self.prog == "ssl-aug" else f"{self.prog}: "
+            self.exit(2, f"ssl-aug: error: {where}{message}{did_you_mean(message)} (see {self.prog} --help)\n")
 
     return OneLineParser(**kwargs)
+
+
+def did_you_mean(message: str) -> str:
+    """'; did you mean 'train'?' for argparse's "invalid choice: 'trian' (choose from ...)", else ''."""
+    import difflib
+    import re
+
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not found:
+        return ""
+    choices = re.findall(r"'([^']*)'", found.group(2)) or [c.strip() for c in found.group(2).split(",")]
+    close = difflib.get_close_matches(found.group(1), choices, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""

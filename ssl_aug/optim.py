@@ -86,3 +86,18 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def extended_schedule(step: int, segments: list, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the base lr for a run whose length grew on resume. segments: [[0, T0], [s1, T1], ...]:
+    the first is warm-up + cosine over 0..T0; each later one is a new cosine tail that starts at the
+    step s_i the run was extended at, warms up again (min(warmup_steps, 10% of the tail) steps) to the
+    peak and decays to min_ratio at T_i (a warm restart, Loshchilov & Hutter 2017)."""
+    start, total = segments[0]
+    for seg_start, seg_total in segments[1:]:
+        if step >= seg_start:
+            start, total = seg_start, seg_total
+    if start == 0:
+        return warmup_cosine(step, total, warmup_steps, min_ratio)
+    length = total - start
+    return warmup_cosine(step - start, length, min(warmup_steps, length // 10), min_ratio)

@@ -86,7 +86,7 @@ def test_missing_cifar_says_where_and_how(tmp_path, monkeypatch):
     with pytest.raises(SslAugError) as e:
         load_dataset("cifar100", "test")
     msg = str(e.value)
-    assert str(tmp_path / "nothing") in msg and "download=True" in msg and "--download" in msg
+    assert str(tmp_path / "nothing") in msg and "data.download=true" in msg and "--download" in msg
     assert "\n" not in msg
     with pytest.raises(SslAugError, match="stl10_binary"):
         load_dataset("stl10", "train", root=tmp_path)

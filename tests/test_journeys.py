@@ -100,7 +100,7 @@ def test_image_cache_list_and_clear(home, capsys):
     tree = _tree(tmp / "my_images")
     _ok(["data", "info", "imagefolder", "--root", tree], capsys)
     _, out = _ok(["data", "cache", "list"], capsys)
-    assert "1 pack(s)" in out and "24 images at 96 px" in out and str(tree) in out
+    assert "1 pack(s)" in out and "24 images at 20 px" in out and str(tree) in out
     name = out.splitlines()[1].split(":")[0].strip()
     assert_one_error(["data", "cache", "clear", "nope"], capsys, "nope", name)
     _, out = _ok(["data", "cache", "clear"], capsys)

@@ -99,7 +99,7 @@ def chunk_mm(k: int) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--quick", action="store_true", help="10k x 2k x 128 instead of 50k x 10k x 512, 1 round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--k", type=int, default=200)

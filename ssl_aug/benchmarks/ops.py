@@ -133,7 +133,7 @@ def count_train_step(recipe: str, batch: int = 512, backbone: str = "small_cnn")
 def main(argv: list[str] | None = None) -> int:
     from ssl_aug.benchmarks import markdown_table, update_benchmarks_md
 
-    parser = argparse.ArgumentParser(prog="bench_ops", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench_ops", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     parser.add_argument("--no-train", action="store_true", help="views only (skip the training steps)")

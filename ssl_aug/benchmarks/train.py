@@ -111,7 +111,7 @@ def _overhead_row(label: str, r: dict) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench_train", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer steps, no BENCHMARKS.md update")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)

@@ -149,7 +149,7 @@ def fast_vs_exact(x_hwc: np.ndarray) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ssl-aug bench views", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="ssl-aug bench views", description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
     ap.add_argument("--quick", action="store_true", help="smoke run: batch/8, 2 rounds, no BENCHMARKS.md")

@@ -11,13 +11,18 @@ import argparse
 import builtins  # `list` in this package's namespace is the `ssl-aug list` command module
 import contextlib
 import importlib
+import os
 import sys
+
+# OpenMP threads that wait for work sleep instead of spinning: on a machine shared with other jobs a
+# spinning thread burns the core another process needs (set before torch is imported; the caller's value wins).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ssl_aug.errors import SslAugError, one_line_parser
 from ssl_aug.registry import Registry
 
 COMMANDS = Registry("command")  # name -> its module; the order `ssl-aug --help` lists them in
-for _name in ("quickstart", "train", "views", "eval", "finetune", "ablate", "report", "search", "export", "bench",
+for _name in ("quickstart", "train", "show", "views", "eval", "finetune", "ablate", "report", "search", "export", "bench",
               "data", "list"):
     COMMANDS.register(_name, f"ssl_aug.cli.{_name}")
 

@@ -54,12 +54,17 @@ def register(sub) -> None:
                    help="with --robustness: only this severity 1-5 (repeatable)")
     p.add_argument("--finetune", action="store_true", help="supervised fine-tuning with default settings (with "
                                                            "--tta: also 10-crop TTA); see `ssl-aug finetune` for all")
-    p.add_argument("--k", type=int, nargs="+", default=[200], help="kNN neighbours (several allowed)")
-    p.add_argument("--temperature", type=float, default=0.1)
-    p.add_argument("--knn-index", choices=("flat", "ivf"), default="flat",
-                   help="flat: exact search; ivf: faiss IVF, approximate (its agreement with exact search is printed)")
-    p.add_argument("--nlist", type=_count, default=0, help="IVF lists (0 = about 4*sqrt(bank size))")
-    p.add_argument("--nprobe", type=_count, default=16, help="IVF lists searched per query")
+    p.add_argument("--k", type=int, nargs="+", default=None,
+                   help="kNN neighbours (several allowed; default: the run's eval.knn_k, else 200)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="kNN temperature (default: the run's eval.knn_temperature, else 0.1)")
+    p.add_argument("--knn-index", choices=("flat", "ivf"), default=None,
+                   help="flat: exact search; ivf: faiss IVF, approximate (its agreement with exact search is "
+                        "printed); default: the run's eval.knn_index, else flat")
+    p.add_argument("--nlist", type=_count, default=None,
+                   help="IVF lists (0 = about 4*sqrt(bank size); default: the run's eval.knn_nlist)")
+    p.add_argument("--nprobe", type=_count, default=None,
+                   help="IVF lists searched per query (default: the run's eval.knn_nprobe, else 16)")
     p.add_argument("--train-subset", type=_count, default=0, help="use N training images (0 = all)")
     p.add_argument("--test-subset", type=_count, default=0, help="use N test images (0 = all)")
     p.add_argument("--device", default="auto")

@@ -35,8 +35,8 @@ def read_cifar_pickles(folder: Path, files: list[str], label_key: str) -> tuple[
     for name in files:
         path = folder / name
         if not path.is_file():
-            raise SslAugError(f"missing CIFAR batch file {path}; "
-                              "re-download with download=True (CLI --download)")
+            raise SslAugError(f"missing CIFAR batch file {path}; re-download with data.download = true in the recipe "
+                              "(or `ssl-aug data info cifar10 --download`, cifar100 alike)")
         try:
             with open(path, "rb") as f:
                 d = pickle.load(f, encoding="latin1")
@@ -78,8 +78,8 @@ def _load(name: str, split: str, root, download: bool, label_type: str = "fine")
         if not download:
             raise SslAugError(
                 f"{name} {split} not found: looked for {name}_{split}*.npz and {lay['folder']}/ "
-                f"in {base} and {base / name}; pass download=True (CLI --download) "
-                "or root=<folder> (recipe data.root=..., CLI --root)")
+                f"in {base} and {base / name}; pass data.download=true (or `ssl-aug data info {name} --download`) "
+                "or data.root=<folder> (ssl-aug eval: --root)")
         _download(name, base, split)
     pk = folder / lay["folder"]
     images, labels = read_cifar_pickles(pk, lay[split], label_key)

@@ -10,7 +10,7 @@ the images in one seeded (seed 0) shuffle of the whole tree, so every shard mixe
 Conversions: CMYK, palette, grayscale, 1-bit -> RGB; alpha (RGBA, LA, palette or RGB/L with a
 transparent colour) composited over white; 16-bit / 32-bit integer grayscale scaled to 8 bits
 (not clipped); EXIF orientation applied; JPEGs decoded at a reduced DCT scale when much larger
-than `size` (PIL draft). Images smaller than `size` (even 1x1) are upscaled and counted.
+than `size` (PIL draft). Smaller images are upscaled and counted (skipped under `min_size` px: too_small).
 Skipped, counted and listed (never a traceback, never a label from a wrong folder): 0-byte files,
 corrupt or truncated images, unreadable files, dangling or looping symlinks, files that change while
 they are read, files without an image extension, files outside class folders; class folders without
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl_aug.data import ImageDataset, cache_root
+from ssl_aug.data.image_sizes import sample_image_sizes
 from ssl_aug.errors import SslAugError
 from ssl_aug.io import atomic_write
 
@@ -144,7 +145,7 @@ def resize_center_crop(im, size: int):
     return im.crop((left, top, left + size, top + size))
 
 
-def decode_image(path: str, size: int):
+def decode_image(path: str, size: int, min_size: int = 0):
     """Decode one file -> (array (size, size, 3) uint8 | None, reason, detail).
 
     reason: "ok" (detail = (source mode, upscaled)), else a skip reason with a one-line message."""
@@ -158,6 +159,8 @@ def decode_image(path: str, size: int):
         if before.st_size == 0:
             return None, "empty_file", "0 bytes"
         with Image.open(path) as im:
+            if min(im.size) < min_size:
+                return None, "too_small", f"{im.size[0]}x{im.size[1]} px, under data.options.min_size = {min_size}"
             if im.format == "JPEG":
                 im.draft("RGB", (size, size))  # DCT-domain downscale, keeps both sides >= size
             im.load()
@@ -218,9 +221,10 @@ def scan_tree(src: Path):
     return classes, files, empty, stray, bad
 
 
-def tree_fingerprint(src: Path, size: int) -> str:
-    """sha1 over (relative path, size, mtime or the stat error of a dangling/looping link) of every file."""
-    h = hashlib.sha1(f"size={size}".encode())
+def tree_fingerprint(src: Path, size: int, min_size: int = 0) -> str:
+    """sha1 over (relative path, byte size, mtime or the stat error of a dangling/looping link) of every file
+    and the target size (and min_size)."""
+    h = hashlib.sha1((f"size={size}" + (f",min_size={min_size}" if min_size else "")).encode())
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames.sort()
         for fn in sorted(filenames):
@@ -235,7 +239,7 @@ def tree_fingerprint(src: Path, size: int) -> str:
 
 
 def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard_size: int = 10000,
-                     verbose: bool = True, fingerprint: str | None = None) -> PackReport:
+                     verbose: bool = True, fingerprint: str | None = None, min_size: int = 0) -> PackReport:
     """Decode the class tree `src` once into `dst` (see module docstring) -> PackReport.
 
     verbose: tqdm progress bar and the printed report. The report is also dst/pack_report.json."""
@@ -254,7 +258,7 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
     t0 = time.perf_counter()
     classes, files, empty, stray, bad = scan_tree(src)
     files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]  # every shard mixes classes
-    fingerprint = fingerprint or tree_fingerprint(src, size)
+    fingerprint = fingerprint or tree_fingerprint(src, size, min_size)
     try:
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -283,7 +287,7 @@ def pack_imagefolder(src, dst, size: int = 96, workers: int | None = None, shard
         for lo in range(0, len(files), chunk):
             part = files[lo:lo + chunk]
             for (path, label), (arr, reason, detail) in zip(part, pool.map(decode_image, [p for p, _ in part],
-                                                                           [size] * len(part))):
+                                                                           [size] * len(part), [min_size] * len(part))):
                 if arr is None:
                     rep.skipped.setdefault(reason, []).append(f"{display_name(os.path.relpath(path, src))}: {detail}")
                     continue
@@ -341,11 +345,12 @@ def resolve_tree(root: Path, split: str) -> Path:
                       "(a plain class tree is split 'train')")
 
 
-def load_imagefolder(split: str, root, download: bool = False, size: int = 96, cache=None,
+def load_imagefolder(split: str, root, download: bool = False, size: int | None = None, cache=None,
                      workers: int | None = None, shard_size: int = 10000,
-                     verbose: bool = True, groups=None) -> ImageDataset:
+                     verbose: bool = True, groups=None, min_size: int = 0) -> ImageDataset:
     """Data set `imagefolder`: pack root[/split] on first use into `cache` (default
     <cache_root>/imagefolder/<name>-<hash>-<size>px) and load the shards; repack when files change.
+    size None: the images' own size (ImageSizes.auto_size). min_size: skip images with a shorter side under it.
     groups: a CSV `path,group` (paths relative to the class tree) -> the data set's group labels."""
     from ssl_aug.data.npz import load_shards
 
@@ -353,20 +358,26 @@ def load_imagefolder(split: str, root, download: bool = False, size: int = 96, c
         raise SslAugError("dataset 'imagefolder' needs root=<folder with one sub-folder per class> "
                           "(recipe data.root=..., CLI --root)")
     tree = resolve_tree(Path(root).expanduser(), split)
+    how = "data.options.size"
+    if size is None:
+        sizes = sample_image_sizes(tree)
+        size = sizes.auto_size()
+        how = (f"the images' median shorter side of {sizes.median} px" + (" capped" if size < sizes.median else "")
+               + "; data.options.size sets another")
     if cache is None:
         key = hashlib.sha1(os.fsencode(str(tree.resolve()))).hexdigest()[:10]
         cache = cache_root() / "imagefolder" / f"{display_name(tree.resolve().name)}-{key}-{size}px"
     cache = Path(cache).expanduser()
     require_folder(cache, "image-folder cache ($SSL_AUG_CACHE or data.options.cache)")
-    fp = tree_fingerprint(tree, size)
+    fp = tree_fingerprint(tree, size, min_size)
     meta = read_packed(cache)
     if meta is None or meta.get("fingerprint") != fp or meta.get("size") != size \
             or (groups is not None and not (cache / "files.txt").is_file()):
-        pack_imagefolder(tree, cache, size, workers, shard_size, verbose=verbose, fingerprint=fp)
+        pack_imagefolder(tree, cache, size, workers, shard_size, verbose=verbose, fingerprint=fp, min_size=min_size)
         meta = read_packed(cache)
     if verbose:
         print(f"image folder {display_name(str(tree))}: {meta.get('images')} images at {size}x{size} px "
-              f"(data.options.size), cached in {display_name(str(cache))} (ssl-aug data cache list|clear)",
+              f"({how}), cached in {display_name(str(cache))} (ssl-aug data cache list|clear)",
               file=sys.stderr)
     ds = load_shards([cache / s for s in meta["shards"]], f"imagefolder/{split}", meta["classes"])
     if groups is not None:

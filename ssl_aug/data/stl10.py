@@ -25,7 +25,8 @@ STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monk
 def read_stl_images(path: Path, chunk: int = 4096) -> torch.Tensor:
     """<split>_X.bin -> (N, 3, 96, 96) uint8, copied in chunks (peak memory ~ one copy of the data)."""
     if not path.is_file():
-        raise SslAugError(f"missing STL-10 file {path}; re-download with download=True (CLI --download)")
+        raise SslAugError(f"missing STL-10 file {path}; re-download with data.download = true in the recipe "
+                          "(or `ssl-aug data info stl10 --download`)")
     size = path.stat().st_size
     if size == 0 or size % IMAGE_BYTES:
         raise SslAugError(f"{path}: {size} bytes is not a multiple of one 3x96x96 image "
@@ -41,7 +42,8 @@ def read_stl_images(path: Path, chunk: int = 4096) -> torch.Tensor:
 def read_stl_labels(path: Path, n: int) -> torch.Tensor:
     """<split>_y.bin (labels 1..10) -> (N,) int64 in 0..9."""
     if not path.is_file():
-        raise SslAugError(f"missing STL-10 file {path}; re-download with download=True (CLI --download)")
+        raise SslAugError(f"missing STL-10 file {path}; re-download with data.download = true in the recipe "
+                          "(or `ssl-aug data info stl10 --download`)")
     y = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1
     if len(y) != n:
         raise SslAugError(f"{path}: {len(y)} labels for {n} images")
@@ -66,8 +68,9 @@ def load_stl10(split: str, root=None, download: bool = False, fold: int | None =
     if folder is None:
         if not download:
             where = f"{base} and {base / 'stl10'}"
-            raise SslAugError(f"stl10 {split} not found: looked for {FOLDER}/ in {where}; pass download=True "
-                              "(CLI --download, 2.6 GB) or root=<folder> (recipe data.root=..., CLI --root)")
+            raise SslAugError(f"stl10 {split} not found: looked for {FOLDER}/ in {where}; pass data.download=true "
+                              "(2.6 GB; or `ssl-aug data info stl10 --download`) or data.root=<folder> "
+                              "(ssl-aug eval: --root)")
         _download(base)
         folder = base / FOLDER
     parts, labels = [], []

@@ -23,7 +23,7 @@ from ssl_aug.device import resolve_device
 from ssl_aug.errors import SslAugError
 from ssl_aug.methods import build_method
 from ssl_aug.models import backbone_args_for, build_backbone
-from ssl_aug.optim import build_optimizer, warmup_cosine
+from ssl_aug.optim import build_optimizer, extended_schedule
 from ssl_aug.schedules import parse_schedule
 
 __all__ = ["tune_allocator", "load_training_data", "build_model", "autocast", "training_device", "check_fits_device",
@@ -252,6 +252,15 @@ def apply_schedules(schedules: dict, method: nn.Module, optimizer, step: int, st
     return values
 
 
+class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
+    """Warm-up + cosine over `total_steps`. `segments` (saved with the state): [[0, total]], plus
+    [step, new total] each time a resume extends train.epochs (a new cosine tail: optim.extended_schedule)."""
+
+    def __init__(self, optimizer, total_steps: int, warmup: int, min_ratio: float):
+        self.segments = [[0, total_steps]]
+        super().__init__(optimizer, lambda s: extended_schedule(s, self.segments, warmup, min_ratio))
+
+
 def build_optimization(cfg: Config, method: nn.Module, steps_per_epoch: int, device: torch.device):
     """-> (optimizer, scheduler, scaler, total_steps). lr scaled by batch/256 when lr_scaling = linear;
     warm-up + cosine over the steps that will actually run (train.max_steps caps the epoch budget and
@@ -265,7 +274,6 @@ def build_optimization(cfg: Config, method: nn.Module, steps_per_epoch: int, dev
     # warm-up keeps its share of the run when train.max_steps cuts the epoch budget (else a 20-step
     # run of a 10-epoch-warm-up recipe would never leave warm-up)
     warmup = int(round(t.warmup_epochs * steps_per_epoch * total_steps / max(t.epochs * steps_per_epoch, 1)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total_steps, warmup, t.min_lr_ratio))
+    scheduler = WarmupCosine(optimizer, total_steps, warmup, t.min_lr_ratio)
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
     return optimizer, scheduler, scaler, total_steps

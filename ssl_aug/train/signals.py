@@ -3,14 +3,19 @@
 While `fit()` runs, the first signal only sets a flag. After the step in progress, every rank
 agrees (`stop_requested`, a collective), the trainer writes a checkpoint, prints one line saying
 where it is and how to resume, and raises `TrainingInterrupted` - a SystemExit with code 143
-(SIGTERM) or 130 (SIGINT), so a command-line run exits with the conventional status. A second
-Ctrl-C interrupts at once (KeyboardInterrupt, no new checkpoint).
+(SIGTERM) or 130 (SIGINT), so a command-line run exits with the conventional status.
+
+Stopping at once (within seconds, also inside a long step), with one line saying what is lost: a
+signal that arrives before this process finished any step (nothing would be saved that is not
+already on disk), and a second signal (SIGTERM or SIGINT) while the first waits for its step. A
+signal is never acted on at once while a checkpoint is being written (`guard.saving`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 from ssl_aug import distributed as dist
@@ -63,12 +68,25 @@ class PreemptionGuard:
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict = {}
+        self.step, self.saved_step = 0, None  # set by the trainer: last finished step, last checkpoint's step
+        self.started_at: int | None = None  # the step this process started from (None: not yet training)
+        self.saving = False
+
+    def _stop_now(self, signum: int, why: str) -> None:
+        kept = "no checkpoint yet" if self.saved_step is None else f"the checkpoint of step {self.saved_step} is kept"
+        print(f"ssl-aug: {signal.Signals(signum).name}: stopped at once ({why}); {kept}; resume with the same "
+              f"command plus --resume", file=sys.stderr, flush=True)
+        raise TrainingInterrupted(signum, self.step)
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        if self.signum is None:
-            self.signum = signum
+        if self.signum is not None:  # a second signal: stop now
+            if not self.saving:
+                lost = self.step - (self.saved_step or 0)
+                self._stop_now(signum, f"second signal; the {lost} step(s) since the last checkpoint are lost")
+            return
+        self.signum = signum
+        if self.started_at is not None and self.step == self.started_at and not self.saving:
+            self._stop_now(signum, "no step had finished since the start, nothing is lost")
 
     def __enter__(self) -> "PreemptionGuard":
         if threading.current_thread() is threading.main_thread():

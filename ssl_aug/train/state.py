@@ -24,12 +24,13 @@ from ssl_aug.checkpoint import FORMAT, VERSION
 from ssl_aug.errors import SslAugError
 
 __all__ = ["rng_state", "set_rng_state", "rank_state", "trainer_state", "load_trainer_state", "changed_keys",
-           "RESUME_MAY_CHANGE"]
+           "RESUME_MAY_CHANGE", "extension_allowed"]
 
 # Recipe keys a resumed run may change: they decide where files go, how often it logs or keeps files, and
 # what is evaluated, never what is trained. Everything else must equal the checkpoint's recipe.
 RESUME_MAY_CHANGE = ("description", "output_dir", "data.root", "data.download", "train.log_every",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "eval.")
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.strict",
+                     "train.check_fit", "eval.")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -99,6 +100,19 @@ def trainer_state(trainer) -> dict:
     return state
 
 
+def extension_allowed(saved: dict, cfg, path: Path) -> dict:
+    """The checkpoint's recipe with train.epochs taken from `cfg` when the resume extends the run (more
+    epochs: a new cosine tail); fewer epochs are refused in one line."""
+    old, new = saved["train"]["epochs"], cfg.train.epochs
+    if new == old:
+        return saved
+    if new < old:
+        raise SslAugError(f"checkpoint {path} was trained for train.epochs = {old}; a resume can extend a run "
+                          f"(more epochs: a new cosine tail from the resume step) but not shorten it to {new}: "
+                          f"use the checkpoint as it is (ssl-aug eval / export), or train a new run")
+    return dict(saved, train=dict(saved["train"], epochs=new))
+
+
 def load_trainer_state(trainer, ckpt: dict, path: Path) -> None:
     """Restore a trainer from a checkpoint dict read with map_location="cpu"; one-line errors for
     checkpoints of another backbone, world size or model shape."""
@@ -106,7 +120,7 @@ def load_trainer_state(trainer, ckpt: dict, path: Path) -> None:
     if saved != trainer.cfg.model.backbone:
         raise SslAugError(f"checkpoint {path} was trained with backbone {saved!r}, "
                           f"the recipe asks for {trainer.cfg.model.backbone!r}")
-    saved_cfg = ckpt["config"]
+    saved_cfg = extension_allowed(ckpt["config"], trainer.cfg, path)
     if trainer.cfg.model.sync_batchnorm == "auto" and saved_cfg.get("model", {}).get("sync_batchnorm") is getattr(
             trainer, "sync_batchnorm", None):  # a run from before "auto" whose true/false is what "auto" does here
         saved_cfg = {**saved_cfg, "model": {**saved_cfg["model"], "sync_batchnorm": "auto"}}
@@ -114,8 +128,9 @@ def load_trainer_state(trainer, ckpt: dict, path: Path) -> None:
     if changed:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed[:8]) + (" ..." if len(changed) > 8 else "")
         raise SslAugError(f"checkpoint {path} was trained with other settings ({listed}); resume with the recipe "
-                          f"it was trained with (the run's config.json) or use another output_dir; resuming may "
-                          f"change only {', '.join(k + '*' if k.endswith('.') else k for k in RESUME_MAY_CHANGE)}")
+                          f"it was trained with (ssl-aug train {trainer.run_dir} --resume reads it) or use another "
+                          f"output_dir; resuming may change only train.epochs (more: a new cosine tail) and "
+                          f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUME_MAY_CHANGE)}")
     if ckpt.get("world_size", 1) != trainer.world_size:
         old = ckpt.get("world_size", 1)
         raise SslAugError(f"checkpoint {path} was written with world size {old}, this run has world size "
@@ -130,6 +145,16 @@ def load_trainer_state(trainer, ckpt: dict, path: Path) -> None:
         raise SslAugError(f"checkpoint {path} does not fit this model: {str(exc).splitlines()[0]}") from None
     trainer.optimizer.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
     trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    if "segments" not in ckpt["scheduler"]:  # written before schedules could be extended
+        old = ckpt["config"]["train"]
+        total = old["epochs"] * trainer.steps_per_epoch
+        trainer.scheduler.segments = [[0, min(total, old["max_steps"]) if old.get("max_steps") else total]]
+    trainer.extended = trainer.scheduler.segments[-1][1] != trainer.total_steps
+    if trainer.extended:  # a new cosine tail from this step to the new end
+        segments = [list(s) for s in trainer.scheduler.segments]
+        trainer.scheduler.segments = segments + [[ckpt["step"], trainer.total_steps]]
+        for group, base in zip(trainer.optimizer.param_groups, trainer.scheduler.base_lrs):
+            group["lr"] = base * trainer.scheduler.lr_lambdas[0](ckpt["step"])
     trainer.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(local.get("rng", ckpt["rng"]), trainer.view_generator, trainer.device)
     trainer.source.load_state_dict(local.get("batch_source", ckpt["batch_source"]))

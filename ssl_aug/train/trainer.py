@@ -1,6 +1,6 @@
 """The training loop: device-resident batches -> batched views -> method loss -> optimiser step.
 
-Writes to the run directory: config.json (the resolved recipe), metrics.jsonl (one JSON object per
+Writes to the run directory: config.json and config.toml (the resolved recipe), metrics.jsonl (one JSON object per
 logged step and per epoch), checkpoints/step_*.pt and checkpoints/last.pt (atomic). `fit(resume=True)`
 continues exactly where the last checkpoint stopped (see ssl_aug.train.state). The loop talks to the
 method only through the Method contract (forward, after_backward, after_optimizer_step, per_image_loss,
@@ -30,6 +30,7 @@ from ssl_aug.io import atomic_write_json
 from ssl_aug.runlock import hold_run_folder
 from ssl_aug.train.hard_views import hard_views
 from ssl_aug.train.metrics import MetricsLog, StepTimer
+from ssl_aug.train.run_folder import write_run_recipe
 from ssl_aug.train.resume import agree_on_checkpoint, other_node_writers, save_on_every_node, writes_checkpoints
 from ssl_aug.train.setup import (apply_schedules, autocast, buffer_sync, build_model, build_optimization,
                                  build_schedules, build_source, load_training_data, streams, sync_batchnorm_on,
@@ -105,6 +106,7 @@ class Trainer:
         self._warned: set[str] = set()
         self._last_loss: float | None = None
         self._saved_step = -1
+        self.extended = False  # set when a resume added epochs (the schedule gained a cosine tail)
 
     # ----------------------------------------------------------------- state
     def _new_epoch_loss(self) -> dict:
@@ -127,13 +129,20 @@ class Trainer:
         with a NaN/inf weight, buffer or optimiser value is never written (NonFiniteLossError instead)."""
         self._check_state_finite()
         self._saved_step = self.step
-        state = self.state_dict()
-        if getattr(self, "_node_copies", False):  # nodes without rank 0's folder keep identical copies
-            return save_on_every_node(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints,
-                                      self.writes_checkpoints)
-        if not self.is_main:
-            return None
-        return save_run_checkpoint(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints)
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.saving = True
+        try:
+            state = self.state_dict()
+            if getattr(self, "_node_copies", False):  # nodes without rank 0's folder keep identical copies
+                return save_on_every_node(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints,
+                                          self.writes_checkpoints)
+            if not self.is_main:
+                return None
+            return save_run_checkpoint(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints)
+        finally:
+            if guard is not None:
+                guard.saving, guard.saved_step = False, self.step
 
     # ----------------------------------------------------------------- loop
     def _start(self, resume: bool | str | Path) -> bool:
@@ -156,8 +165,8 @@ class Trainer:
                               "or choose another output_dir")
         else:
             self.metrics.reset()
-        if self.is_main and (fresh_epoch or not (self.run_dir / "config.json").exists()):
-            atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())  # a resume keeps the original
+        if self.is_main and (fresh_epoch or self.extended or not (self.run_dir / "config.json").exists()):
+            write_run_recipe(self.run_dir, self.cfg.to_dict())  # config.json + config.toml; a resume keeps them
         self._saved_step = self.step if not fresh_epoch else -1
         return fresh_epoch
 
@@ -175,6 +184,9 @@ class Trainer:
         self.model.train()
         self._stopping = False  # set on every rank at once, when the ranks agree a signal came
         with PreemptionGuard() as self._guard:
+            self._guard.step = self.step  # lets a signal before the first finished step stop at once (one rank)
+            self._guard.started_at = self.step if self.world_size == 1 else None
+            self._guard.saved_step = self._saved_step if self._saved_step >= 0 else None
             while self.step < self.total_steps and self.epoch < cfg.epochs:
                 if fresh_epoch:
                     self.source.set_epoch(self.epoch)
@@ -321,6 +333,7 @@ class Trainer:
                 hook.after_step(self, indices, views)
             self.step += 1
             nonfinite = self.accumulate_loss(loss, nonfinite)
+            self._guard.step = self.step
             timer.add(t0, t1, timer.mark())
             images_seen += indices.shape[0]
             bar.update(1)

@@ -28,7 +28,20 @@ def _data_of(recipe: dict) -> dict:
     data = recipe.get("data") or {}
     return {"name": data.get("name"), "root": data.get("root"), "options": dict(data.get("options") or {}),
             "split": data.get("split", "train"), "test_split": (recipe.get("eval") or {}).get("test_split", "test"),
-            "evaluators": dict((recipe.get("eval") or {}).get("evaluators") or {})}
+            "evaluators": dict((recipe.get("eval") or {}).get("evaluators") or {}),
+            "eval": dict(recipe.get("eval") or {})}
+
+
+def run_eval_defaults(args, run_eval: dict) -> None:
+    """Flags left unset take the run's own eval keys (eval.knn_k, knn_temperature, knn_index, knn_nlist,
+    knn_nprobe), then the built-in defaults (k 200, T 0.1, flat, automatic, 16)."""
+    for flag, key, default in (("k", "knn_k", 200), ("temperature", "knn_temperature", 0.1),
+                               ("knn_index", "knn_index", "flat"), ("nlist", "knn_nlist", 0),
+                               ("nprobe", "knn_nprobe", 16)):
+        if getattr(args, flag, None) is None:
+            setattr(args, flag, run_eval.get(key, default))
+    if isinstance(args.k, int):
+        args.k = [args.k]
 
 
 def resolve_encoder(spec: str, device: torch.device):
@@ -68,9 +81,10 @@ def _subset(images, labels, n: int, flag: str, groups=None, with_groups: bool = 
     return (images, labels, groups) if with_groups else (images, labels)
 
 
-def load_eval_data(data: dict, args, with_groups: bool = False):
+def load_eval_data(data: dict, args, with_groups: bool = False, roles: tuple[str, str] = ("bank", "query")):
     """((bank images, labels), (query images, labels), data name, description of the split used); with_groups
-    also a dict {test_groups (M,) or None, classes, group_names} for the subgroup report."""
+    also a dict {test_groups (M,) or None, classes, group_names} for the subgroup report. roles: what the
+    description calls the two sets (("train", "test") for fine-tuning)."""
     name = args.data or data["name"]
     if name is None:
         raise SslAugError("no data set known for this encoder: pass --data NAME (cifar10, cifar100, stl10, "
@@ -90,7 +104,7 @@ def load_eval_data(data: dict, args, with_groups: bool = False):
         bank, held = stratified_holdout(train_y, HOLDOUT_FRACTION, seed=0)
         if len(held) == 0:
             raise SslAugError(f"split {split!r} has no class with 2 or more labelled images to hold out")
-        how = (f"seeded stratified hold-out of split {split!r}: {len(bank)} bank / {len(held)} query images "
+        how = (f"seeded stratified hold-out of split {split!r}: {len(bank)} {roles[0]} / {len(held)} {roles[1]} images "
                f"({HOLDOUT_FRACTION:.0%} of each class held out)")
         pair = (train_x[bank], train_y[bank]), (train_x[held], train_y[held])
         source, query_rows = train, keep.nonzero().squeeze(1)[held]
@@ -99,7 +113,8 @@ def load_eval_data(data: dict, args, with_groups: bool = False):
         keep_t = test.labels >= 0
         pair = (train_x, train_y), (test.images[keep_t], test.labels[keep_t])
         source, query_rows = test, keep_t.nonzero().squeeze(1)
-        how = f"bank: split {split!r} ({len(train_y)} images), queries: split {test_split!r} ({int(keep_t.sum())})"
+        how = (f"{roles[0]}: split {split!r} ({len(train_y)} images), {roles[1]}: split {test_split!r} "
+               f"({int(keep_t.sum())} images)")
     if len(pair[0][1]) == 0 or len(pair[1][1]) == 0:
         raise SslAugError(f"data set {name!r} has no labelled images in {how}")
     if with_groups:
@@ -151,6 +166,7 @@ def eval_command(args) -> int:
     device = resolve_device(args.device)
     out = _output_path(args)  # checked before any work
     backbone, mean, std, data, label = resolve_encoder(args.encoder, device)
+    run_eval_defaults(args, data["eval"])
     (train, test), data_name, how, groups = load_eval_data(data, args, with_groups=True)
     train = _subset(*train, args.train_subset, "--train-subset")
     *test, groups["test_groups"] = _subset(*test, args.test_subset, "--test-subset", groups["test_groups"], True)

@@ -20,7 +20,9 @@ from ssl_aug.evaluation import KnnMonitor, evaluate_encoder, evaluators_from_con
 from ssl_aug.io import atomic_write_json
 from ssl_aug.train import Trainer, load_training_data
 from ssl_aug.train.signals import PhaseInterrupted, TrainingInterrupted, interrupt_on_signal
-from ssl_aug.train.setup import streams
+from ssl_aug.train.fit import check_fits_machine
+from ssl_aug.train.sanity import run_facts, sanity_warnings
+from ssl_aug.train.setup import streams, training_device
 
 
 def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, device, progress: bool = True,
@@ -95,8 +97,16 @@ def _run_experiment(cfg: Config, run_dir: Path, resume: bool, progress: bool, ph
             else load_training_data(cfg, split=cfg.eval.test_split)
     from ssl_aug.workflows.sizes import check_sizes  # size/count keys against the loaded data: one line each
 
-    for note in check_sizes(cfg, train, test, bank_set):
-        print(note, file=sys.stderr)
+    notes = check_sizes(cfg, train, test, bank_set) + sanity_warnings(run_facts(cfg, train, bank_set))
+    if dist.is_main():
+        for note in notes:
+            print(note, file=sys.stderr, flush=True)
+    if train is not None:  # the memory / time estimate (stdout); refused in one line when it cannot fit
+        world = dist.world_size()
+        estimate = check_fits_machine(cfg, len(train), int(train.images.shape[-1]), training_device(cfg, world),
+                                      world, name=f"the run {run_dir.name}")
+        if dist.is_main():
+            print(estimate, flush=True)
     callbacks = []
     if cfg.eval.knn_every:
         bank = balanced_subset(bank_set.labels, min(cfg.eval.monitor_train, len(bank_set.labels)), cfg.seed)
@@ -146,7 +156,8 @@ def _run_experiment(cfg: Config, run_dir: Path, resume: bool, progress: bool, ph
         from ssl_aug.evaluation.plots import plot_training_curves
 
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        plot_training_curves(records, run_dir / "curves.png", title=cfg.description or run_dir.name)
+        plot_training_curves(records, run_dir / "curves.png",  # titled by what trained, not the recipe text
+                             title=f"{run_dir.name}: {cfg.method['name']}, {cfg.model.backbone}")
         if final.get("loss") is None:  # a resume with only the evaluation left: the last logged step's loss
             final["loss"] = next((r["loss"] for r in reversed(records) if r.get("type") == "step"), None)
     epochs = trainer.step / trainer.steps_per_epoch  # what ran, also when train.max_steps cut an epoch

@@ -82,8 +82,11 @@ def _data(args, data_keys):
     from ssl_aug.workflows.evaluate_encoder import _subset, load_eval_data
 
     ns = argparse.Namespace(data=args.data, root=args.root, split=None, test_split=None)
-    (train, test), name, how = load_eval_data(data_keys, ns)
-    return train, _subset(*test, args.test_subset, "--test-subset"), name, how
+    (train, test), name, how = load_eval_data(data_keys, ns, roles=("train", "test"))
+    used = _subset(*test, args.test_subset, "--test-subset")
+    if len(used[1]) != len(test[1]):
+        how += f"; {len(used[1])} of the {len(test[1])} test images used (--test-subset)"
+    return train, used, name, how
 
 
 def run_cells(encoder, mean, std, train, test, cells: dict[str, dict], seeds: int, out_dir: Path,

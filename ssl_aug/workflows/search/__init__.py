@@ -22,8 +22,8 @@ def write_search_report(spec: SearchSpec, search_dir: Path, compare_seeds: int =
     """Trial table, best recipe, correlations, plots and (compare_seeds > 0) the test comparison."""
     from ssl_aug.io import atomic_write_text
     from ssl_aug.workflows.search.plots import plot_search
-    from ssl_aug.workflows.search.report import (best_trial, correlations, first_rung_rows, trial_rows, write_best_recipe,
-                                       write_trials)
+    from ssl_aug.workflows.search.report import (best_trial, correlations, first_rung_rows, rho_text, trial_rows,
+                                       write_best_recipe, write_trials)
     from ssl_aug.workflows.search.study import open_study
 
     study = open_study(spec, search_dir)
@@ -49,7 +49,7 @@ def write_search_report(spec: SearchSpec, search_dir: Path, compare_seeds: int =
                   "after epoch 1 (rotation is scored only at the end):", "",
                   "| label-free score | ρ, complete trials | trials | ρ, all trials at epoch 1 | trials |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {name} | {rho:.3f} | {n} | {rung[name][0]:.3f} | {rung[name][1]} |"
+        lines += [f"| {name} | {rho_text(rho, n)} | {n} | {rho_text(*rung[name], 'trials')} | {rung[name][1]} |"
                   for name, (rho, n) in corr.items()]
         lines.append("")
     lines += ["Trials (best first):", "", table]

@@ -67,7 +67,7 @@ def _scores(rows: list[dict], path: Path, plt) -> Path | None:
         ax.scatter([a for a, _ in pts], [b for _, b in pts], s=14)
         rho = spearman([a for a, _ in pts], [b for _, b in pts])
         ax.set_xlabel(key + (" (lower = better)" if key in ("alignment", "uniformity") else " (higher = better)"))
-        ax.set_title(f"Spearman ρ = {rho:.2f}", fontsize=9)
+        ax.set_title(f"Spearman ρ = {rho:.2f}" if rho == rho else "Spearman ρ: n/a (a constant score)", fontsize=9)
     axes[0][0].set_ylabel("knn_val")
     return _save(fig, path)
 

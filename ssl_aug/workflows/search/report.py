@@ -64,6 +64,13 @@ def trial_rows(study) -> list[dict]:
     return rows
 
 
+def rho_text(rho: float, n: int, what: str = "complete trials") -> str:
+    """A Spearman rho for a report: 3 decimals, or why there is none (nan)."""
+    if not math.isnan(rho):
+        return f"{rho:.3f}"
+    return f"n/a (needs >= 3 {what})" if n < 3 else "n/a (a constant score or knn_val: no ranking)"
+
+
 def correlations(rows: list[dict]) -> dict[str, tuple[float, int]]:
     """{label-free score: (Spearman rho with knn_val, trials used)} over complete trials with both."""
     out = {}
