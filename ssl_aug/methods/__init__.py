@@ -14,5 +14,6 @@ from ssl_aug.methods.vicreg import VICReg  # noqa: F401
 from ssl_aug.methods.barlow_twins import BarlowTwins  # noqa: F401
 from ssl_aug.methods.moco_v2 import MoCoV2  # noqa: F401
 from ssl_aug.methods.moco_v3 import MoCoV3  # noqa: F401
+from ssl_aug.methods.nnclr import NNCLR  # noqa: F401
 
 __all__ = ["METHODS", "Method", "build_method", "method_options", "register_method", "SimCLR", "SwAV", "BYOL"]
