@@ -21,6 +21,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.schedules import parse_schedule, split_schedules
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"  # package data: ssl_aug/recipes/*.toml
 
@@ -91,6 +92,7 @@ class EvalConfig:
     knn_nprobe: int = 16  # IVF lists searched per query
     tta: bool = False  # 10-crop + flip test-time augmentation beside plain accuracy/ECE (linear probe if eval.linear, else kNN)
     online_linear: bool = False  # linear head on detached features trained alongside the SSL loss (accuracy per epoch)
+    evaluators: dict = field(default_factory=dict)  # eval.<name> = true | {its keys}: registered evaluators
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Config:
     augment: dict = field(default_factory=dict)  # ViewSpec keys + mode, views, multicrop
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    schedules: dict = field(default_factory=dict)  # "method.KEY" / "train.KEY" -> schedule table (ssl_aug.schedules)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -157,9 +160,57 @@ def _build(cls, data: dict, prefix: str):
     return cls(**kwargs)
 
 
+SCHEDULABLE_TRAIN = ("weight_decay", "momentum")
+
+
+def _pull_schedules(data: dict) -> dict:
+    """Move schedule tables written in place of a number ([method] keys, train.weight_decay /
+    train.momentum) into data["schedules"], leaving the value at step 0 in their place; check every table."""
+    schedules = data.get("schedules", {})
+    if not isinstance(schedules, dict):
+        raise SslAugError(f"recipe section 'schedules' must be a table of \"section.key\" = {{schedule = ...}}, "
+                          f"got {schedules!r}")
+    schedules = dict(schedules)
+    for section, keys in (("method", None), ("train", SCHEDULABLE_TRAIN)):
+        if isinstance(data.get(section), dict):
+            data[section], found = split_schedules(data[section], section, keys)
+            schedules.update(found)
+    for key, table in schedules.items():
+        section, _, name = key.partition(".")
+        if section not in ("method", "train") or not name or (section == "train" and name not in SCHEDULABLE_TRAIN):
+            raise SslAugError(f"schedules key {key!r} is not schedulable; use method.KEY or "
+                              f"train.{{{', '.join(SCHEDULABLE_TRAIN)}}}")
+        parse_schedule(key, table)
+    if schedules:
+        data["schedules"] = schedules
+    return data
+
+
+def _pull_evaluators(data: dict) -> dict:
+    """[eval] keys that are not EvalConfig fields, and tables given for the on/off keys (linear, tta,
+    invariance), name registered evaluators: move them into eval.evaluators (names are checked against the
+    evaluator registry before any work, by the workflow that runs them)."""
+    section = data.get("eval")
+    if not isinstance(section, dict):
+        return data
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    section = dict(section)
+    tables = dict(section.pop("evaluators", None) or {})
+    for key in list(section):
+        value = section[key]
+        if key not in fields or (key in ("linear", "tta", "invariance") and isinstance(value, dict)):
+            tables[key] = section.pop(key)
+            if key in fields:
+                section[key] = True
+    if tables:
+        section["evaluators"] = tables
+    data["eval"] = section
+    return data
+
+
 def config_from_dict(data: dict) -> Config:
     """Validate a plain nested dict (e.g. a parsed recipe) into a Config."""
-    cfg = _build(Config, copy.deepcopy(data), "")
+    cfg = _build(Config, _pull_evaluators(_pull_schedules(copy.deepcopy(data))), "")
     _validate(cfg)
     return cfg
 

@@ -17,7 +17,7 @@ from ssl_aug.data import balanced_subset, load_dataset
 from ssl_aug.data.holdout import stratified_holdout
 from ssl_aug.device import resolve_device
 from ssl_aug.errors import SslAugError
-from ssl_aug.evaluation import evaluate_encoder, format_report
+from ssl_aug.evaluation import build_evaluator, evaluate_encoder, format_report
 from ssl_aug.io import atomic_write_json
 
 HOLDOUT_FRACTION = 0.2
@@ -27,7 +27,8 @@ def _data_of(recipe: dict) -> dict:
     """The data keys evaluation needs from a recipe dict (config.json / checkpoint / export metadata)."""
     data = recipe.get("data") or {}
     return {"name": data.get("name"), "root": data.get("root"), "options": dict(data.get("options") or {}),
-            "split": data.get("split", "train"), "test_split": (recipe.get("eval") or {}).get("test_split", "test")}
+            "split": data.get("split", "train"), "test_split": (recipe.get("eval") or {}).get("test_split", "test"),
+            "evaluators": dict((recipe.get("eval") or {}).get("evaluators") or {})}
 
 
 def resolve_encoder(spec: str, device: torch.device):
@@ -143,7 +144,8 @@ def eval_command(args) -> int:
 
         op_transforms(ops)  # unknown names: one line before any work
     args.invariance = args.invariance or bool(ops)
-    knn = args.knn or not (args.linear or args.tta or args.invariance or fine)
+    extra = [build_evaluator(name, data["evaluators"].get(name, True)) for name in getattr(args, "evaluator", [])]
+    knn = args.knn or not (args.linear or args.tta or args.invariance or fine or extra)
     if min(args.k) < 1:
         raise SslAugError(f"--k {min(args.k)} is not allowed: kNN needs k >= 1 neighbours")
     if knn and max(args.k) > len(train[1]):
@@ -154,10 +156,10 @@ def eval_command(args) -> int:
         pixels = train[0][:5000].float().div_(255)
         mean = pixels.mean(dim=(0, 2, 3)).tolist()
         std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    results = {} if not (knn or args.linear or args.tta or args.invariance) else evaluate_encoder(
+    results = {} if not (knn or args.linear or args.tta or args.invariance or extra) else evaluate_encoder(
         backbone, mean, std, train, test, knn=knn, linear=args.linear or args.tta, tta=args.tta,
         invariance=args.invariance, ks=tuple(args.k), temperature=args.temperature, progress=not args.no_progress,
-        knn_kw=_knn_kw(args), invariance_ops=ops, **groups)
+        knn_kw=_knn_kw(args), invariance_ops=ops, evaluators=extra, **groups)
     if fine:  # default fine-tuning settings (ssl-aug finetune sets them all); TTA with --tta
         from ssl_aug.evaluation.finetune import finetune
 

@@ -15,40 +15,19 @@ from ssl_aug.config import Config
 from ssl_aug.data import ImageDataset
 from ssl_aug.data.subset import balanced_subset
 from ssl_aug.errors import SslAugError
-from ssl_aug.evaluation import KnnMonitor, evaluate_encoder
+from ssl_aug.evaluation import KnnMonitor, evaluate_encoder, evaluators_from_config, flat_results  # noqa: F401
 from ssl_aug.io import atomic_write_json
 from ssl_aug.train import Trainer, load_training_data
 
 
-def flat_results(report: dict) -> dict:
-    """evaluate_encoder's nested report -> the flat scalar metrics tables are made of
-    (knn_top1, knn_top5, linear_top1, linear_top5, linear_ece, invariance_<family>, and with groups
-    knn_/linear_worst_group_acc, _mean_gap, _max_gap)."""
-    flat = {}
-    for section in ("knn", "linear", "tta"):
-        for key, value in (report.get(section) or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                flat[f"{section}_{key}"] = value
-    for family, values in ((report.get("invariance") or {}).get("families") or {}).items():
-        flat[f"invariance_{family}"] = values["score"]
-    for section in ("knn", "linear"):  # subgroup metrics (data sets with groups)
-        for key in ("worst_group_acc", "mean_gap", "max_gap"):
-            if key in ((report.get(section) or {}).get("groups") or {}):
-                flat[f"{section}_{key}"] = report[section]["groups"][key]
-    return flat
-
-
-def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, device, progress: bool = True) -> dict:
-    """Final evaluation of a trained backbone: kNN, plus the linear probe / invariance probe on request."""
+def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, device, progress: bool = True,
+                      evaluators=None) -> dict:
+    """Evaluation of a trained backbone by the recipe's evaluators (or `evaluators`) -> flat metrics."""
     mean, std = normalization(cfg)
     report = evaluate_encoder(backbone.to(device), mean, std, (train.images, train.labels), (test.images, test.labels),
-                              knn=True, linear=cfg.eval.linear, invariance=cfg.eval.invariance, tta=cfg.eval.tta,
-                              invariance_ops=list(cfg.eval.invariance_ops),
-                              ks=(cfg.eval.knn_k,), temperature=cfg.eval.knn_temperature, progress=progress,
-                              seed=cfg.seed, test_groups=getattr(test, "groups", None), classes=test.classes,
-                              group_names=getattr(test, "group_names", None),
-                              knn_kw={"index": cfg.eval.knn_index, "nlist": cfg.eval.knn_nlist or None,
-                                      "nprobe": cfg.eval.knn_nprobe})
+                              knn=False, progress=progress, seed=cfg.seed, test_groups=getattr(test, "groups", None),
+                              classes=test.classes, group_names=getattr(test, "group_names", None),
+                              evaluators=evaluators_from_config(cfg.eval) if evaluators is None else evaluators)
     return flat_results(report)
 
 
@@ -70,8 +49,10 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
     """Train `cfg` in `run_dir` (resuming from its last checkpoint when `resume`), evaluate, write
     eval.json and return the results."""
     run_dir = Path(run_dir or cfg.output_dir)
+    final_evaluators = evaluators_from_config(cfg.eval)  # unknown names / bad keys: one line before any work
+    epoch_evaluators = [e for e in final_evaluators if e.config.every > 0]
     train = None if cfg.data.stream else load_training_data(cfg)
-    evaluate = bool(cfg.eval.knn_every or cfg.eval.final_knn)
+    evaluate = bool(cfg.eval.knn_every or final_evaluators)
     bank_set = labelled_bank(cfg, train) if evaluate else None
     test = load_training_data(cfg, split=cfg.eval.test_split) if evaluate else None
     from ssl_aug.sizes import check_sizes  # size/count keys against the loaded data: one line each
@@ -91,7 +72,23 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
         monitor = KnnMonitor(bank_set.images[bank], bank_set.labels[bank], test.images[query], test.labels[query],
                              *normalization(cfg), k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature,
                              self_index=self_index)
-        callbacks.append(lambda trainer, epoch: monitor(trainer.method.backbone))  # rank 0 only (Trainer)
+        callbacks.append(lambda trainer, epoch: monitor(trainer.method.backbone)  # rank 0 only (Trainer)
+                         if epoch % cfg.eval.knn_every == 0 else {})
+    if epoch_evaluators:  # evaluators with `every` > 0, on the monitor's class-balanced bank / query subsets
+        bank = balanced_subset(bank_set.labels, min(cfg.eval.monitor_train, len(bank_set.labels)), cfg.seed)
+        query = balanced_subset(test.labels, min(cfg.eval.monitor_test, len(test.labels)), cfg.seed)
+
+        def run_epoch_evaluators(trainer, epoch):
+            due = [e for e in epoch_evaluators if epoch % e.config.every == 0]
+            if not due:
+                return {}
+            report = evaluate_encoder(trainer.method.backbone, *normalization(cfg),
+                                      (bank_set.images[bank], bank_set.labels[bank]),
+                                      (test.images[query], test.labels[query]), knn=False, progress=False,
+                                      seed=cfg.seed, evaluators=due)
+            return {f"monitor_{k}": v for k, v in flat_results(report).items()}
+
+        callbacks.append(run_epoch_evaluators)
     hooks = []
     if cfg.eval.online_linear:
         from ssl_aug.evaluation.online_linear import OnlineLinearProbe
@@ -114,14 +111,14 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, resume: bool 
     epochs = trainer.step / trainer.steps_per_epoch  # what ran, also when train.max_steps cut an epoch
     results = {"train_time_s": round(time.perf_counter() - start, 2), "steps": trainer.step,
                "epochs": int(epochs) if epochs.is_integer() else round(epochs, 3), "final_loss": final.get("loss")}
-    if trainer.is_main and cfg.eval.final_knn:
+    if trainer.is_main and final_evaluators:
         if progress:
-            print(f"evaluating: kNN (k={cfg.eval.knn_k}) of {len(test)} {cfg.eval.test_split} images against "
-                  f"{len(bank_set)} training images" + (", linear probe" if cfg.eval.linear else "")
-                  + (", invariance probe" if cfg.eval.invariance else "") + " (eval.final_knn = false skips this)",
-                  file=sys.stderr, flush=True)
+            names = ", ".join(f"kNN (k={cfg.eval.knn_k})" if e.name == "knn" else e.name for e in final_evaluators)
+            print(f"evaluating: {names} on {len(test)} {cfg.eval.test_split} images against "
+                  f"{len(bank_set)} training images (eval.final_knn = false skips kNN)", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        results.update(evaluate_backbone(trainer.method.backbone, cfg, bank_set, test, trainer.device, progress))
+        results.update(evaluate_backbone(trainer.method.backbone, cfg, bank_set, test, trainer.device, progress,
+                                         final_evaluators))
         results["eval_time_s"] = round(time.perf_counter() - start, 2)
     if trainer.is_main:
         atomic_write_json(run_dir / "eval.json", results)

@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ssl_aug"
-LAYERS = {"errors": 0, "io": 0, "_version": 0, "config": 0, "device": 0, "distributed": 0,
+LAYERS = {"errors": 0, "io": 0, "_version": 0, "registry": 0, "schedules": 0, "config": 0, "device": 0, "distributed": 0,
           "data": 1, "augment": 2, "models": 3, "losses": 3, "methods": 4, "train": 5, "optim": 5, "checkpoint": 5,
           "evaluation": 6,
           "experiment": 7, "ablation": 7, "search": 7, "export": 7, "gate": 7, "launchers": 7, "plots": 7,

@@ -8,17 +8,28 @@ import re
 from ssl_aug.augment.ops import OPS
 from ssl_aug.augment.spec import IMAGENET_MEAN, IMAGENET_STD, Blur, ColorJitter, Solarize, ViewSpec
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import Registry
+
+PRESETS = Registry("view preset")
+register_preset = PRESETS.register
+
+
+def list_presets() -> list[str]:
+    """Names of the registered view presets."""
+    return PRESETS.names()
 
 
 def _strength(s: float, p: float = 0.8) -> ColorJitter:
     return ColorJitter(brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=min(0.5, 0.2 * s), p=p)
 
 
+@register_preset("simclr_cifar")
 def simclr_cifar(size: int = 32) -> tuple[list[ViewSpec], list[int]]:
     """SimCLR CIFAR: crop scale 0.08-1, flip 0.5, jitter (0.4, 0.4, 0.4, 0.1) p=0.8, gray 0.2; 2 views."""
     return [ViewSpec(size=size)], [2]
 
 
+@register_preset("simclr_imagenet")
 def simclr_imagenet(size: int = 224) -> tuple[list[ViewSpec], list[int]]:
     """SimCLR ImageNet: jitter strength 1.0 = (0.8, 0.8, 0.8, 0.2) p=0.8, gray 0.2, blur p=0.5 with a
     kernel ~10% of the size (odd), sigma 0.1-2; 2 views."""
@@ -27,6 +38,7 @@ def simclr_imagenet(size: int = 224) -> tuple[list[ViewSpec], list[int]]:
                      mean=IMAGENET_MEAN, std=IMAGENET_STD)], [2]
 
 
+@register_preset("swav_multicrop")
 def swav_multicrop(global_size: int = 32, local_size: int = 16, n_global: int = 2, n_local: int = 6,
                    ) -> tuple[list[ViewSpec], list[int]]:
     """SwAV multi-crop (CIFAR default 2x32 + 6x16): global scale 0.14-1, local 0.05-0.14, jitter
@@ -35,6 +47,7 @@ def swav_multicrop(global_size: int = 32, local_size: int = 16, n_global: int = 
     return [g, g.replace(size=local_size, scale=(0.05, 0.14))], [n_global, n_local]
 
 
+@register_preset("byol_asymmetric")
 def byol_asymmetric(size: int = 32) -> tuple[list[ViewSpec], list[int]]:
     """BYOL's two different views: jitter (0.4, 0.4, 0.2, 0.1) p=0.8, gray 0.2; view 1 blur p=1.0,
     view 2 blur p=0.1 and solarize p=0.2 (kernel ~10% of size, at least 3)."""
@@ -45,15 +58,9 @@ def byol_asymmetric(size: int = 32) -> tuple[list[ViewSpec], list[int]]:
     return [a, b], [1, 1]
 
 
-PRESETS = {"simclr_cifar": simclr_cifar, "simclr_imagenet": simclr_imagenet,
-           "swav_multicrop": swav_multicrop, "byol_asymmetric": byol_asymmetric}
-
-
 def get_preset(name: str, **kw) -> tuple[list[ViewSpec], list[int]]:
     """(specs, counts) of a named preset; unknown names raise SslAugError."""
-    if name not in PRESETS:
-        raise SslAugError(f"unknown view preset {name!r}; allowed: {', '.join(PRESETS)}")
-    return PRESETS[name](**kw)
+    return PRESETS.get(name)(**kw)
 
 
 def no_color_jitter(spec: ViewSpec) -> ViewSpec:

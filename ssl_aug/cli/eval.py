@@ -42,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--invariance-op", action="append", default=[], metavar="OP",
                    help="also probe this registered or kornia.augmentation op by name (repeatable; implies "
                         "--invariance), e.g. --invariance-op blur --invariance-op RandomErasing")
+    p.add_argument("--evaluator", action="append", default=[], metavar="NAME",
+                   help="also run this registered evaluator (repeatable; `ssl-aug list evaluators`), with the run's "
+                        "own eval.NAME keys when it has them")
     p.add_argument("--finetune", action="store_true", help="supervised fine-tuning with default settings (with "
                                                            "--tta: also 10-crop TTA); see `ssl-aug finetune` for all")
     p.add_argument("--k", type=int, nargs="+", default=[200], help="kNN neighbours (several allowed)")

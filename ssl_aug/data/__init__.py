@@ -20,6 +20,13 @@ from ssl_aug.errors import SslAugError
 __all__ = [
     "ImageDataset",
     "DATASETS",
+    "SOURCES",
+    "DataSource",
+    "Source",
+    "LazySource",
+    "register_source",
+    "list_sources",
+    "get_source",
     "load_dataset",
     "default_root",
     "cache_root",
@@ -75,16 +82,17 @@ class ImageDataset:
         return torch.bincount(y, minlength=len(self.classes))
 
 
-# name -> (module, function, splits or None = any). Loader signature:
-# fn(split, root, download=False, **opts) -> ImageDataset
-DATASETS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
-    "cifar10": ("ssl_aug.data.cifar", "load_cifar10", ("train", "test")),
-    "cifar100": ("ssl_aug.data.cifar", "load_cifar100", ("train", "test")),
-    "stl10": ("ssl_aug.data.stl10", "load_stl10", ("train", "test", "unlabeled", "train+unlabeled")),
-    "imagefolder": ("ssl_aug.data.imagefolder", "load_imagefolder", None),
-    "npz": ("ssl_aug.data.npz", "load_npz", None),
-    "embedded": ("ssl_aug.data.embedded", "load_embedded", None),
-}
+from ssl_aug.data.source import (SOURCES, DataSource, LazySource, Source, get_source, list_sources,  # noqa: E402
+                                 register_source)
+
+DATASETS = SOURCES  # the registry of named data sets (data.name); one registration line per source
+register_source("cifar10", LazySource("ssl_aug.data.cifar:load_cifar10", ("train", "test"), "ssl_aug.data.npz:split_shards"))
+register_source("cifar100", LazySource("ssl_aug.data.cifar:load_cifar100", ("train", "test"),
+                                       "ssl_aug.data.npz:split_shards"))
+register_source("stl10", LazySource("ssl_aug.data.stl10:load_stl10", ("train", "test", "unlabeled", "train+unlabeled")))
+register_source("imagefolder", LazySource("ssl_aug.data.imagefolder:load_imagefolder"))
+register_source("npz", LazySource("ssl_aug.data.npz:load_npz", None, "ssl_aug.data.npz:split_shards"))
+register_source("embedded", LazySource("ssl_aug.data.embedded:load_embedded"))
 
 
 def default_root() -> Path:
@@ -99,18 +107,15 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ssl_aug"
 
 
-def _check_root_and_options(name: str, loader, root, opts: dict) -> None:
+def _check_root_and_options(name: str, source: Source, root, opts: dict) -> None:
     """One-line errors for a data root that is a file and for options the loader does not take
     (e.g. an embedded-only option left in a recipe switched to cifar10)."""
-    import inspect
-
     if root is not None and name != "embedded":  # embedded's root is only a cache (a file there: no cache)
         path = Path(root).expanduser()
         if path.exists() and not path.is_dir():
             raise SslAugError(f"data root {path} is a file, not a folder; give the folder holding the {name} data")
-    params = inspect.signature(loader).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        allowed = [k for k in params if k not in ("split", "root", "download")]
+    allowed = source.options()
+    if allowed is not None:
         unknown = sorted(set(opts) - set(allowed))
         if unknown:
             raise SslAugError(f"data.options key {unknown[0]!r} is not an option of data set {name!r}; "
@@ -120,17 +125,12 @@ def _check_root_and_options(name: str, loader, root, opts: dict) -> None:
 def load_dataset(
     name: str, split: str = "train", root: str | os.PathLike | None = None, download: bool = False, **opts
 ) -> ImageDataset:
-    """Load data set `name` (see DATASETS) split `split` as an in-memory ImageDataset."""
-    if name not in DATASETS:
-        raise SslAugError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-    module, fn, splits = DATASETS[name]
-    if splits is not None and split not in splits:
-        raise SslAugError(f"unknown split {split!r} for dataset {name!r}; allowed: {', '.join(splits)}")
-    loader = getattr(importlib.import_module(module), fn)
-    _check_root_and_options(name, loader, root, opts)
-    if name == "embedded":  # owned elsewhere: load_embedded(split, root=None, **opts)
-        return loader(split, root=root, **opts)
-    return loader(split, root, download=download, **opts)
+    """Load data set `name` (see `list_sources()`) split `split` as an in-memory ImageDataset."""
+    source = get_source(name)
+    if source.splits is not None and split not in source.splits:
+        raise SslAugError(f"unknown split {split!r} for dataset {name!r}; allowed: {', '.join(source.splits)}")
+    _check_root_and_options(name, source, root, opts)
+    return source.load(split, root, download=download, **opts)
 
 
 _LAZY = {

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssl_aug.data.source import DataSource
 from ssl_aug.errors import SslAugError
 
 _MIX = 0x9E3779B97F4A7C15
@@ -41,7 +42,7 @@ def _check_common(batch_size, rank, world_size):
                           "allowed 0 <= rank < world_size")
 
 
-class _Resumable:
+class _Resumable(DataSource):
     """Epoch / position bookkeeping shared by BatchSource and ShardStream."""
 
     _keys = ("seed", "batch_size", "world_size", "rank", "drop_last", "num_samples")

@@ -172,3 +172,22 @@ def load_npz(split: str, root, download: bool = False, classes: list[str] | None
     if classes is None:
         classes = read_classes(paths[0].parent) or read_classes(folder)
     return load_shards(paths, f"npz/{split}", classes)
+
+
+def split_shards(name: str, root: Path | None, split: str) -> list[Path]:
+    """The npz shards `data.stream` reads: data set `npz` (shards of `split` in `root`) or cifar10 /
+    cifar100 stored as <name>_<split>*.npz shards (in root, root/<name>, or the default data root)."""
+    from ssl_aug.data import default_root
+
+    if name == "npz":
+        if root is None or not root.is_dir():
+            raise SslAugError(f"data.stream with data.name = 'npz' needs data.root = a folder of .npz shards, got {root}")
+        shards = find_split_shards(root, split)
+    else:
+        base = root or default_root()
+        shards = next((found for folder in (base, base / name)
+                       if (found := sorted_shards(folder.glob(f"{name}_{split}*.npz")))), [])
+    if not shards:
+        raise SslAugError(f"data.stream found no .npz shards of split {split!r} for data set {name!r} "
+                          f"(root {root or default_root()})")
+    return shards

@@ -1,20 +1,26 @@
-"""One call that runs the chosen evaluations on an encoder and a Markdown report of the results."""
+"""One call that runs evaluators (ssl_aug.evaluation.base) on an encoder, and a Markdown report of the
+results."""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from ssl_aug.errors import SslAugError
-from ssl_aug.evaluation.features import check_images, extract_features
-from ssl_aug.evaluation.groups import group_metrics, group_table, predictions
-from ssl_aug.evaluation.invariance import invariance_probe, invariance_table
-from ssl_aug.evaluation.knn import knn_classify, knn_evaluate
-from ssl_aug.evaluation.linear import linear_probe
-from ssl_aug.evaluation.tta import knn_head, tta_evaluate
+from ssl_aug.evaluation.base import (EVALUATORS, EvalContext, Evaluator, build_evaluator, get_evaluator,
+                                     list_evaluators, pct)
+from ssl_aug.evaluation.features import check_images
+from ssl_aug.evaluation.groups import group_table
+from ssl_aug.evaluation.invariance import InvarianceEvaluator
+from ssl_aug.evaluation.knn import KnnEvaluator
+from ssl_aug.evaluation.linear import LinearEvaluator
+from ssl_aug.evaluation.tta import TtaEvaluator
+from ssl_aug.registry import did_you_mean
+
+__all__ = ["evaluate_encoder", "run_evaluators", "evaluators_from_config", "format_report", "flat_results"]
 
 
 def _pair(split, name):
@@ -28,13 +34,21 @@ def _pair(split, name):
     return images, labels
 
 
+def run_evaluators(ctx: EvalContext, evaluators: Sequence[Evaluator]) -> dict:
+    """Run `evaluators` in order on `ctx` -> {"num_train", "num_test", "dim", <name>: result, ...}."""
+    out = {"num_train": ctx.train[0].shape[0], "num_test": ctx.test[0].shape[0], "dim": ctx.features("train").shape[1]}
+    for evaluator in evaluators:
+        out[evaluator.name] = ctx.results[evaluator.name] = evaluator.run(ctx)
+    return out
+
+
 def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = True, linear: bool = False,
                      tta: bool = False, invariance: bool = False, ks: Sequence[int] = (200,),
                      temperature: float = 0.1, num_classes: int | None = None, batch_size: int = 512,
                      amp: bool = False, cache_dir=None, progress: bool = True, linear_kw: dict | None = None,
                      tta_views: str = "ten_crop", invariance_images: int = 1000, seed: int = 0,
                      test_groups=None, classes=None, group_names=None, leave_one_out: bool | None = None,
-                     knn_kw: dict | None = None, invariance_ops=None) -> dict:
+                     knn_kw: dict | None = None, invariance_ops=None, evaluators: Sequence[Evaluator] = ()) -> dict:
     """train/test: (images_uint8 (N,3,H,W), labels (N,)). Returns a JSON-friendly dict with the keys
     "knn", "linear", "tta", "invariance" for the evaluations that ran (+ "num_train", "num_test", "dim").
     TTA uses the linear classifier when linear=True, else kNN votes (first k); the invariance probe
@@ -42,7 +56,7 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
     sections gain "groups": accuracy per (class, group), worst group and per-class gaps (evaluation.groups).
     leave_one_out: kNN queries never vote for their own bank row; None = automatic, on when the test
     images and labels are the train ones (e.g. eval.test_split = "train"). knn_kw: more knn_evaluate
-    options (index "flat"/"ivf", nlist, nprobe)."""
+    options (index "flat"/"ivf", nlist, nprobe). evaluators: more Evaluator instances, run after these."""
     (tr_x, tr_y), (te_x, te_y) = _pair(train, "train"), _pair(test, "test")
     same = tr_x.shape == te_x.shape and torch.equal(tr_y, te_y) and torch.equal(tr_x, te_x)
     if leave_one_out is None:
@@ -50,77 +64,89 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
     elif leave_one_out and not same:
         raise SslAugError(f"leave_one_out=True needs the test images and labels to be the train ones (same order); "
                           f"got {te_x.shape[0]} test vs {tr_x.shape[0]} train images that differ")
-    self_index = True if leave_one_out else None
-    fkw = dict(batch_size=batch_size, amp=amp, cache_dir=cache_dir, progress=progress)
-    tr_f = extract_features(encoder, tr_x, mean, std, **fkw)
-    te_f = extract_features(encoder, te_x, mean, std, **fkw)
-    c = int(num_classes or max(int(tr_y.max()), int(te_y.max())) + 1)
-    out = {"num_train": tr_x.shape[0], "num_test": te_x.shape[0], "dim": tr_f.shape[1]}
-    classifier = None
+    ctx = EvalContext(encoder, mean, std, (tr_x, tr_y), (te_x, te_y), num_classes=num_classes,
+                      batch_size=batch_size, amp=amp, seed=seed, progress=progress, cache_dir=cache_dir,
+                      classes=classes, test_groups=test_groups, group_names=group_names, leave_one_out=leave_one_out)
+    chosen: list[Evaluator] = []
     if knn:
-        out["knn"] = knn_evaluate(tr_f, tr_y, te_f, te_y, ks=ks, temperature=temperature, num_classes=c,
-                                  self_index=self_index, **(knn_kw or {}))
-        if test_groups is not None:
-            pred = predictions(knn_classify(tr_f, tr_y, te_f, ks[0], temperature, c, self_index=self_index,
-                                            **(knn_kw or {})))
-            out["knn"]["groups"] = group_metrics(pred, te_y, test_groups, classes, group_names)
+        kw = knn_kw or {}
+        chosen.append(KnnEvaluator("knn", KnnEvaluator.Config(
+            k=list(ks), temperature=temperature, index=kw.get("index", "flat"), nlist=kw.get("nlist") or 0,
+            nprobe=kw.get("nprobe", 16))))
     if linear:
-        r = linear_probe(tr_f, tr_y, te_f, te_y, num_classes=c, seed=seed, **(linear_kw or {}))
-        classifier = r.pop("classifier")
-        out["linear"] = r
-        if test_groups is not None:
-            with torch.no_grad():
-                pred = predictions(classifier(te_f))
-            out["linear"]["groups"] = group_metrics(pred, te_y, test_groups, classes, group_names)
+        chosen.append(LinearEvaluator("linear", LinearEvaluator.Config(**(linear_kw or {}))))
     if tta:
-        if classifier is not None:
-            out["tta"] = {"head": "linear", **tta_evaluate(encoder, classifier, te_x, te_y, mean, std, views=tta_views,
-                                                             outputs="logits", batch_size=batch_size)}
-        else:
-            head = knn_head(tr_f, tr_y, ks[0], temperature, c)
-            out["tta"] = {"head": f"knn k={ks[0]}", **tta_evaluate(encoder, head, te_x, te_y, mean, std, views=tta_views,
-                                                                    outputs="scores", batch_size=batch_size)}
+        chosen.append(TtaEvaluator("tta", TtaEvaluator.Config(views=tta_views, k=ks[0], temperature=temperature)))
     if invariance:
-        out["invariance"] = invariance_probe(encoder, te_x[:invariance_images], mean, std, batch_size=batch_size,
-                                             seed=seed, amp=amp, ops=invariance_ops or None)
-    return out
+        chosen.append(InvarianceEvaluator("invariance", InvarianceEvaluator.Config(
+            images=invariance_images, ops=list(invariance_ops or []))))
+    return run_evaluators(ctx, chosen + list(evaluators))
 
 
-def _pct(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+def evaluators_from_config(eval_cfg, final: bool = True) -> list[Evaluator]:
+    """The evaluators a recipe's [eval] section turns on, in order: knn (eval.final_knn with knn_k,
+    knn_temperature, knn_index, knn_nlist, knn_nprobe), linear, tta, invariance (+ invariance_ops), then
+    every `eval.<name>` of `eval_cfg.evaluators` (true or a table of its keys). final=False: only those with
+    `every` > 0 (the per-epoch ones)."""
+    fields = [f.name for f in dataclasses.fields(type(eval_cfg)) if f.name != "evaluators"]
+    for name in eval_cfg.evaluators:
+        if name not in EVALUATORS:
+            raise SslAugError(f"recipe key 'eval.{name}': unknown key;{did_you_mean(name, fields + list_evaluators())}"
+                              f" allowed: {', '.join(fields)}, or an evaluator: {', '.join(list_evaluators())}")
+    chosen: list[Evaluator] = []
+    tables = dict(eval_cfg.evaluators)
+    if eval_cfg.final_knn or "knn" in tables:
+        table = {"k": [eval_cfg.knn_k], "temperature": eval_cfg.knn_temperature, "index": eval_cfg.knn_index,
+                 "nlist": eval_cfg.knn_nlist, "nprobe": eval_cfg.knn_nprobe}
+        table.update(tables.pop("knn", {}) if isinstance(tables.get("knn"), dict) else tables.pop("knn", None) or {})
+        chosen.append(build_evaluator("knn", table))
+    for name, on in (("linear", eval_cfg.linear), ("tta", eval_cfg.tta), ("invariance", eval_cfg.invariance)):
+        if on or name in tables:
+            table = tables.pop(name, True)
+            if name == "invariance" and eval_cfg.invariance_ops:
+                table = {"ops": list(eval_cfg.invariance_ops), **(table if isinstance(table, dict) else {})}
+            if table is not False:
+                chosen.append(build_evaluator(name, table))
+    chosen += [build_evaluator(name, table) for name, table in tables.items() if table is not False]
+    return chosen if final else [e for e in chosen if e.config.every > 0]
 
 
 def format_report(results: dict) -> str:
     """Markdown summary of evaluate_encoder's result: a metrics table (+ the invariance table)."""
-    rows = []
-    if "knn" in results:
-        r = results["knn"]
-        how = ", leave-one-out" if r.get("leave_one_out") else ""
-        if "ivf_agreement" in r:
-            how += (f", IVF index: top-1 agrees with exact search on {100 * r['ivf_agreement']:.1f}% of "
-                    f"{r['ivf_agreement_queries']} sampled queries")
-        for k, m in r["by_k"].items():
-            rows.append((f"kNN (k={k}, T={r['temperature']:g}{how})", _pct(m["top1"]), _pct(m["top5"]), "-"))
-    if "linear" in results:
-        m = results["linear"]
-        rows.append((f"linear probe (wd={m['weight_decay']:g})", _pct(m["top1"]), _pct(m["top5"]), f"{m['ece']:.4f}"))
-    if "tta" in results:
-        m = results["tta"]
-        rows.append((f"TTA {m['views']} ({m['head']}): without", _pct(m["top1"]), _pct(m["top5"]), f"{m['ece']:.4f}"))
-        rows.append((f"TTA {m['views']} ({m['head']}): with", _pct(m["top1_tta"]), _pct(m["top5_tta"]), f"{m['ece_tta']:.4f}"))
+    rows, sections = [], []
+    for name, result in results.items():
+        if name in list_evaluators() and isinstance(result, dict):
+            evaluator = get_evaluator(name)(name)
+            rows += evaluator.rows(result)
+            if evaluator.section(result):
+                sections.append(evaluator.section(result))
     if "finetune" in results:
         m = results["finetune"]
-        rows.append((f"fine-tuned (mix={m['config']['mix']}, {m['num_labelled']} labels)", _pct(m["top1"]),
-                     _pct(m["top5"]), f"{m['ece']:.4f}"))
+        rows.append((f"fine-tuned (mix={m['config']['mix']}, {m['num_labelled']} labels)", pct(m["top1"]),
+                     pct(m["top5"]), f"{m['ece']:.4f}"))
         if "tta" in m:
-            rows.append((f"fine-tuned + TTA {m['tta']['views']}", _pct(m["tta"]["top1"]), _pct(m["tta"]["top5"]),
+            rows.append((f"fine-tuned + TTA {m['tta']['views']}", pct(m["tta"]["top1"]), pct(m["tta"]["top5"]),
                          f"{m['tta']['ece']:.4f}"))
     lines = ["| evaluation | top-1 % | top-5 % | ECE |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     text = "\n".join(lines)
     if group_table(results):
         text += "\n\nSubgroups (accuracy per (class, group) cell):\n\n" + group_table(results)
-    if "invariance" in results:
-        text += "\n\nInvariance (1 = invariant, 0 = as different as a random image):\n\n"
-        text += invariance_table({"encoder": results["invariance"]})
+    for section in sections:
+        text += "\n\n" + section
     return text
+
+
+def flat_results(report: dict) -> dict:
+    """A nested report -> the flat scalar metrics ablation tables compare (each evaluator's `flat`: e.g.
+    knn_top1, linear_ece, invariance_<family>, and with subgroups knn_/linear_worst_group_acc, _mean_gap,
+    _max_gap)."""
+    flat = {}
+    for name, result in report.items():
+        if name in list_evaluators() and isinstance(result, dict):
+            flat.update(get_evaluator(name)(name).flat(result))
+    for section in ("knn", "linear"):  # subgroup metrics (data sets with groups)
+        for key in ("worst_group_acc", "mean_gap", "max_gap"):
+            if key in ((report.get(section) or {}).get("groups") or {}):
+                flat[f"{section}_{key}"] = report[section]["groups"][key]
+    return flat

@@ -10,6 +10,8 @@ and +h). Any registered augmentation op, or any kornia.augmentation 2-D op, can 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from typing import Callable
 
 import torch
@@ -17,6 +19,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, register_evaluator
 from ssl_aug.evaluation.features import check_images, extract_features
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -154,3 +157,25 @@ def invariance_table(results: dict[str, dict]) -> str:
         lines.append(f"| {fam} | " + " | ".join(cells) + " |")
     lines.append("| (sim of random pairs) | " + " | ".join(f"{results[n]['sim_rand']:.3f}" for n in names) + " |")
     return "\n".join(lines)
+
+
+@register_evaluator("invariance")
+class InvarianceEvaluator(Evaluator):
+    """Invariance probe on the first `images` queries: per transform family, how close an image's
+    features stay to its transformed version's (1 = invariant, 0 = as far as a random image)."""
+
+    @dataclass
+    class Config(EvaluatorConfig):
+        images: int = 1000
+        ops: list = field(default_factory=list)  # also probe these registered / kornia ops by name
+
+    def run(self, ctx) -> dict:
+        return invariance_probe(ctx.encoder, ctx.test[0][:self.config.images], ctx.mean, ctx.std,
+                                batch_size=ctx.batch_size, seed=ctx.seed, amp=ctx.amp, ops=self.config.ops or None)
+
+    def section(self, result: dict) -> str:
+        return ("Invariance (1 = invariant, 0 = as different as a random image):\n\n"
+                + invariance_table({"encoder": result}))
+
+    def flat(self, result: dict) -> dict:
+        return {f"invariance_{family}": v["score"] for family, v in (result.get("families") or {}).items()}

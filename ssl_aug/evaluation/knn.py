@@ -14,6 +14,8 @@ self_index so that a query never votes for itself (similarity 1, weight e^(1/T))
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import math
 import warnings
 from typing import Sequence
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, pct, register_evaluator
 from ssl_aug.evaluation.knn_exact import finish
 
 INDEXES = ("flat", "ivf")
@@ -258,3 +261,40 @@ def knn_evaluate(train_f, train_y, test_f, test_y, ks: Sequence[int] = (200,), t
         out["ivf_agreement"] = float((approx_pred == next(iter(exact.values())).argmax(1)).double().mean())
         out["ivf_agreement_queries"] = m
     return out
+
+
+@register_evaluator("knn")
+class KnnEvaluator(Evaluator):
+    """Weighted kNN (Wu et al. 2018) on L2-normalised features: top-1 / top-5 per k, per class, and with
+    subgroup labels the accuracy per (class, group). Leave-one-out when the queries are the bank."""
+
+    @dataclass
+    class Config(EvaluatorConfig):
+        k: list = field(default_factory=lambda: [200])  # one k or several (the first is the headline)
+        temperature: float = 0.1
+        index: str = "flat"  # "ivf": faiss IVF (approximate; agreement with exact search reported)
+        nlist: int = 0
+        nprobe: int = 16
+
+    def run(self, ctx) -> dict:
+        c = self.config
+        ks = tuple(c.k) if isinstance(c.k, (list, tuple)) else (int(c.k),)
+        kw = {"index": c.index, "nlist": c.nlist or None, "nprobe": c.nprobe,
+              "self_index": True if ctx.leave_one_out else None}
+        tr_f, te_f = ctx.features("train"), ctx.features("test")
+        out = knn_evaluate(tr_f, ctx.train[1], te_f, ctx.test[1], ks=ks, temperature=c.temperature,
+                           num_classes=ctx.num_classes, **kw)
+        if ctx.test_groups is not None:
+            from ssl_aug.evaluation.groups import group_metrics, predictions
+
+            pred = predictions(knn_classify(tr_f, ctx.train[1], te_f, ks[0], c.temperature, ctx.num_classes, **kw))
+            out["groups"] = group_metrics(pred, ctx.test[1], ctx.test_groups, ctx.classes, ctx.group_names)
+        return out
+
+    def rows(self, r: dict) -> list:
+        how = ", leave-one-out" if r.get("leave_one_out") else ""
+        if "ivf_agreement" in r:
+            how += (f", IVF index: top-1 agrees with exact search on {100 * r['ivf_agreement']:.1f}% of "
+                    f"{r['ivf_agreement_queries']} sampled queries")
+        return [(f"kNN (k={k}, T={r['temperature']:g}{how})", pct(m["top1"]), pct(m["top5"]), "-")
+                for k, m in r["by_k"].items()]

@@ -5,6 +5,8 @@ features every epoch from augmented images."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from typing import Callable, Sequence
 
 import torch
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, pct, register_evaluator
 from ssl_aug.evaluation.calibration import expected_calibration_error, negative_log_likelihood
 from ssl_aug.evaluation.features import check_images, encode, extract_features
 from ssl_aug.evaluation.knn import classification_metrics
@@ -165,3 +168,35 @@ def linear_probe_augmented(encoder: nn.Module, mean, std, train_images: torch.Te
     val, ep = _fit(model, batches, clean_tr[va], ty[va], epochs, lr, weight_decay, patience)
     return {**_report(model, qf, qy, c), "val_top1": val, "weight_decay": float(weight_decay), "epochs": ep,
             "classifier": model}
+
+
+@register_evaluator("linear")
+class LinearEvaluator(Evaluator):
+    """Linear probe on frozen, precomputed features (weight-decay sweep, early stopping on a held-out
+    part of the bank): top-1 / top-5, per class, ECE; its classifier is shared with later evaluators (TTA)."""
+
+    @dataclass
+    class Config(EvaluatorConfig):
+        epochs: int = 100
+        lr: float = 0.05
+        weight_decays: list = field(default_factory=lambda: [0.0, 1e-5, 1e-4, 1e-3])
+        val_fraction: float = 0.1
+        patience: int = 10
+
+    def run(self, ctx) -> dict:
+        c = self.config
+        te_f = ctx.features("test")
+        r = linear_probe(ctx.features("train"), ctx.train[1], te_f, ctx.test[1], num_classes=ctx.num_classes,
+                         epochs=c.epochs, lr=c.lr, weight_decays=tuple(c.weight_decays), val_fraction=c.val_fraction,
+                         patience=c.patience, seed=ctx.seed)
+        classifier = ctx.shared["linear_classifier"] = r.pop("classifier")
+        if ctx.test_groups is not None:
+            from ssl_aug.evaluation.groups import group_metrics, predictions
+
+            with torch.no_grad():
+                pred = predictions(classifier(te_f))
+            r["groups"] = group_metrics(pred, ctx.test[1], ctx.test_groups, ctx.classes, ctx.group_names)
+        return r
+
+    def rows(self, m: dict) -> list:
+        return [(f"linear probe (wd={m['weight_decay']:g})", pct(m["top1"]), pct(m["top5"]), f"{m['ece']:.4f}")]

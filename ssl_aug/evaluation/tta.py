@@ -4,6 +4,8 @@ probabilities averaged over views."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Callable
 
 import torch
@@ -11,6 +13,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, pct, register_evaluator
 from ssl_aug.evaluation.calibration import expected_calibration_error
 from ssl_aug.evaluation.features import check_images, encode, normalize_images
 from ssl_aug.evaluation.knn import classification_metrics, knn_classify
@@ -75,3 +78,32 @@ def tta_evaluate(encoder: nn.Module, head, images_uint8: torch.Tensor, labels, m
     return {"top1": a["top1"], "top1_tta": b["top1"], "top5": a["top5"], "top5_tta": b["top5"],
             "delta": b["top1"] - a["top1"], "ece": expected_calibration_error(plain, labels),
             "ece_tta": expected_calibration_error(tta, labels), "views": views}
+
+
+@register_evaluator("tta")
+class TtaEvaluator(Evaluator):
+    """Test-time augmentation (10-crop + flip by default): accuracy and ECE with and without, through the
+    linear probe's classifier when the linear evaluator ran before, else through kNN votes."""
+
+    @dataclass
+    class Config(EvaluatorConfig):
+        views: str = "ten_crop"
+        k: int = 200  # kNN head (when no linear classifier is available)
+        temperature: float = 0.1
+
+    def run(self, ctx) -> dict:
+        c = self.config
+        te_x, te_y = ctx.test
+        classifier = ctx.shared.get("linear_classifier")
+        if classifier is not None:
+            return {"head": "linear", **tta_evaluate(ctx.encoder, classifier, te_x, te_y, ctx.mean, ctx.std,
+                                                     views=c.views, outputs="logits", batch_size=ctx.batch_size)}
+        knn = ctx.results.get("knn") or {}
+        k, t = knn.get("k", c.k), knn.get("temperature", c.temperature)
+        head = knn_head(ctx.features("train"), ctx.train[1], k, t, ctx.num_classes)
+        return {"head": f"knn k={k}", **tta_evaluate(ctx.encoder, head, te_x, te_y, ctx.mean, ctx.std,
+                                                       views=c.views, outputs="scores", batch_size=ctx.batch_size)}
+
+    def rows(self, m: dict) -> list:
+        return [(f"TTA {m['views']} ({m['head']}): without", pct(m["top1"]), pct(m["top5"]), f"{m['ece']:.4f}"),
+                (f"TTA {m['views']} ({m['head']}): with", pct(m["top1_tta"]), pct(m["top5_tta"]), f"{m['ece_tta']:.4f}")]

@@ -5,7 +5,8 @@ sampling and export rely on). A new method is one file with ``@register_method("
 import line here.
 """
 
-from ssl_aug.methods.base import METHODS, Method, build_method, method_options, register_method
+from ssl_aug.methods.base import (METHODS, Method, build_method, get_method, list_methods, method_options,
+                                 register_method)
 from ssl_aug.methods.simclr import SimCLR
 from ssl_aug.methods.swav import SwAV
 from ssl_aug.methods.byol import BYOL
@@ -16,4 +17,4 @@ from ssl_aug.methods.moco_v2 import MoCoV2  # noqa: F401
 from ssl_aug.methods.moco_v3 import MoCoV3  # noqa: F401
 from ssl_aug.methods.nnclr import NNCLR  # noqa: F401
 
-__all__ = ["METHODS", "Method", "build_method", "method_options", "register_method", "SimCLR", "SwAV", "BYOL"]
+__all__ = ["METHODS", "Method", "build_method", "get_method", "list_methods", "method_options", "register_method", "SimCLR", "SwAV", "BYOL"]

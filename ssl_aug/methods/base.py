@@ -26,11 +26,12 @@ import torch
 import torch.nn as nn
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import Registry
 
-__all__ = ["Method", "METHODS", "register_method", "method_options", "build_method", "encode_views",
+__all__ = ["Method", "METHODS", "register_method", "list_methods", "get_method", "method_options", "build_method", "encode_views",
            "check_views", "require", "preserved_norm_buffers", "step_generator"]
 
-METHODS: dict[str, type["Method"]] = {}
+METHODS = Registry("method")
 
 
 def register_method(name: str):
@@ -39,9 +40,18 @@ def register_method(name: str):
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"register_method({name!r}) expects a Method subclass, got {cls!r}")
         cls.name = name
-        METHODS[name] = cls
-        return cls
+        return METHODS.register(name, cls, replace=True)
     return add
+
+
+def list_methods() -> list[str]:
+    """Registered method names, in registration order."""
+    return METHODS.names()
+
+
+def get_method(name: str) -> type["Method"]:
+    """The Method subclass registered as `name` (one-line error with the choices otherwise)."""
+    return METHODS.get(name)
 
 
 class Method(nn.Module):
@@ -79,9 +89,7 @@ class Method(nn.Module):
 
 def method_options(name: str) -> dict[str, object]:
     """Keyword options of a method and their defaults (everything but ``backbone``)."""
-    if name not in METHODS:
-        raise SslAugError(f"unknown method {name!r}: use one of {', '.join(sorted(METHODS))}")
-    params = inspect.signature(METHODS[name].__init__).parameters
+    params = inspect.signature(get_method(name).__init__).parameters
     return {k: p.default for k, p in params.items() if k not in ("self", "backbone")}
 
 

@@ -15,11 +15,12 @@ from typing import Callable
 import torch.nn as nn
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import Registry
 from ssl_aug.models.external import timm_backbone, torchvision_backbone
 from ssl_aug.models.heads import ProjectionHead, Prototypes
 from ssl_aug.models.resnet import cifar_resnet18, resnet18, resnet50
 
-__all__ = ["BACKBONES", "build_backbone", "backbone_args_for", "ProjectionHead", "Prototypes"]
+__all__ = ["BACKBONES", "register_backbone", "list_backbones", "get_backbone", "build_backbone", "backbone_args_for", "ProjectionHead", "Prototypes"]
 PREFIXED = {"torchvision": torchvision_backbone, "timm": timm_backbone}
 
 
@@ -37,12 +38,22 @@ def small_cnn(**kw) -> nn.Module:
     return _small_cnn_class()(**kw)
 
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "cifar_resnet18": cifar_resnet18,
-    "resnet18": resnet18,
-    "resnet50": resnet50,
-    "small_cnn": small_cnn,
-}
+BACKBONES = Registry("backbone")
+register_backbone = BACKBONES.register
+register_backbone("cifar_resnet18", cifar_resnet18)
+register_backbone("resnet18", resnet18)
+register_backbone("resnet50", resnet50)
+register_backbone("small_cnn", small_cnn)
+
+
+def list_backbones() -> list[str]:
+    """Registered backbone names (besides torchvision:NAME and timm:NAME)."""
+    return BACKBONES.names()
+
+
+def get_backbone(name: str) -> Callable[..., nn.Module]:
+    """The builder registered as `name` (one-line error with the choices otherwise)."""
+    return BACKBONES.get(name)
 
 
 def _is_backbone_name(name: str) -> bool:
@@ -69,7 +80,7 @@ def build_backbone(name: str, **kw) -> nn.Module:
     if name not in BACKBONES:
         raise SslAugError(f"unknown backbone {name!r}: use one of {', '.join(sorted(BACKBONES))}, "
                           f"torchvision:NAME or timm:NAME")
-    builder = BACKBONES[name]
+    builder = get_backbone(name)
     if builder is small_cnn:
         builder = _small_cnn_class()
     params = {k: p for k, p in inspect.signature(builder).parameters.items() if k != "self"}

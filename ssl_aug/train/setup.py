@@ -17,16 +17,17 @@ from torch import nn
 
 from ssl_aug import distributed as dist
 from ssl_aug.config import Config
-from ssl_aug.data import BatchSource, ImageDataset, ShardStream, load_dataset
+from ssl_aug.data import ImageDataset, get_source, load_dataset
 from ssl_aug.data.subset import balanced_subset
 from ssl_aug.device import resolve_device
 from ssl_aug.errors import SslAugError
 from ssl_aug.methods import build_method
 from ssl_aug.models import backbone_args_for, build_backbone
 from ssl_aug.optim import build_optimizer, warmup_cosine
+from ssl_aug.schedules import parse_schedule
 
 __all__ = ["tune_allocator", "load_training_data", "build_model", "autocast", "training_device", "check_fits_device",
-           "build_source", "stream_shards", "build_optimization", "DEVICE_DATA_SHARE"]
+           "build_source", "build_optimization", "build_schedules", "apply_schedules", "DEVICE_DATA_SHARE"]
 
 DEVICE_DATA_SHARE = 0.5  # the training set may take at most this share of the GPU's free memory
 
@@ -98,45 +99,51 @@ def check_fits_device(num_bytes: int, device: torch.device, what: str) -> None:
                           "(npz shards), data.subset, or a smaller image size")
 
 
-def stream_shards(cfg: Config) -> list[Path]:
-    """The npz shards data.stream reads: data set `npz` (shards of data.split in data.root) or
-    cifar10/cifar100 stored as <name>_<split>*.npz shards."""
-    from ssl_aug.data import default_root
-    from ssl_aug.data.npz import find_split_shards, sorted_shards
-
-    name, split = cfg.data.name, cfg.data.split
-    root = Path(cfg.data.root).expanduser() if cfg.data.root else None
-    if name == "npz":
-        if root is None or not root.is_dir():
-            raise SslAugError(f"data.stream with data.name = 'npz' needs data.root = a folder of .npz shards, got {root}")
-        shards = find_split_shards(root, split)
-    elif name in ("cifar10", "cifar100"):
-        base = root or default_root()
-        shards = next((found for folder in (base, base / name)
-                       if (found := sorted_shards(folder.glob(f"{name}_{split}*.npz")))), [])
-    else:
-        raise SslAugError(f"data.stream = true is not supported for data.name = {name!r}; allowed: npz, cifar10, "
-                          "cifar100 (pack an image folder with `ssl-aug data pack`, then use data.name = 'npz')")
-    if not shards:
-        raise SslAugError(f"data.stream found no .npz shards of split {split!r} for data set {name!r} "
-                          f"(root {root or default_root()})")
-    return shards
-
-
 def build_source(cfg: Config, data: ImageDataset | None, device: torch.device, rank: int, world_size: int):
-    """The batch source: device-resident BatchSource, or ShardStream when data.stream is set
-    (then `data` is ignored). Refuses a resident set that will not fit the GPU."""
-    batch = cfg.train.batch_size // world_size
-    if cfg.data.stream:
-        if cfg.data.subset:
-            raise SslAugError(f"data.subset = {cfg.data.subset} cannot be combined with data.stream = true; "
-                              "drop one of them")
-        return ShardStream(stream_shards(cfg), batch_size=batch, seed=cfg.seed, rank=rank, world_size=world_size,
-                           drop_last=True, device=device)
-    check_fits_device(data.images.numel() * data.images.element_size(), device,
-                      f"the training set ({len(data)} images of {tuple(data.images.shape[1:])})")
-    return BatchSource(data.images, batch_size=batch, seed=cfg.seed, rank=rank, world_size=world_size,
-                       drop_last=True, device=device)
+    """The training DataSource of the recipe's data set (ssl_aug.data.source): a device-resident
+    BatchSource over `data`, or the source's stream when data.stream is set (then `data` is ignored).
+    Refuses a resident set that will not fit the GPU."""
+    if cfg.data.stream and cfg.data.subset:
+        raise SslAugError(f"data.subset = {cfg.data.subset} cannot be combined with data.stream = true; "
+                          "drop one of them")
+    if not cfg.data.stream:
+        check_fits_device(data.images.numel() * data.images.element_size(), device,
+                          f"the training set ({len(data)} images of {tuple(data.images.shape[1:])})")
+    return get_source(cfg.data.name).batches(cfg.data, data, split=cfg.data.split,
+                                             batch_size=cfg.train.batch_size // world_size, seed=cfg.seed,
+                                             rank=rank, world_size=world_size, device=device)
+
+
+def build_schedules(cfg: Config, method: nn.Module, optimizer) -> dict:
+    """The recipe's schedules (ssl_aug.schedules) checked against what they drive: a method key must be
+    a plain float attribute of the method; train.momentum needs an optimiser with momentum."""
+    schedules = {key: parse_schedule(key, table) for key, table in cfg.schedules.items()}
+    for key in schedules:
+        section, name = key.split(".", 1)
+        if section == "method":
+            value = getattr(method, name, None)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SslAugError(f"recipe key '{key}' cannot follow a schedule: method {cfg.method['name']!r} has "
+                                  f"no float hyperparameter {name!r} read at step time")
+        elif name == "momentum" and "momentum" not in optimizer.param_groups[0]:
+            raise SslAugError(f"recipe key 'train.momentum' cannot follow a schedule with train.optimizer = "
+                              f"{cfg.train.optimizer!r}; allowed with: sgd, lars")
+    return schedules
+
+
+def apply_schedules(schedules: dict, method: nn.Module, optimizer, step: int, steps_per_epoch: int,
+                    total_steps: int) -> dict:
+    """Set every scheduled value for optimiser step `step` (Python floats: no device work). train.* keys
+    set the decayed parameter group (group 0). -> {key: value}."""
+    values = {}
+    for key, sched in schedules.items():
+        value = values[key] = sched.at(step, steps_per_epoch, total_steps)
+        section, name = key.split(".", 1)
+        if section == "method":
+            setattr(method, name, value)
+        else:
+            optimizer.param_groups[0][name] = value
+    return values
 
 
 def build_optimization(cfg: Config, method: nn.Module, steps_per_epoch: int, device: torch.device):

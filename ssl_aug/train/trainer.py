@@ -27,8 +27,8 @@ from ssl_aug.errors import SslAugError
 from ssl_aug.io import atomic_write_json
 from ssl_aug.train.hard_views import hard_views
 from ssl_aug.train.metrics import MetricsLog, StepTimer
-from ssl_aug.train.setup import (autocast, build_model, build_optimization, build_source, load_training_data,
-                                 training_device, tune_allocator)
+from ssl_aug.train.setup import (apply_schedules, autocast, build_model, build_optimization, build_schedules,
+                                 build_source, load_training_data, training_device, tune_allocator)
 from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted
 from ssl_aug.train.state import load_trainer_state, trainer_state
 
@@ -88,6 +88,8 @@ class Trainer:
         self.steps_per_epoch = len(self.source)
         self.optimizer, self.scheduler, self.scaler, self.total_steps = build_optimization(
             cfg, self.method, self.steps_per_epoch, self.device)
+        self.schedules = build_schedules(cfg, self.method, self.optimizer)
+        self.scheduled_values: dict[str, float] = {}  # the values of the last step (logged)
         self.step = 0
         self.epoch = 0
         self.history: list[dict] = []
@@ -178,8 +180,7 @@ class Trainer:
         self.epoch += 1
         self.source.set_epoch(self.epoch)
         record = {"type": "epoch", "epoch": self.epoch, "step": self.step, **self._epoch_stats}
-        knn_every = self.cfg.eval.knn_every
-        if self.is_main and self.callbacks and knn_every and self.epoch % knn_every == 0:  # rank 0 only
+        if self.is_main and self.callbacks:  # rank 0 only; each callback decides whether this epoch is its turn
             for callback in self.callbacks:
                 record.update(callback(self, self.epoch))
             self.model.train()
@@ -225,6 +226,9 @@ class Trainer:
     def optimize(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """One optimiser step on a list of views: forward (AMP), backward, clip, step, schedule."""
         cfg = self.cfg.train
+        if self.schedules:
+            self.scheduled_values = apply_schedules(self.schedules, self.method, self.optimizer, self.step, self.steps_per_epoch,
+                            self.total_steps)
         with autocast(self.device, cfg.amp):
             loss, stats = self.model(views, step=self.step, epoch=self.epoch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -244,7 +248,7 @@ class Trainer:
         record = {"type": "step", "step": self.step, "epoch": self.epoch,
                   "lr": self.optimizer.param_groups[0]["lr"], **{k: float(v) for k, v in stats.items()},
                   "img_per_s": images_seen * self.world_size / max(now - window_start, 1e-9),
-                  "view_time_share": timer.view_share()}
+                  "view_time_share": timer.view_share(), **self.scheduled_values}
         record["loss"] = self._last_loss = float(loss.detach())
         self.metrics.append(record)
         for message in self.method.health_messages(stats) if self.is_main else ():

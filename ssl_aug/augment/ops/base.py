@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from ssl_aug.errors import SslAugError
+from ssl_aug.registry import Registry
 
 _CONSTANTS: dict = {}
 
@@ -83,19 +84,22 @@ class Op:
         return [self.name] if self.nested else [f.name for f in dataclasses.fields(self.config)]
 
 
-OPS: dict[str, Op] = {}
+OPS = Registry("augmentation op")
 
 
-def register_op(op: Op) -> Op:
-    """Add an op to the registry (by `op.name`); its fields become ViewSpec fields. Returns the op."""
+def register_op(op: Op | type) -> Op | type:
+    """Add an op to the registry (by `op.name`); its fields become ViewSpec fields. Takes an Op instance
+    (returned) or, as a class decorator, an Op subclass (registered as an instance, class returned)."""
+    if isinstance(op, type) and issubclass(op, Op):
+        register_op(op())
+        return op
     if not isinstance(op, Op) or not op.name or not dataclasses.is_dataclass(op.config):
         raise SslAugError(f"register_op: {op!r} is not allowed; use an Op instance with a name and a dataclass config")
     taken = {f for o in OPS.values() if o.name != op.name for f in o.fields()} | {"mean", "std"}
     clash = sorted(set(op.fields()) & taken)
     if clash:
         raise SslAugError(f"register_op: op {op.name!r} field {clash[0]!r} is already a view field; rename it")
-    OPS[op.name] = op
-    return op
+    return OPS.register(op.name, op, replace=True)
 
 
 def list_ops() -> list[str]:
@@ -104,9 +108,7 @@ def list_ops() -> list[str]:
 
 
 def get_op(name: str) -> Op:
-    if name not in OPS:
-        raise SslAugError(f"unknown augmentation op {name!r}; allowed: {', '.join(OPS)}")
-    return OPS[name]
+    return OPS.get(name)
 
 
 # ---- shared validation helpers for op configs ---------------------------------------------------
