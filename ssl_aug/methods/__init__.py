@@ -16,5 +16,6 @@ from ssl_aug.methods.barlow_twins import BarlowTwins  # noqa: F401
 from ssl_aug.methods.moco_v2 import MoCoV2  # noqa: F401
 from ssl_aug.methods.moco_v3 import MoCoV3  # noqa: F401
 from ssl_aug.methods.nnclr import NNCLR  # noqa: F401
+from ssl_aug.methods.dino import DINO  # noqa: F401
 
 __all__ = ["METHODS", "Method", "build_method", "get_method", "list_methods", "method_options", "register_method", "SimCLR", "SwAV", "BYOL"]
