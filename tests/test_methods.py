@@ -44,10 +44,11 @@ def swav(**kw):
 
 
 def test_registry_and_option_errors():
-    assert set(METHODS) == {"simclr", "swav", "byol"}
+    assert set(METHODS) == {"simclr", "swav", "byol", "simsiam", "vicreg", "barlow_twins", "moco_v2", "moco_v3",
+                            "nnclr", "dino"}
     assert "temperature" in method_options("simclr") and "queue_length" in method_options("swav")
-    with pytest.raises(SslAugError, match=r"unknown method 'dino'.*byol, simclr, swav"):
-        build_method("dino", Tiny())
+    with pytest.raises(SslAugError, match=r"unknown method 'mocov2'; did you mean 'moco_v2'\?.*simclr, simsiam, swav"):
+        build_method("mocov2", Tiny())
     with pytest.raises(SslAugError, match=r"option\(s\) tau for method 'simclr': allowed .*temperature"):
         build_method("simclr", Tiny(), tau=0.5)
     with pytest.raises(SslAugError, match=r"method.temperature. must be > 0, got 0"):

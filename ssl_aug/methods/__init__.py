@@ -10,5 +10,12 @@ from ssl_aug.methods.base import (METHODS, Method, build_method, get_method, lis
 from ssl_aug.methods.simclr import SimCLR
 from ssl_aug.methods.swav import SwAV
 from ssl_aug.methods.byol import BYOL
+from ssl_aug.methods.simsiam import SimSiam  # noqa: F401
+from ssl_aug.methods.vicreg import VICReg  # noqa: F401
+from ssl_aug.methods.barlow_twins import BarlowTwins  # noqa: F401
+from ssl_aug.methods.moco_v2 import MoCoV2  # noqa: F401
+from ssl_aug.methods.moco_v3 import MoCoV3  # noqa: F401
+from ssl_aug.methods.nnclr import NNCLR  # noqa: F401
+from ssl_aug.methods.dino import DINO  # noqa: F401
 
 __all__ = ["METHODS", "Method", "build_method", "get_method", "list_methods", "method_options", "register_method", "SimCLR", "SwAV", "BYOL"]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import math
-
 import torch
 import torch.nn as nn
 
@@ -12,17 +9,13 @@ from ssl_aug.losses.byol import byol_loss
 from ssl_aug.losses.imix import imix_byol_loss
 from ssl_aug.methods.base import (Method, check_views, encode_views, preserved_norm_buffers, register_method,
                                   require)
+from ssl_aug.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from ssl_aug.methods.imix import MixedViews
 from ssl_aug.models.heads import ProjectionHead
 
 __all__ = ["BYOL", "target_momentum"]
 
-
-def target_momentum(steps_done: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
-    """BYOL's cosine schedule: tau = final - (final - base) * (cos(pi k / K) + 1) / 2 for the k-th update
-    (k = steps done before it, K = total steps): ``base`` at the first step, rising to ``final``."""
-    progress = min(max(steps_done, 0) / max(total_steps, 1), 1.0)
-    return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+target_momentum = cosine_momentum  # BYOL's schedule: 0.996 at the first update, rising to 1 by cosine
 
 
 @register_method("byol")
@@ -64,10 +57,8 @@ class BYOL(MixedViews, Method):
         self.backbone = backbone
         self.projector = ProjectionHead(backbone.feature_dim, proj_hidden_dim, proj_dim, proj_layers)
         self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, 2)
-        self.target_backbone = copy.deepcopy(backbone)
-        self.target_projector = copy.deepcopy(self.projector)
-        for p in self._target_parameters():
-            p.requires_grad_(False)
+        self.target_backbone = frozen_copy(backbone)
+        self.target_projector = frozen_copy(self.projector)
         self.base_momentum, self.final_momentum = float(base_momentum), float(final_momentum)
         self.register_buffer("momentum", torch.tensor(self.base_momentum, dtype=torch.float64))
         self.init_mix(mix)
@@ -115,9 +106,7 @@ class BYOL(MixedViews, Method):
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """EMA: target <- tau * target + (1 - tau) * online, tau = target_momentum(step - 1, total_steps)."""
         tau = target_momentum(step - 1, total_steps, self.base_momentum, self.final_momentum)
-        target, online = self._target_parameters(), self._online_parameters()
-        torch._foreach_mul_(target, tau)
-        torch._foreach_add_(target, online, alpha=1.0 - tau)
+        ema_update_(self._target_parameters(), self._online_parameters(), tau)
         self.momentum.fill_(tau)
 
     def health_messages(self, stats: dict) -> list[str]:
