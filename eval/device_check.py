@@ -86,9 +86,16 @@ def check_view_parity(device: torch.device, sizes: Sizes) -> list[Row]:
             params = views.sample(images, torch.Generator().manual_seed(0))
             reference = views.apply(images, params)
             on_device = views.apply(images.to(device), params)
-            diff = max(float((a - b.cpu()).abs().max()) for a, b in zip(reference, on_device))
-            rows.append(["view parity", f"{name} {mode}, CPU vs {device.type}", f"max abs diff {diff:.1e}",
-                         _status(diff <= 1e-4)])
+            gaps = torch.cat([(a - b.cpu()).abs().flatten() for a, b in zip(reference, on_device)])
+            diff, off = float(gaps.max()), float((gaps > 1 / 255).double().mean())
+            if name == "randaugment":  # kornia's discrete ops (posterize, solarize, equalize) may round a value
+                # that sits on a bin edge the other way on another device: count values more than 1/255 apart
+                rows.append(["view parity", f"{name} {mode}, CPU vs {device.type}",
+                             f"max abs diff {diff:.1e}, {100 * off:.3f}% of values > 1/255 apart",
+                             _status(off <= 1e-3)])
+            else:
+                rows.append(["view parity", f"{name} {mode}, CPU vs {device.type}", f"max abs diff {diff:.1e}",
+                             _status(diff <= 1e-4)])
     return rows
 
 
@@ -102,7 +109,8 @@ def check_sync_audit(device: torch.device, sizes: Sizes, tmp: Path) -> list[Row]
     """Every registered method (and streamed shards) for a few steps with no host<->device sync."""
     from device_sync import check_method_sync
 
-    return check_method_sync(device, sizes.train_batch, sizes.train_images, sizes.sync_steps, tmp, _dataset)
+    images = max(sizes.train_images, sizes.train_batch * (sizes.sync_steps + 2))  # warm-up + steps in one epoch
+    return check_method_sync(device, sizes.train_batch, images, sizes.sync_steps, tmp, _dataset)
 
 
 def _available(module: str) -> bool:
@@ -365,7 +373,7 @@ def run_checks(device: torch.device, sizes: Sizes) -> list[Row]:
                 if name == "trainer":
                     result, trained = result
             except Exception as exc:  # a failing check is a row, and the others still run
-                result = [[name, "raised", f"{type(exc).__name__}: {str(exc).splitlines()[0][:150]}", "FAIL"]]
+                result = [[name, "raised", f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:150]}", "FAIL"]]
             for row in result:
                 rows.append(row + [f"{time.perf_counter() - start:.1f}"])
                 print(" | ".join(str(c) for c in rows[-1]), flush=True)
@@ -382,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("device_check: CUDA is not available here; use --cpu-dry-run for the CPU dry run", file=sys.stderr)
         return 2
+    if device.type == "cuda":  # parity rows compare fp32 on both devices: TF32 (cuDNN's default) rounds to 10 bits
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     sizes = Sizes(dry=args.cpu_dry_run)
     start = time.perf_counter()
     rows = run_checks(device, sizes)

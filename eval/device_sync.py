@@ -100,7 +100,12 @@ def check_method_sync(device: torch.device, batch: int, images: int, steps: int,
     for what, cfg, train_data in cases:
         try:
             rows.append(["sync audit", f"{what}, amp {amp}, {mode}", run(cfg, train_data, steps), "ok"])
-        except Exception as exc:  # a sync raises (CUDA) or is reported (meta): the row names it
+        except Exception as exc:  # a sync raises (CUDA) or is reported (meta): the row names it and where
+            import traceback
+
+            where = [f"{Path(f.filename).name}:{f.lineno}" for f in traceback.extract_tb(exc.__traceback__)
+                     if "ssl_aug" in f.filename][-1:]
             rows.append(["sync audit", f"{what}, amp {amp}, {mode}",
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", "FAIL"])
+                         f"{type(exc).__name__}: {(str(exc).splitlines() or ['(no message)'])[0][:160]}"
+                         + (f" at {where[0]}" if where else ""), "FAIL"])
     return rows

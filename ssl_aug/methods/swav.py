@@ -141,14 +141,14 @@ class SwAV(Method):
                frozen: bool = False) -> dict[str, torch.Tensor]:
         k = codes.shape[1]
         entropy = -(codes * codes.clamp_min(1e-12).log()).sum(dim=1).mean()
-        used = torch.zeros(k, device=codes.device, dtype=torch.bool)
-        used[codes.argmax(dim=1)] = True
+        # a scatter with a scalar fill: `used[idx] = True` would upload the Python True and sync the stream
+        used = torch.zeros(k, device=codes.device).scatter_(0, codes.argmax(dim=1), 1.0)
         ln_k = math.log(k)
         return {
             "loss": loss,
             "code_entropy": entropy,
             "code_max": codes.max(dim=1).values.mean(),
-            "proto_usage": used.float().mean(),
+            "proto_usage": used.mean(),
             "collapse": ((loss - ln_k).abs() <= 0.01 * ln_k).float() * (not frozen),
             "queue_used": torch.full((), float(queue_used), device=loss.device),  # a device fill, no upload
         }
