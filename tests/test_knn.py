@@ -285,7 +285,7 @@ def test_knn_monitor_leaves_queries_out_of_their_own_vote():
 
 def test_eval_command_line_reaches_the_ivf_index():
     from ssl_aug.cli import build_parser
-    from ssl_aug.workflows.evaluate_encoder import _knn_kw
+    from ssl_aug.cli.eval_run import _knn_kw
 
     parser = build_parser()
     args = parser.parse_args(["eval", "random:small_cnn", "--knn-index", "ivf", "--nlist", "8", "--nprobe", "2"])

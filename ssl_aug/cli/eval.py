@@ -19,7 +19,7 @@ def _count(text: str) -> int:
 
 
 def run(args) -> int:
-    from ssl_aug.workflows.evaluate_encoder import eval_command
+    from ssl_aug.cli.eval_run import eval_command  # imported on use: `ssl-aug --help` stays fast
 
     return eval_command(args)
 

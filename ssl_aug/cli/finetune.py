@@ -6,7 +6,7 @@ from ssl_aug.cli._common import add_command
 
 
 def run(args) -> int:
-    from ssl_aug.workflows.finetune_runner import finetune_command
+    from ssl_aug.cli.finetune_run import finetune_command  # imported on use: `ssl-aug --help` stays fast
 
     return finetune_command(args)
 
