@@ -41,6 +41,17 @@ def test_detector_sees_every_kind_of_transfer_and_names_the_line():
         audit.check("test")
 
 
+def test_detector_sees_a_python_scalar_written_at_tensor_indices():
+    """`used[idx] = True` uploads the Python value (it synced SwAV's step on an H200); a slice fill does not."""
+    used, idx = torch.zeros(5, device=D), torch.zeros(3, dtype=torch.long, device=D)
+    with SyncAudit() as audit:
+        used[idx] = True                      # index_put_ of a host scalar: an upload
+        used[1:3] = 0.0                       # a fill: nothing crosses
+        used.scatter_(0, idx, 1.0)            # the scalar is a kernel argument: nothing crosses
+    assert [e.kind for e in audit.events] == ["h2d_blocking"]
+    assert "Python scalar written" in audit.events[0].what
+
+
 def test_detector_names_the_library_line():
     from ssl_aug.augment.mix import _beta  # noqa: F401  (any library function that uploads will do)
     from ssl_aug.device import upload

@@ -131,6 +131,9 @@ class _FunctionLevel(TorchFunctionMode):
             parts = index if isinstance(index, tuple) else (index,)
             if any(isinstance(p, list) for p in parts):
                 self.audit.record("h2d_blocking", "indexing a device tensor with a Python list")
+            elif (func is torch.Tensor.__setitem__ and len(args) > 2 and isinstance(args[2], (bool, int, float))
+                  and any(isinstance(p, torch.Tensor) for p in parts)):  # index_put_ uploads the Python value
+                self.audit.record("h2d_blocking", "a Python scalar written into a device tensor at tensor indices")
         return func(*args, **kwargs)
 
 
