@@ -250,3 +250,56 @@ def test_run_from_before_auto_sync_batchnorm_still_resumes(tmp_path):
         Trainer(cfg, progress=False, train_data=_data()).fit(resume=True)
     cfg = _cfg(tmp_path, train={"max_steps": 2, "checkpoint_every": 1})
     assert Trainer(cfg, progress=False, train_data=_data()).fit(resume=True)["step"] == 2
+
+
+def _registered_source_batches(name, tmp):
+    """A DataSource of registered data set `name`, opened offline the way training opens it (None: it needs
+    files this machine does not have, e.g. STL-10 or CIFAR without SSL_AUG_DATA)."""
+    import os
+
+    from ssl_aug.config import DataConfig
+    from ssl_aug.data import get_source, load_dataset
+
+    def batches(data, dataset=None):
+        return lambda d: get_source(name).batches(data, dataset, split="train", batch_size=8, seed=0, rank=0,
+                                                  world_size=1, device=d)
+
+    if name == "embedded":
+        return batches(DataConfig(name=name), load_dataset(name, "train", n_per_class=4, size=16))
+    if name == "npz":
+        tmp.mkdir(parents=True)
+        for i in range(3):  # shards of the training split, as `ssl-aug data pack` names them
+            np.savez(tmp / f"train_{i}.npz", x=np.zeros((20, 8, 8, 3), np.uint8), y=np.zeros(20, np.int64))
+        return batches(DataConfig(name=name, root=str(tmp), stream=True))
+    if name == "cifar10" and os.environ.get("SSL_AUG_DATA"):
+        return batches(DataConfig(name=name, stream=True))
+    if name == "imagefolder":
+        from test_data_stream import make_tree
+
+        root = make_tree(tmp / "tree", n=32, classes=2)
+        return batches(DataConfig(name=name), load_dataset(name, "train", root=str(root), size=16,
+                                                           cache=str(tmp / "cache")))
+    if name == "shards":  # trains through ShardCropSource: per-view crops decoded in the workers
+        from ssl_aug.data.shard_pack import pack_shards
+        from ssl_aug.data.stream import ShardCropSource
+        from test_data_stream import make_tree
+
+        pack_shards(make_tree(tmp / "tree", n=32, classes=2), tmp / "packed", shard_size=8, workers=1, verbose=False)
+        plan = [(16, (0.08, 1.0), (3 / 4, 4 / 3))] * 2
+        return lambda d: ShardCropSource(tmp / "packed", plan, batch_size=8, workers=1, device=d, verbose=False)
+    return None
+
+
+def test_every_registered_data_source_batches_without_a_stall(tmp_path):
+    from ssl_aug.data import list_sources
+
+    needs_files = {"stl10", "cifar100", "cifar10"}  # opened only from local files (download needs a network)
+    audited = []
+    for name in list_sources():
+        make = _registered_source_batches(name, tmp_path / name)
+        if make is None:
+            assert name in needs_files, f"registered data source {name!r} has no offline audit case here"
+            continue
+        audit_source(make, batches=2).check(f"data source {name}", max_async_copies=8)
+        audited.append(name)
+    assert {"embedded", "npz", "imagefolder", "shards"} <= set(audited)
