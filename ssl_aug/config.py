@@ -195,7 +195,11 @@ def _pull_evaluators(data: dict) -> dict:
         return data
     fields = {f.name for f in dataclasses.fields(EvalConfig)}
     section = dict(section)
-    tables = dict(section.pop("evaluators", None) or {})
+    tables = section.pop("evaluators", None) or {}
+    if not isinstance(tables, dict):
+        raise SslAugError(f"recipe key 'eval.evaluators' = {tables!r} is not allowed; use a table of evaluator "
+                          "name = true | {its keys}, or write eval.NAME = ... directly")
+    tables = dict(tables)
     for key in list(section):
         value = section[key]
         if key not in fields or (key in ("linear", "tta", "invariance") and isinstance(value, dict)):

@@ -44,7 +44,7 @@ class Range:
 
 
 POSITIVE, NON_NEGATIVE, FRACTION = Range(0, low_open=True), Range(0), Range(0, 1)
-COUNT = Range(0, MAX_INT, low_open=True)  # at least one
+COUNT = Range(1, MAX_INT)  # at least one
 # The allowed range of every numeric recipe key of the typed sections (dotted name -> Range).
 RANGES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1),  # torch.manual_seed / numpy seeds; the trainer derives seed*1000 + rank
@@ -86,6 +86,7 @@ RANGES: dict[str, Range] = {
     "method.queue_size": Range(0, 2**20),
     "method.*_iters": Range(0, MAX_INT),
     "method.*_epoch": Range(0, MAX_INT),
+    "method.momentum": Range(0, 1, high_open=True),  # MoCo / DINO EMA start (a schedule may end at 1)
     "method.*momentum": FRACTION,
 }
 

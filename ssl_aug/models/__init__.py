@@ -36,8 +36,9 @@ def _small_cnn_class() -> type:
     return SmallCNN
 
 
-def small_cnn(**kw) -> nn.Module:
-    """The small CPU-friendly CNN of ``ssl_aug.models.small_cnn`` (imported on first use)."""
+def build_small_cnn(**kw) -> nn.Module:
+    """The small CPU-friendly CNN of ``ssl_aug.models.small_cnn`` (imported on first use; the function is not
+    named small_cnn: importing that submodule rebinds the package attribute of the same name)."""
     return _small_cnn_class()(**kw)
 
 
@@ -46,7 +47,7 @@ register_backbone = BACKBONES.register
 register_backbone("cifar_resnet18", cifar_resnet18)
 register_backbone("resnet18", resnet18)
 register_backbone("resnet50", resnet50)
-register_backbone("small_cnn", small_cnn)
+register_backbone("small_cnn", build_small_cnn)
 
 
 def list_backbones() -> list[str]:
@@ -84,7 +85,7 @@ def build_backbone(name: str, **kw) -> nn.Module:
         raise SslAugError(f"unknown backbone {name!r}: use one of {', '.join(sorted(BACKBONES))}, "
                           f"torchvision:NAME or timm:NAME")
     builder = get_backbone(name)
-    if builder is small_cnn:
+    if builder is build_small_cnn:  # the class's own signature tells its options
         builder = _small_cnn_class()
     params = {k: p for k, p in inspect.signature(builder).parameters.items() if k != "self"}
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
