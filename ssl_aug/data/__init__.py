@@ -97,7 +97,8 @@ class ImageDataset:
         return torch.bincount(y, minlength=len(self.classes))
 
 
-from ssl_aug.data.source import (SOURCES, DataSource, LazySource, Source, get_source, list_sources,  # noqa: E402
+from ssl_aug.data.datasource import DataSource  # noqa: E402
+from ssl_aug.data.source import (SOURCES, LazySource, Source, get_source, list_sources,  # noqa: E402
                                  register_source)
 
 DATASETS = SOURCES  # the registry of named data sets (data.name); one registration line per source

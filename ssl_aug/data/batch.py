@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssl_aug.data.source import DataSource
+from ssl_aug.data.datasource import DataSource
 from ssl_aug.device import upload
 from ssl_aug.errors import SslAugError
 

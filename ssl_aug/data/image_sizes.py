@@ -8,6 +8,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # what an image folder counts as an image
+
 __all__ = ["ImageSizes", "sample_image_sizes", "AUTO_SIZE_MAX"]
 
 AUTO_SIZE_MAX = 256  # an image folder packed at its own size is packed at most this large (data.options.size)
@@ -43,7 +45,6 @@ def sample_image_sizes(tree: str | Path, limit: int = SAMPLE) -> ImageSizes:
     """Header-only sizes of up to `limit` images of SRC/<class>/**/<image> (unreadable files are left out)."""
     from PIL import Image
 
-    from ssl_aug.data.imagefolder import IMAGE_EXTS
 
     tree = Path(tree)
     files = sorted(os.path.join(d, f) for d, _, names in os.walk(tree) for f in names

@@ -33,11 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from ssl_aug.data import ImageDataset, cache_root
-from ssl_aug.data.image_sizes import sample_image_sizes
+from ssl_aug.data.image_sizes import IMAGE_EXTS, sample_image_sizes
 from ssl_aug.errors import SslAugError
 from ssl_aug.io import atomic_write
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SPLIT_DIRS = ("train", "val", "valid", "validation", "test")
 _16BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 MAX_SIZE = 4096  # packed side in pixels (the largest crop a recipe allows)

@@ -23,7 +23,7 @@ WAIT_S = 24 * 3600  # how long other ranks wait for rank 0's pack
 
 
 def _count_images(tree: Path) -> int:
-    from ssl_aug.data.imagefolder import IMAGE_EXTS
+    from ssl_aug.data.image_sizes import IMAGE_EXTS
 
     return sum(fn.lower().endswith(IMAGE_EXTS) for _, _, files in os.walk(tree) for fn in files)
 

@@ -20,43 +20,13 @@ from __future__ import annotations
 import importlib
 import inspect
 from pathlib import Path
-from typing import Iterator
 
-import torch
-
+from ssl_aug.data.batch import BatchSource, ShardStream
+from ssl_aug.data.datasource import DataSource
 from ssl_aug.errors import SslAugError
 from ssl_aug.registry import Registry
 
 __all__ = ["DataSource", "Source", "LazySource", "SOURCES", "register_source", "list_sources", "get_source"]
-
-
-class DataSource:
-    """Batches of uint8 images on the training device (the trainer's only view of data).
-
-    num_samples: images covered (all ranks). len(): steps per epoch on this rank (equal on every rank).
-    Iterating yields (indices (B,) int64, images (B, 3, H, W) uint8), both on the training device;
-    `position` counts the batches already yielded this epoch, `set_epoch(e)` picks the epoch's order,
-    `state_dict()` / `load_state_dict()` resume exactly at the next batch.
-    """
-
-    num_samples: int
-    epoch: int
-    position: int
-
-    def __len__(self) -> int:  # pragma: no cover - contract
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # pragma: no cover - contract
-        raise NotImplementedError
-
-    def set_epoch(self, epoch: int) -> None:  # pragma: no cover - contract
-        raise NotImplementedError
-
-    def state_dict(self) -> dict:  # pragma: no cover - contract
-        raise NotImplementedError
-
-    def load_state_dict(self, state: dict) -> None:  # pragma: no cover - contract
-        raise NotImplementedError
 
 
 class Source:
@@ -89,8 +59,6 @@ class Source:
         if getattr(data, "stream", False):
             return self.stream(data, split=split, batch_size=batch_size, seed=seed, rank=rank,
                                world_size=world_size, device=device)
-        from ssl_aug.data.batch import BatchSource
-
         return BatchSource(dataset.images, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
                            drop_last=True, device=device)
 
@@ -134,8 +102,6 @@ class LazySource(Source):
         if self.shards is None:
             return super().stream(data, split=split, batch_size=batch_size, seed=seed, rank=rank,
                                   world_size=world_size, device=device)
-        from ssl_aug.data.batch import ShardStream
-
         paths = self._fn(self.shards)(self.name, Path(data.root).expanduser() if data.root else None, split)
         return ShardStream(paths, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
                            drop_last=True, device=device)

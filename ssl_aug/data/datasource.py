@@ -1,0 +1,38 @@
+"""The batch-source contract the trainer consumes (see ssl_aug.data.source for the registered data sets)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+__all__ = ["DataSource"]
+
+
+class DataSource:
+    """Batches of uint8 images on the training device (the trainer's only view of data).
+
+    num_samples: images covered (all ranks). len(): steps per epoch on this rank (equal on every rank).
+    Iterating yields (indices (B,) int64, images (B, 3, H, W) uint8), both on the training device;
+    `position` counts the batches already yielded this epoch, `set_epoch(e)` picks the epoch's order,
+    `state_dict()` / `load_state_dict()` resume exactly at the next batch.
+    """
+
+    num_samples: int
+    epoch: int
+    position: int
+
+    def __len__(self) -> int:  # pragma: no cover - contract
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # pragma: no cover - contract
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:  # pragma: no cover - contract
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:  # pragma: no cover - contract
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:  # pragma: no cover - contract
+        raise NotImplementedError
