@@ -31,6 +31,7 @@ class Range:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    text: str = ""  # how the range reads in an error line (default: from the bounds)
 
     def contains(self, x) -> bool:
         if self.low is not None and (x <= self.low if self.low_open else x < self.low):
@@ -38,13 +39,15 @@ class Range:
         return self.high is None or (x < self.high if self.high_open else x <= self.high)
 
     def __str__(self) -> str:
+        if self.text:
+            return self.text
         lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low}"
         hi = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high}"
         return " and ".join(p for p in (lo, hi) if p) or "any finite number"
 
 
 POSITIVE, NON_NEGATIVE, FRACTION = Range(0, low_open=True), Range(0), Range(0, 1)
-COUNT = Range(1, MAX_INT)  # at least one
+COUNT = Range(1, MAX_INT, text=f"> 0 (a whole number >= 1) and <= {MAX_INT}")  # at least one
 # The allowed range of every numeric recipe key of the typed sections (dotted name -> Range).
 RANGES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1),  # torch.manual_seed / numpy seeds; the trainer derives seed*1000 + rank

@@ -100,8 +100,8 @@ def test_export_loads_without_ssl_aug(tmp_path, arch, args):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []  # nothing of ssl_aug was imported
-    np.testing.assert_allclose(np.load(out / "features_plain.npy"), expected, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(np.load(out / "features_pt2.npy"), expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.load(out / "features_plain.npy"), expected, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(np.load(out / "features_pt2.npy"), expected, atol=1e-4, rtol=1e-4)
 
     session = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["features"], {"images": images.numpy().astype(np.float32) / 255.0})[0]
@@ -109,13 +109,13 @@ def test_export_loads_without_ssl_aug(tmp_path, arch, args):
     assert np.abs(got - expected).max() <= 1e-4
 
     encoder = load_encoder(out)  # ssl_aug's own loader reads the safetensors weights
-    np.testing.assert_allclose(encoder(images).detach().numpy(), expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(encoder(images).detach().numpy(), expected, atol=1e-4, rtol=1e-4)
     if arch.startswith("timm:"):
         import timm
 
         model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
         assert model.pretrained_cfg["mean"] == MEAN and model.num_classes == 0
-        np.testing.assert_allclose(_reference(model, images), expected, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(_reference(model, images), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_torchvision_state_dict_only_for_resnets(tmp_path):

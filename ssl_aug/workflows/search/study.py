@@ -237,12 +237,40 @@ def run_worker(search_dir: str, worker: int = 0, threads: int = 0, progress: boo
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if len(finished_trials(study)) + running >= spec.raw["trials"]:
             return ran
-        study.optimize(runner, n_trials=1, catch=())
+        run_one_trial(study, runner, search_dir / ".ask.lock")
         ran += 1
         done = len(finished_trials(study))
         best = _best_value(study)
         print(f"[worker {worker}] {done}/{spec.raw['trials']} trials finished"
               + (f"; best {spec.raw['objective']} = {best:.4f}" if best is not None else ""), flush=True)
+
+
+def run_one_trial(study, runner, lock_path: Path) -> None:
+    """Ask for a trial under a file lock (workers sharing the SQLite study never pop the same enqueued
+    trial: two processes would run one trial in one folder), run it, tell the result."""
+    import fcntl
+
+    import optuna
+    from optuna.trial import TrialState
+
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            trial = study.ask()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    try:
+        value = runner(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        study.tell(trial, state=TrialState.FAIL)  # the trial recorded its error; nan is not a result
+    else:
+        study.tell(trial, value)
 
 
 def _best_value(study):
