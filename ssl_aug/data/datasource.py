@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Iterator
 
 import torch
@@ -9,7 +10,7 @@ import torch
 __all__ = ["DataSource"]
 
 
-class DataSource:
+class DataSource(ABC):
     """Batches of uint8 images on the training device (the trainer's only view of data).
 
     num_samples: images covered (all ranks). len(): steps per epoch on this rank (equal on every rank).
@@ -22,17 +23,22 @@ class DataSource:
     epoch: int
     position: int
 
-    def __len__(self) -> int:  # pragma: no cover - contract
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int:
+        """Steps per epoch on this rank."""
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # pragma: no cover - contract
-        raise NotImplementedError
+    @abstractmethod
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(indices (B,) int64, images (B,3,H,W) uint8) on the device, from `position` on."""
 
-    def set_epoch(self, epoch: int) -> None:  # pragma: no cover - contract
-        raise NotImplementedError
+    @abstractmethod
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (its order); a new epoch starts at position 0."""
 
-    def state_dict(self) -> dict:  # pragma: no cover - contract
-        raise NotImplementedError
+    @abstractmethod
+    def state_dict(self) -> dict:
+        """The position to resume from (epoch, position and what must match)."""
 
-    def load_state_dict(self, state: dict) -> None:  # pragma: no cover - contract
-        raise NotImplementedError
+    @abstractmethod
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the next batch is the one after the saved position."""

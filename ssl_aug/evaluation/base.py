@@ -19,6 +19,7 @@ evaluators.
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ class EvaluatorConfig:
     every: int = 0
 
 
-class Evaluator:
+class Evaluator(ABC):
     """Base of every evaluator: `run(ctx) -> dict` (JSON-friendly), `rows(result)` for the printed metrics
     table ((evaluation, top-1 %, top-5 %, ECE) strings), `section(result)` for Markdown after it, and
     `flat(result)` for the scalar metrics ablation tables compare."""
@@ -77,8 +78,9 @@ class Evaluator:
         self.name = name
         self.config = config if config is not None else self.Config()
 
-    def run(self, ctx: "EvalContext") -> dict:  # pragma: no cover - contract
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, ctx: "EvalContext") -> dict:
+        """Evaluate on `ctx` -> a JSON-friendly result (eval.json[name])."""
 
     def rows(self, result: dict) -> list[tuple[str, str, str, str]]:
         return []

@@ -35,6 +35,7 @@ ACTIVATION_FACTOR = 1.0  # bytes kept for backward per leaf-output element, rela
 HOST_SHARE = 0.9  # a run may plan on at most this share of the available memory
 CUDA_CONTEXT = 600 * 2**20  # bytes the CUDA context and cuDNN workspaces take on the device
 GIB = 2**30
+CGROUP = Path("/sys/fs/cgroup")  # the Linux cgroup v2 interface: a container's memory limit and use
 
 
 @dataclass
@@ -73,7 +74,7 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _read_int(path: str) -> int | None:
+def _read_int(path: Path) -> int | None:
     try:
         text = Path(path).read_text().split()[0]
     except (OSError, IndexError):
@@ -96,7 +97,7 @@ def available_host_bytes() -> int:
             free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             free = 1 << 62
-    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    limit, used = _read_int(CGROUP / "memory.max"), _read_int(CGROUP / "memory.current")
     if limit is not None and used is not None:
         free = min(free, max(limit - used, 0))
     cap = os.environ.get("SSL_AUG_MEMORY_LIMIT")
