@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             f"of {rounds} rounds of {steps} steps after one warm-up round; target loop / model-only <= 1.05 on "
             f"CPU). The untuned row runs in a child process with SSL_AUG_MALLOC_TUNE=0:\n\n{overhead}\n\n"
             f"Throughput per recipe (input images per second, 1 process, CPU):\n\n{throughput}\n\n"
-            f"1-minute load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (other agents' jobs "
+            f"1-minute load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (other jobs "
             f"share the 2 cores and inflate absolute times; ratios are measured side by side, CPU-time ratios are "
             f"the least sensitive to that load).\n")
     print(body)
