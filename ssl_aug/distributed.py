@@ -242,6 +242,8 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device | str = "cpu"
         new = GroupBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                              module.track_running_stats)
         new.load_state_dict(module.state_dict())
+        if module.affine:  # the same Parameter objects, as torch's converter: a frozen one (EMA target) stays frozen
+            new.weight, new.bias = module.weight, module.bias
         new.train(module.training)
         return new.to(next(iter(module.state_dict().values()), torch.empty(0)).device)
     for name, child in module.named_children():

@@ -63,6 +63,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                      if p.grad is not None}
             torch.save({"loss": mean_loss, "grads": grads,
                         "buffers": dict(model.named_buffers())}, Path(out_dir) / f"{method}_{rank}.pt")
+        for method in ("dino", "moco_v2"):  # EMA targets hold frozen BatchNorm: DDP must still average gradients
+            model = dist.convert_sync_batchnorm(build(method), "cpu").train()
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            loss, _ = ddp([v[rank * N:(rank + 1) * N] for v in make_views(method)])
+            loss.backward()
+            torch.save({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
+                       Path(out_dir) / f"{method}_ddp_{rank}.pt")
         moco = build("moco_v2")
         error = ""
         try:  # per-rank BatchNorm is refused on several ranks
@@ -144,3 +151,31 @@ def test_moco_queue_holds_its_own_ranks_keys_and_batchnorm_is_synchronised(two_r
         for name, buf in model.key_backbone.named_buffers():  # key encoder BN saw the global batch
             assert torch.allclose(got["key_buffers"][name].to(buf.dtype), buf, atol=TOL), name
         assert "needs model.sync_batchnorm = true" in got["error"]
+
+
+@pytest.mark.parametrize("method", ["dino", "moco_v2"])
+def test_ddp_averages_gradients_of_methods_with_ema_targets(two_ranks, method):
+    """A converted frozen BatchNorm (teacher / key encoder) must stay frozen: a trainable one never gets a
+    gradient, so DDP's bucket never completes and each rank silently kept its own local gradient."""
+    model = build(method).train()
+    if method == "moco_v2":
+        # the reference is the 2-rank run's own hand-averaged mean; here: the ranks must agree with each other
+        grads = [torch.load(two_ranks / f"{method}_ddp_{r}.pt") for r in range(WORLD)]
+        for name in grads[0]:
+            torch.testing.assert_close(grads[0][name], grads[1][name], atol=TOL, rtol=0)
+        return
+    loss, _ = model(make_views(method))
+    loss.backward()
+    for rank in range(WORLD):
+        got = torch.load(two_ranks / f"{method}_ddp_{rank}.pt")
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                scale = max(1.0, float(p.grad.abs().max()))
+                assert (got[name] - p.grad).abs().max() <= TOL * scale, f"{method} rank {rank} DDP grad {name}"
+
+
+def test_converted_batchnorm_keeps_frozen_parameters_frozen():
+    before = {name: p.requires_grad for name, p in build("dino").named_parameters()}
+    after = {name: p.requires_grad for name, p in dist.convert_sync_batchnorm(build("dino"), "cpu").named_parameters()}
+    assert after == before
+    assert not after["teacher_backbone.net.1.weight"]
