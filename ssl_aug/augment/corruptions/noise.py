@@ -31,6 +31,6 @@ def impulse_noise(x: torch.Tensor, severity: int, generator: torch.Generator) ->
     """Salt and pepper (skimage random_noise 's&p'): each value is replaced with probability c, by 1 or 0
     with probability 1/2 each."""
     c = IMPULSE_NOISE[severity - 1]
-    flip = torch.rand(x.shape, generator=generator, device=x.device) <= c
-    salt = torch.rand(x.shape, generator=generator, device=x.device) <= 0.5
-    return torch.where(flip, salt.to(x.dtype), x)
+    u = torch.rand(x.shape, generator=generator, device=x.device)
+    salt = (u <= c / 2).to(x.dtype)   # one draw: u <= c replaces (probability c), u <= c / 2 half of those by 1
+    return torch.where(u <= c, salt, x)
