@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     from ssl_aug.train.signals import EXIT_CODES, PhaseInterrupted, interrupt_on_signal
 
-    # search / ablate / finetune keep their own handling of a stopped trial or cell (the trainer's guard)
-    guarded = handed_over is not None or getattr(args, "command", None) not in ("search", "ablate", "finetune")
+    # finetune keeps its own handling of a stopped run; ablate and search print their own stop line inside
+    guarded = handed_over is not None or getattr(args, "command", None) != "finetune"
     try:
         with interrupt_on_signal() if guarded else contextlib.nullcontext():
             if handed_over is not None:

@@ -20,9 +20,28 @@ import threading
 
 from ssl_aug import distributed as dist
 
-__all__ = ["EXIT_CODES", "PreemptionGuard", "TrainingInterrupted", "PhaseInterrupted", "interrupt_on_signal"]
+__all__ = ["EXIT_CODES", "PreemptionGuard", "TrainingInterrupted", "PhaseInterrupted", "interrupt_on_signal",
+           "say_stop", "workflow_stop_line"]
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+_LINE_OWNERS: list[str] = []  # workflows (ablation, search) that print the stop line themselves
+
+
+@contextlib.contextmanager
+def workflow_stop_line(workflow: str):
+    """Inside an ablation or a search the workflow prints the one stop line (which cell or trial stopped,
+    what is finished, how to continue); the trainer and the experiment inside it stay quiet."""
+    _LINE_OWNERS.append(workflow)
+    try:
+        yield
+    finally:
+        _LINE_OWNERS.pop()
+
+
+def say_stop(line: str) -> None:
+    """Print a stop line on stderr, unless a workflow around this run prints its own."""
+    if not _LINE_OWNERS:
+        print(line, file=sys.stderr, flush=True)
 
 
 class TrainingInterrupted(SystemExit):
@@ -74,8 +93,8 @@ class PreemptionGuard:
 
     def _stop_now(self, signum: int, why: str) -> None:
         kept = "no checkpoint yet" if self.saved_step is None else f"the checkpoint of step {self.saved_step} is kept"
-        print(f"ssl-aug: {signal.Signals(signum).name}: stopped at once ({why}); {kept}; resume with the same "
-              f"command plus --resume", file=sys.stderr, flush=True)
+        say_stop(f"ssl-aug: {signal.Signals(signum).name}: stopped at once ({why}); {kept}; resume with the same "
+                 f"command plus --resume")
         raise TrainingInterrupted(signum, self.step)
 
     def _handle(self, signum, frame) -> None:

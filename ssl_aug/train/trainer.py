@@ -10,7 +10,6 @@ steps only.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,7 +25,6 @@ from ssl_aug.checkpoint import (latest_checkpoint, load_checkpoint, nonfinite_fl
 from ssl_aug.config import Config
 from ssl_aug.data import ImageDataset
 from ssl_aug.errors import SslAugError
-from ssl_aug.io import atomic_write_json
 from ssl_aug.runlock import hold_run_folder
 from ssl_aug.train.hard_views import hard_views
 from ssl_aug.train.metrics import MetricsLog, StepTimer
@@ -35,7 +33,7 @@ from ssl_aug.train.resume import agree_on_checkpoint, other_node_writers, save_o
 from ssl_aug.train.setup import (apply_schedules, autocast, buffer_sync, build_model, build_optimization,
                                  build_schedules, build_source, load_training_data, streams, sync_batchnorm_on,
                                  training_device, tune_allocator)
-from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted
+from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted, say_stop
 from ssl_aug.train.state import load_trainer_state, trainer_state
 
 EpochCallback = Callable[["Trainer", int], dict]
@@ -230,9 +228,8 @@ class Trainer:
         path = self.run_dir / "checkpoints" / "last.pt"
         if self.is_main:
             name = signal.Signals(self._guard.signum).name
-            print(f"ssl-aug: {name}: stopped after step {self.step}/{self.total_steps}; checkpoint {path}; "
-                  f"resume with the same command plus --resume (output_dir {self.run_dir})", file=sys.stderr,
-                  flush=True)
+            say_stop(f"ssl-aug: {name}: stopped after step {self.step}/{self.total_steps}; checkpoint {path}; "
+                     f"resume with the same command plus --resume (output_dir {self.run_dir})")
         raise TrainingInterrupted(self._guard.signum, self.step, path if self.is_main else None)
 
     def _check_finite(self, nonfinite: torch.Tensor) -> None:

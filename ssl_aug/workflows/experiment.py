@@ -19,7 +19,7 @@ from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation import KnnMonitor, evaluate_encoder, evaluators_from_config, flat_results  # noqa: F401
 from ssl_aug.io import atomic_write_json
 from ssl_aug.train import Trainer, load_training_data
-from ssl_aug.train.signals import PhaseInterrupted, TrainingInterrupted, interrupt_on_signal
+from ssl_aug.train.signals import PhaseInterrupted, TrainingInterrupted, interrupt_on_signal, say_stop
 from ssl_aug.train.fit import check_fits_machine
 from ssl_aug.train.sanity import run_facts, sanity_warnings
 from ssl_aug.train.setup import streams, training_device
@@ -81,7 +81,7 @@ def _interrupted(signum: int, run_dir: Path, trainer) -> None:
                 f"({run_dir / 'checkpoints' / 'last.pt'}, step {trainer.step}); finish the evaluation with the same "
                 f"command plus --resume (output_dir {run_dir})")
     if dist.is_main():
-        print(line, file=sys.stderr, flush=True)
+        say_stop(line)
     raise TrainingInterrupted(signum, trainer.step if trainer else 0, None)
 
 

@@ -33,10 +33,39 @@ def run_ablation(spec: str | Path, overrides: list[str] = (), progress: bool = T
         for run in runs:
             print(f"{run.cell} seed {run.seed}: {run.run_dir}  overrides {run.overrides}")
         return runs
-    moved = execute(runs, progress=progress, rerun_changed=rerun_changed, **launch)  # launch: launcher, workers, address
-    for old in moved:
-        print(f"moved the run of an older configuration to {old}")
-    report, written = write_report(runs, out_dir, title, data.get("metrics"), base=str(data["base"]))
+    from ssl_aug.train.signals import PhaseInterrupted, TrainingInterrupted, interrupt_on_signal, workflow_stop_line
+
+    with workflow_stop_line("ablation"):
+        try:
+            with interrupt_on_signal():  # the trainer's own guard takes over while a cell trains
+                moved = execute(runs, progress=progress, rerun_changed=rerun_changed, **launch)
+                for old in moved:
+                    print(f"moved the run of an older configuration to {old}")
+                report, written = write_report(runs, out_dir, title, data.get("metrics"), base=str(data["base"]))
+        except (TrainingInterrupted, PhaseInterrupted) as stop:
+            stopped(stop, runs)
     print("\n" + report)
     print("wrote " + ", ".join(str(p) for p in written))
     return runs
+
+
+def stopped(stop, runs: list[Run]) -> None:
+    """After SIGTERM / SIGINT: one line naming the stopped cell, the finished ones and how to continue;
+    then exit with the signal's status (143 / 130)."""
+    import signal
+    import sys
+
+    from ssl_aug.train.signals import TrainingInterrupted
+
+    finished = [r for r in runs if (r.run_dir / "eval.json").is_file()]
+    cell = getattr(stop, "cell", None)
+    if cell is not None:
+        last = cell.run_dir / "checkpoints" / "last.pt"
+        kept = f"its checkpoint {last} is kept" if last.is_file() else "no checkpoint yet"
+        where = f"in cell '{cell.cell}' seed {cell.seed} ({kept})"
+    else:
+        where = "between cells"
+    print(f"ssl-aug: {signal.Signals(stop.signum).name}: ablation stopped {where}; {len(finished)} of {len(runs)} "
+          f"runs finished; continue with the same command (finished runs are skipped, a stopped one resumes from "
+          f"its last checkpoint)", file=sys.stderr, flush=True)
+    raise TrainingInterrupted(stop.signum, 0) from None

@@ -14,6 +14,7 @@ from pathlib import Path
 from ssl_aug.workflows.ablation.spec import Run
 from ssl_aug.errors import SslAugError
 from ssl_aug.io import atomic_write_json, atomic_write_text
+from ssl_aug.train.signals import PhaseInterrupted, TrainingInterrupted
 
 __all__ = ["execute", "stale_reason", "CELL_FILE"]
 
@@ -110,7 +111,11 @@ def execute(runs: list[Run], progress: bool = True, rerun_changed: bool = False,
                                                     "config_sha256": run.config_hash,
                                                     "config": run.config.to_dict()})
         if inline:
-            run.results, run.error = run_cell(run.config.to_dict(), str(run.run_dir), progress)
+            try:
+                run.results, run.error = run_cell(run.config.to_dict(), str(run.run_dir), progress)
+            except (TrainingInterrupted, PhaseInterrupted) as stop:  # a signal: the stop line names the cell
+                stop.cell = run
+                raise
         else:
             pending.append(run)
     if pending:

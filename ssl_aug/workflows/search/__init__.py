@@ -99,14 +99,43 @@ def run_search(spec: str | Path, overrides: list[str] = (), launcher: str = "loc
         return loaded.out_dir
     if report_only and not (loaded.out_dir / SPEC_FILE).is_file():
         raise SslAugError(f"no search in {loaded.out_dir} to report on; run it first (without --report-only)")
-    if not report_only:
-        search_dir = prepare_search(loaded)
-        threads = threads_per_worker(workers) if launcher == "local" else 0
-        tasks = [(str(search_dir.resolve()), i, threads, progress and workers == 1) for i in range(workers)]
-        launch(run_worker, tasks, launcher=launcher, workers=workers, address=address, gpus_per_task=gpus_per_worker)
-    else:
-        search_dir = loaded.out_dir
-    report, files = write_search_report(loaded, search_dir, loaded.raw["compare_seeds"], progress=progress)
+    from ssl_aug.train.signals import PhaseInterrupted, TrainingInterrupted, interrupt_on_signal, workflow_stop_line
+
+    with workflow_stop_line("search"):
+        try:
+            with interrupt_on_signal():  # the trainer's own guard takes over while a trial trains
+                if not report_only:
+                    search_dir = prepare_search(loaded)
+                    threads = threads_per_worker(workers) if launcher == "local" else 0
+                    tasks = [(str(search_dir.resolve()), i, threads, progress and workers == 1) for i in range(workers)]
+                    launch(run_worker, tasks, launcher=launcher, workers=workers, address=address,
+                           gpus_per_task=gpus_per_worker)
+                else:
+                    search_dir = loaded.out_dir
+                report, files = write_search_report(loaded, search_dir, loaded.raw["compare_seeds"], progress=progress)
+        except (TrainingInterrupted, PhaseInterrupted) as stop:
+            stopped(stop, loaded)
     print("\n" + report)
     print("wrote " + ", ".join(str(p) for p in files))
     return search_dir
+
+
+def stopped(stop, spec) -> None:
+    """After SIGTERM / SIGINT: one line naming the stopped trial, the finished trials and how to continue;
+    then exit with the signal's status (143 / 130)."""
+    import signal
+    import sys
+
+    from ssl_aug.train.signals import TrainingInterrupted
+
+    finished = "?"
+    if (spec.out_dir / "study.db").is_file():
+        from ssl_aug.workflows.search.study import finished_trials, open_study
+
+        finished = len(finished_trials(open_study(spec, spec.out_dir)))
+    trial = getattr(stop, "trial", None)
+    where = f"in trial {trial} (recorded as interrupted, not as a result; it runs again from its last checkpoint)" \
+        if trial is not None else "between trials"
+    print(f"ssl-aug: {signal.Signals(stop.signum).name}: search stopped {where}; {finished} of {spec.raw['trials']} "
+          f"trials finished; continue with the same command", file=sys.stderr, flush=True)
+    raise TrainingInterrupted(stop.signum, 0) from None

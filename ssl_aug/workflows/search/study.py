@@ -26,6 +26,7 @@ import torch
 from ssl_aug.config import config_from_dict, set_dotted
 from ssl_aug.errors import SslAugError
 from ssl_aug.io import append_line, atomic_write_json, atomic_write_text
+from ssl_aug.train.signals import PhaseInterrupted, TrainingInterrupted
 from ssl_aug.workflows.search.objectives import ObjectiveData, carve_validation, check_objective, compute_scores
 from ssl_aug.workflows.search.space import apply_point, base_point
 from ssl_aug.workflows.search.spec import SearchSpec, load_search, spec_hash
@@ -106,11 +107,12 @@ def prepare_search(spec: SearchSpec) -> Path:
         point = base_point(spec.base, spec.params)
         if point is not None:  # the base recipe first: the search's reference point
             study.enqueue_trial(point, user_attrs={"baseline": True})
-    for t in trials:  # killed (still RUNNING) or crashed (FAIL without a recorded error): run them again
-        crashed = t.state == TrialState.FAIL and "error" not in t.user_attrs and not t.user_attrs.get("interrupted")
-        if t.state == TrialState.RUNNING or crashed:
-            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+    rerun = {t.user_attrs.get("resumed_from") for t in trials}
+    for t in trials:  # killed (still RUNNING) or stopped/crashed (FAIL without a recorded error): run them again
+        stopped = t.state == TrialState.FAIL and "error" not in t.user_attrs
+        if (t.state == TrialState.RUNNING or stopped) and t.number not in rerun:
             if t.state == TrialState.RUNNING:
+                study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             attrs = {"resumed_from": t.number, **{k: v for k, v in t.user_attrs.items() if k in ("run_dir", "baseline")}}
             study.enqueue_trial(t.params, user_attrs=attrs)
@@ -264,8 +266,11 @@ def run_one_trial(study, runner, lock_path: Path) -> None:
     except optuna.TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
         return
-    except BaseException:
+    except BaseException as exc:
+        trial.set_user_attr("interrupted", True)  # not a result; no "error" attribute: the next search runs it again
         study.tell(trial, state=TrialState.FAIL)
+        if isinstance(exc, (TrainingInterrupted, PhaseInterrupted)):
+            exc.trial = trial.number  # the stop line names it
         raise
     if value is None or (isinstance(value, float) and math.isnan(value)):
         study.tell(trial, state=TrialState.FAIL)  # the trial recorded its error; nan is not a result
