@@ -182,3 +182,46 @@ def test_eval_finetune_flag(tmp_path, monkeypatch, capsys):
     assert "finetune" in results and "knn" not in results and results["finetune"]["num_labelled"] == 50
     assert "fine-tuned (mix=none, 50 labels)" in capsys.readouterr().out
     assert (tmp_path / "e_finetune" / "finetune.json").is_file()
+
+
+def test_a_nonfinite_epoch_never_reaches_the_saved_state(tmp_path, monkeypatch):
+    import ssl_aug.evaluation.finetune as ft
+    from ssl_aug.checkpoint import load_weights_only
+
+    train, test = quadrant_data(160, 0), quadrant_data(40, 1)
+    real, calls = ft._soft_ce, {"n": 0}
+
+    def poisoned(*a):
+        calls["n"] += 1  # 5 batches per epoch: NaN from the second batch of epoch 2 on
+        return real(*a) * (float("nan") if calls["n"] > 6 else 1.0)
+
+    monkeypatch.setattr(ft, "_soft_ce", poisoned)
+    with pytest.raises(SslAugError, match=r"non-finite .* in epoch 2; the state after epoch 1 is kept"):
+        finetune(encoder(), MEAN, STD, train, test, small_cfg(epochs=3), run_dir=tmp_path, progress=False)
+    saved = load_weights_only(tmp_path / "finetune_state.pt")
+    assert saved["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    with pytest.raises(SslAugError, match="lr=nan is not allowed"):
+        small_cfg(lr=float("nan"))
+
+
+def test_a_finetuning_into_a_busy_folder_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from ssl_aug.runlock import RunFolderBusy
+
+    train, test = quadrant_data(64, 0), quadrant_data(16, 1)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ssl_aug.runlock import hold_run_folder\n"
+                               "with hold_run_folder(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+                               str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another live run holds the folder
+        with pytest.raises(RunFolderBusy, match=f"pid {holder.pid}"):
+            finetune(encoder(), MEAN, STD, train, test, small_cfg(epochs=1), run_dir=tmp_path, progress=False)
+        assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    report = finetune(encoder(), MEAN, STD, train, test, small_cfg(epochs=1), run_dir=tmp_path, progress=False)
+    assert report["epochs_run"] == 1  # a lock left by a killed process is taken over

@@ -15,6 +15,21 @@ def square(x: int) -> tuple[int, int]:
     return x * x, os.getpid()
 
 
+ABLATION = """base = "quickstart"
+mode = "cells"
+output_dir = "{out}"
+[base_overrides]
+"data.subset" = 160
+"train.epochs" = 1
+"train.batch_size" = 64
+"eval.knn_k" = 20
+"model.backbone_args" = {{ widths = [8, 16, 16] }}
+[cells.full]
+[cells.no_color]
+"augment.color_jitter.p" = 0.0
+"""
+
+
 def test_bad_launcher_input_is_one_line():
     for kwargs, words in [({"launcher": "slurm"}, "local, ray"), ({"workers": 0}, "workers = 0"),
                           ({"address": "10.0.0.1:6379"}, "--launcher ray")]:
@@ -78,25 +93,44 @@ def test_ablation_cells_through_local_workers(tmp_path):
 
     out = tmp_path / "abl"
     spec = tmp_path / "abl.toml"
-    spec.write_text(f'''base = "quickstart"
-mode = "cells"
-output_dir = "{out}"
-[base_overrides]
-"data.subset" = 160
-"train.epochs" = 1
-"train.batch_size" = 64
-"eval.knn_k" = 20
-"model.backbone_args" = {{ widths = [8, 16, 16] }}
-[cells.full]
-[cells.no_color]
-"augment.color_jitter.p" = 0.0
-''')
+    spec.write_text(ABLATION.format(out=out.as_posix()))
     runs = run_ablation(spec, progress=False, launcher="local", workers=2)
     assert [r.cell for r in runs] == ["full", "no_color"] and all(r.error is None for r in runs)
     for r in runs:
         saved = json.loads((r.run_dir / "eval.json").read_text())
         assert saved == r.results and 0.0 <= saved["knn_top1"] <= 1.0
     assert "no_color" in (out / "results.md").read_text()
+
+
+def test_ray_workers_respect_a_busy_run_folder(tmp_path):
+    """A Ray task whose cell folder is held by another live run is refused (one line naming that process) and
+    writes nothing there; the other cell trains."""
+    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'ssl_aug[ray]'")
+    import subprocess
+    import sys
+
+    from ssl_aug.workflows.ablation import run_ablation
+
+    spec = tmp_path / "abl.toml"
+    spec.write_text(ABLATION.format(out=(tmp_path / "abl").as_posix()))
+    busy = {r.cell: r for r in run_ablation(spec, dry_run=True)}["no_color"].run_dir
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ssl_aug.runlock import hold_run_folder\n"
+                               "with hold_run_folder(sys.argv[1]):\n    print('held', flush=True); time.sleep(300)",
+                               str(busy)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        try:
+            runs = {r.cell: r for r in run_ablation(spec, progress=False, launcher="ray", workers=2)}
+        finally:
+            ray.shutdown()
+        assert runs["full"].error is None and (runs["full"].run_dir / "eval.json").is_file()
+        assert f"pid {holder.pid}" in runs["no_color"].error
+        assert not [p.name for p in busy.iterdir() if p.name in ("metrics.jsonl", "config.json", "checkpoints")]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.parametrize("flags, words", [

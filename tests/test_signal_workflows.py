@@ -1,5 +1,5 @@
 """Signals in the workflows around training, with real signals to real `ssl-aug` processes: during an
-export, inside an ablation cell and inside a search trial. Each ends with one line saying what is saved
+export, inside a fine-tuning run, an ablation cell and a search trial. Each ends with one line saying what is saved
 and how to continue; continuing gives the uninterrupted run's results."""
 
 from __future__ import annotations
@@ -39,6 +39,16 @@ if slow == "export":
             time.sleep(30)
         return _write(path, data, *a, **k)
     writer.atomic_write_bytes = write
+elif slow == "finetune":  # the second batch of epoch 2
+    from ssl_aug.evaluation import finetune as ft
+    _ce, calls = ft._soft_ce, []
+    def soft_ce(*a):
+        calls.append(1)
+        if len(calls) == 7:  # 5 batches per epoch
+            mark.touch()
+            time.sleep(30)
+        return _ce(*a)
+    ft._soft_ce = soft_ce
 else:  # "ablation" / "search": a training step of the run whose folder contains $SLOW_IN
     from ssl_aug.train import trainer
     _optimize = trainer.Trainer.optimize
@@ -164,3 +174,21 @@ def test_sigterm_inside_a_search_trial_then_continue(tmp_path):
     assert len(resumed) == 1 and resumed[0].user_attrs["run_dir"].endswith("trial_0000")
     ref = {t.number: t.value for t in finished_trials(open_study(load_search(ref_spec), ref_out))}
     assert resumed[0].value == ref[0]  # the stopped base-point trial resumed exactly
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_during_finetuning_then_continue(tmp_path, signum, code):
+    args = ["finetune", "random:small_cnn", "epochs=3", "label_fraction=0.03", "batch_size=32", "--data", "embedded",
+            "--test-subset", "100", "--no-progress"]
+    _finish(_ssl_aug(*args, "--output-dir", str(tmp_path / "reference")))
+    out, mark = tmp_path / "out", tmp_path / "mark"
+    proc = _ssl_aug(*args, "--output-dir", str(out), slow="finetune", mark=mark)
+    lines = _signal_at_mark(proc, mark, signum)
+    assert proc.returncode == code and len(lines) == 1, lines
+    assert signal.Signals(signum).name in lines[0] and "fine-tuning stopped in epoch 2" in lines[0], lines
+    assert "state after epoch 1 is kept" in lines[0] and "same command" in lines[0], lines
+    run = out / "none" / "seed0"
+    assert not (run / "finetune.json").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    _finish(_ssl_aug(*args, "--output-dir", str(out)))
+    done, ref = (json.loads((d / "none" / "seed0" / "finetune.json").read_text()) for d in (out, tmp_path / "reference"))
+    assert done == ref

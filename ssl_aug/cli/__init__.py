@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import builtins  # `list` in this package's namespace is the `ssl-aug list` command module
-import contextlib
 import importlib
 import os
 import sys
@@ -60,10 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     from ssl_aug.train.signals import EXIT_CODES, PhaseInterrupted, interrupt_on_signal
 
-    # finetune keeps its own handling of a stopped run; ablate and search print their own stop line inside
-    guarded = handed_over is not None or getattr(args, "command", None) != "finetune"
+    # training loops (train, finetune) and workflows (ablate, search) take over and print their own stop line
     try:
-        with interrupt_on_signal() if guarded else contextlib.nullcontext():
+        with interrupt_on_signal():
             if handed_over is not None:
                 function, rest = handed_over
                 return int(function(rest) or 0)

@@ -9,8 +9,8 @@ input gradients of the true-class logit (|d logit_y / dx| summed over channels):
 globally, so Grad-CAM's spatial features are not exposed. Reports top-1/top-5, per-class accuracy, ECE
 (15 bins), NLL, the reliability bins and, with `tta`, the same with 10-crop/flip test-time augmentation.
 
-In a run directory: config.json, metrics.jsonl (one line per epoch), finetune_state.pt (resume),
-finetune.json (the report) and reliability.png, all written atomically.
+In a run directory (locked, one writer): config.json, metrics.jsonl (one line per epoch), finetune_state.pt
+(resume; saved only when finite), finetune.json (the report), reliability.png; all written atomically.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_aug.augment.mix import MIX_MODES, check_alpha, check_p, mix_batch
-from ssl_aug.checkpoint import load_weights_only
+from ssl_aug.checkpoint import atomic_save, load_weights_only, nonfinite_flag, training_tensors
 from ssl_aug.data.subset import balanced_subset
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.calibration import calibration_report
@@ -34,8 +36,10 @@ from ssl_aug.evaluation.features import check_images, module_device, normalize_i
 from ssl_aug.evaluation.groups import group_metrics, predictions
 from ssl_aug.evaluation.knn import classification_metrics
 from ssl_aug.evaluation.tta import VIEWS, tta_predict
-from ssl_aug.io import append_line, atomic_torch_save, atomic_write_json, atomic_write_text
+from ssl_aug.io import append_line, atomic_write_json, atomic_write_text
 from ssl_aug.registry import check_keys
+from ssl_aug.runlock import hold_run_folder
+from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted, say_stop
 
 __all__ = ["FinetuneConfig", "finetune", "last_stage_modules", "TRAINABLE"]
 
@@ -71,8 +75,8 @@ class FinetuneConfig:
                 raise SslAugError(f"finetune {key}={value!r} is not allowed; use an integer >= 1")
         for key in ("lr", "weight_decay", "mix_alpha", "mix_p", "label_fraction", "val_fraction", "label_smoothing"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise SslAugError(f"finetune {key}={value!r} is not allowed; use a number")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SslAugError(f"finetune {key}={value!r} is not allowed; use a finite number")
         for key in ("freeze_bn", "crop_flip", "tta"):
             if not isinstance(getattr(self, key), bool):
                 raise SslAugError(f"finetune {key}={getattr(self, key)!r} is not allowed; use true or false")
@@ -257,12 +261,97 @@ def _report(probs, labels, c):
     return {**classification_metrics(probs, labels, c), **calibration_report(probs, labels, 15)}
 
 
+def _start_or_resume(run: Path, cfg, c, model, opt, sched, state, resume, device) -> dict:
+    """Load finetune_state.pt (same settings only) and trim metrics.jsonl to it, or start afresh."""
+    run.mkdir(parents=True, exist_ok=True)
+    saved = run / "finetune_state.pt"
+    if resume and saved.is_file():
+        ckpt = load_weights_only(saved, map_location=device)
+        if ckpt["config"] != dataclasses.asdict(cfg):
+            raise SslAugError(f"{saved} was written with other fine-tuning settings; use another run directory "
+                              "or delete it")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+        atomic_write_text(run / "metrics.jsonl", "".join(x + "\n" for x in lines[:state["lines"]]))
+    else:
+        (run / "metrics.jsonl").unlink(missing_ok=True)
+    atomic_write_json(run / "config.json", {"finetune": dataclasses.asdict(cfg), "num_classes": c})
+    return state
+
+
+def _stop_line(guard, run, epoch: int) -> None:
+    """A signal arrived: one line saying what is kept and how to continue, then exit 143 / 130."""
+    kept = (f"the state after epoch {epoch} is kept in {run / 'finetune_state.pt'}" if run is not None and epoch
+            else "nothing to keep yet")
+    say_stop(f"ssl-aug: {signal.Signals(guard.signum).name}: fine-tuning stopped in epoch {epoch + 1}; {kept}; "
+             "continue with the same command (it resumes from the saved state)")
+    raise TrainingInterrupted(guard.signum, epoch)
+
+
+def _train_epochs(model, opt, sched, state, train, train_idx, val_idx, mean, std, c, cfg, run, guard, progress):
+    """The epoch loop: batches, validation, early stopping; with a run directory the state after every epoch
+    is saved, only when every weight and optimiser value is finite. A signal stops it at the next batch."""
+    from tqdm.auto import tqdm
+
+    tr_x, tr_y = train
+    device = module_device(model)
+    bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc="fine-tune", disable=not progress, leave=False)
+    while state["epoch"] < cfg.epochs and state["since"] < cfg.patience:
+        epoch = state["epoch"]
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        order = train_idx[torch.randperm(len(train_idx), generator=g)]
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for i in range(0, len(order), cfg.batch_size):
+            if guard.signum is not None:
+                _stop_line(guard, run, epoch)
+            idx = order[i:i + cfg.batch_size]
+            x = normalize_images(tr_x[idx].to(device), mean, std)
+            y = tr_y[idx].to(device)
+            _train_mode(model, cfg)
+            x, targets = _mixed_batch(model, x, y, c, cfg, g)
+            loss = _soft_ce(model(x), targets, cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.detach().double() * len(idx)
+        if bool(nonfinite_flag([total, *training_tensors(model, opt)])):  # one host read per epoch
+            kept = f"; the state after epoch {epoch} is kept in {run / 'finetune_state.pt'}" if run and epoch else ""
+            raise SslAugError(f"fine-tuning became non-finite (NaN/inf loss, weights or optimiser state) in epoch "
+                              f"{epoch + 1}{kept}; lower lr (now {cfg.lr}) or check the encoder")
+        val_logits = _logits(model, tr_x[val_idx], mean, std)
+        val_loss = float(F.cross_entropy(val_logits, tr_y[val_idx]))
+        val_acc = float((val_logits.argmax(1) == tr_y[val_idx]).double().mean())
+        state["epoch"] = epoch + 1
+        if val_loss < state["best_loss"]:
+            state.update(best_loss=val_loss, best_acc=val_acc, best_epoch=epoch + 1, since=0,
+                         best={k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            state["since"] += 1
+        record = {"type": "epoch", "epoch": epoch + 1, "train_loss": float(total) / len(train_idx),
+                  "val_loss": val_loss, "val_top1": val_acc, "lr": opt.param_groups[0]["lr"]}
+        if run is not None:
+            append_line(run / "metrics.jsonl", json.dumps(record), what="metrics log")
+            state["lines"] += 1
+            guard.saving = True  # a second signal waits for the write
+            atomic_save({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
+                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state},
+                        run / "finetune_state.pt")
+            guard.saving = False
+        bar.update(1)
+        bar.set_postfix(val_loss=f"{val_loss:.3f}", val_top1=f"{val_acc:.3f}")
+    bar.close()
+
+
 def finetune(encoder: nn.Module, mean, std, train, test, cfg: FinetuneConfig | dict | None = None,
              run_dir: str | Path | None = None, num_classes: int | None = None, input_size: int | None = None,
              resume: bool = True, progress: bool = True, test_groups=None, classes=None, group_names=None) -> dict:
-    """Fine-tune a copy of `encoder` (the argument is left untouched) on train = (uint8 (N,3,H,W), labels (N,));
-    evaluate on test (with test_groups (M,): + "groups", the subgroup metrics of evaluation.groups). Returns the report: {"top1", "top5", "per_class", "ece", "nll", "reliability", "val_top1",
-    "val_loss", "best_epoch", "epochs_run", "num_labelled", "config", ["tta": {...}]}."""
+    """Fine-tune a copy of `encoder` (left untouched) on train = (uint8 (N,3,H,W), labels (N,)); evaluate on test
+    (test_groups (M,): + "groups" of evaluation.groups). Returns {"top1", "top5", "per_class", "ece", "nll",
+    "reliability", "val_top1", "val_loss", "best_epoch", "epochs_run", "num_labelled", "config", ["tta"]}."""
     cfg = FinetuneConfig.from_dict(cfg) if isinstance(cfg, dict) else (cfg or FinetuneConfig())
     (tr_x, tr_y), (te_x, te_y) = train, test
     check_images(tr_x, "train images")
@@ -282,63 +371,11 @@ def finetune(encoder: nn.Module, mean, std, train, test, cfg: FinetuneConfig | d
     state = {"epoch": 0, "best_loss": float("inf"), "best_acc": 0.0, "best_epoch": 0, "since": 0, "best": None,
              "lines": 0}
     run = Path(run_dir) if run_dir is not None else None
-    if run is not None:
-        run.mkdir(parents=True, exist_ok=True)
-        saved = run / "finetune_state.pt"
-        if resume and saved.is_file():
-            ckpt = load_weights_only(saved, map_location=device)
-            if ckpt["config"] != dataclasses.asdict(cfg):
-                raise SslAugError(f"{saved} was written with other fine-tuning settings; use another run directory "
-                                  "or delete it")
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            state = ckpt["state"]
-            lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-            atomic_write_text(run / "metrics.jsonl", "".join(x + "\n" for x in lines[:state["lines"]]))
-        else:
-            (run / "metrics.jsonl").unlink(missing_ok=True)
-        atomic_write_json(run / "config.json", {"finetune": dataclasses.asdict(cfg), "num_classes": c})
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc="fine-tune", disable=not progress, leave=False)
-    while state["epoch"] < cfg.epochs and state["since"] < cfg.patience:
-        epoch = state["epoch"]
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = train_idx[torch.randperm(len(train_idx), generator=g)]
-        total = 0.0
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            x = normalize_images(tr_x[idx].to(device), mean, std)
-            y = tr_y[idx].to(device)
-            _train_mode(model, cfg)
-            x, targets = _mixed_batch(model, x, y, c, cfg, g)
-            loss = _soft_ce(model(x), targets, cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        val_logits = _logits(model, tr_x[val_idx], mean, std)
-        val_loss = float(F.cross_entropy(val_logits, tr_y[val_idx]))
-        val_acc = float((val_logits.argmax(1) == tr_y[val_idx]).double().mean())
-        state["epoch"] = epoch + 1
-        if val_loss < state["best_loss"]:
-            state.update(best_loss=val_loss, best_acc=val_acc, best_epoch=epoch + 1, since=0,
-                         best={k: v.detach().clone() for k, v in model.state_dict().items()})
-        else:
-            state["since"] += 1
-        record = {"type": "epoch", "epoch": epoch + 1, "train_loss": total / len(train_idx), "val_loss": val_loss,
-                  "val_top1": val_acc, "lr": opt.param_groups[0]["lr"]}
+    with hold_run_folder(run, enabled=run is not None), PreemptionGuard() as guard:  # one writer; clean stops
         if run is not None:
-            append_line(run / "metrics.jsonl", json.dumps(record), what="metrics log")
-            state["lines"] += 1
-            atomic_torch_save({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
-                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state},
-                              run / "finetune_state.pt")
-        bar.update(1)
-        bar.set_postfix(val_loss=f"{val_loss:.3f}", val_top1=f"{val_acc:.3f}")
-    bar.close()
+            state = _start_or_resume(run, cfg, c, model, opt, sched, state, resume, device)
+        _train_epochs(model, opt, sched, state, (tr_x, tr_y), train_idx, val_idx, mean, std, c, cfg, run, guard,
+                      progress)
     model.load_state_dict(state["best"])
     model.eval()
     probs = _logits(model, te_x, mean, std).double().softmax(1)
