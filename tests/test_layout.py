@@ -101,3 +101,25 @@ def test_imports_flow_one_way():
             if layer(imported) > layer(name):
                 backwards.append(f"{name} -> {imported}")
     assert not backwards, "imports against the flow: " + ", ".join(sorted(backwards))
+
+
+def test_command_lines_are_parsed_in_cli_only():
+    """argparse and argument Namespaces stay in cli/ (and the benchmarks' own `main(argv)`); the library below
+    takes plain values. errors.py only builds the one-line parser the commands use."""
+    found = []
+    for name, path in modules():
+        parts = name.split(".")
+        if len(parts) > 1 and parts[1] in ("cli", "benchmarks", "errors", "__main__"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if "argparse" in names:
+                    found.append(f"{name} imports argparse")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):  # a Namespace: args.option read
+                if any(a.arg == "args" for a in node.args.args + node.args.kwonlyargs):
+                    read = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+                            and isinstance(n.value, ast.Name) and n.value.id == "args"}
+                    if read - {"get", "items", "keys", "values", "copy", "update", "pop", "index", "count"}:
+                        found.append(f"{name}.{node.name}(args) reads args.{sorted(read)[0]}")
+    assert not found, "command-line parsing outside cli/: " + ", ".join(found)

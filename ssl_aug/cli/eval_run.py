@@ -70,7 +70,8 @@ def eval_command(args) -> int:
     out = _output_path(args)  # checked before any work
     backbone, mean, std, data, label = resolve_encoder(args.encoder, device)
     run_eval_defaults(args, data["eval"])
-    (train, test), data_name, how, groups = load_eval_data(data, args, with_groups=True)
+    (train, test), data_name, how, groups = load_eval_data(data, args.data, args.root, args.split, args.test_split,
+                                                                with_groups=True)
     train = _subset(*train, args.train_subset, "--train-subset")
     *test, groups["test_groups"] = _subset(*test, args.test_subset, "--test-subset", groups["test_groups"], True)
     test = tuple(test)

@@ -3,7 +3,6 @@ encoder on its data, a results table and JSON."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -18,8 +17,7 @@ from ssl_aug.workflows.finetune_runner import load_spec, results_table, run_cell
 def _data(args, data_keys):
     from ssl_aug.workflows.evaluate_encoder import _subset, load_eval_data
 
-    ns = argparse.Namespace(data=args.data, root=args.root, split=None, test_split=None)
-    (train, test), name, how = load_eval_data(data_keys, ns, roles=("train", "test"))
+    (train, test), name, how = load_eval_data(data_keys, args.data, args.root, roles=("train", "test"))
     used = _subset(*test, args.test_subset, "--test-subset")
     if len(used[1]) != len(test[1]):
         how += f"; {len(used[1])} of the {len(test[1])} test images used (--test-subset)"

@@ -65,21 +65,24 @@ def _subset(images, labels, n: int, flag: str, groups=None, with_groups: bool = 
     return (images, labels, groups) if with_groups else (images, labels)
 
 
-def load_eval_data(data: dict, args, with_groups: bool = False, roles: tuple[str, str] = ("bank", "query")):
-    """((bank images, labels), (query images, labels), data name, description of the split used); with_groups
-    also a dict {test_groups (M,) or None, classes, group_names} for the subgroup report. roles: what the
+def load_eval_data(data: dict, name: str | None = None, root: str | None = None, split: str | None = None,
+                   test_split: str | None = None, with_groups: bool = False, roles: tuple[str, str] = ("bank", "query")):
+    """((bank images, labels), (query images, labels), data name, description of the split used). data: the
+    encoder's data keys (resolve_encoder); name / root / split / test_split replace them when given. with_groups
+    also returns {test_groups (M,) or None, classes, group_names} for the subgroup report. roles: what the
     description calls the two sets (("train", "test") for fine-tuning)."""
-    name = args.data or data["name"]
+    asked_split = split
+    name = name or data["name"]
     if name is None:
         raise SslAugError("no data set known for this encoder: pass --data NAME (cifar10, cifar100, stl10, "
                           "imagefolder, npz, embedded)")
     same = name == data["name"]
-    root = args.root or (data["root"] if same else None)
+    root = root or (data["root"] if same else None)
     options = data["options"] if same else {}
-    split = args.split or (data["split"] if same else "train")
-    test_split = args.test_split or (data["test_split"] if same else "test")
+    split = split or (data["split"] if same else "train")
+    test_split = test_split or (data["test_split"] if same else "test")
     train = load_dataset(name, split=split, root=root, **options)
-    if not bool((train.labels >= 0).any()) and args.split is None and split != "train":
+    if not bool((train.labels >= 0).any()) and asked_split is None and split != "train":
         split = "train"  # trained on an unlabeled split (e.g. stl10 'unlabeled'): the labelled bank is 'train'
         train = load_dataset(name, split=split, root=root, **options)
     keep = train.labels >= 0  # unlabeled images cannot vote or be scored

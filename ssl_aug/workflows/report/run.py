@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import types
 from pathlib import Path
 
 from ssl_aug.errors import SslAugError
@@ -105,8 +104,7 @@ def _compute_maps(run_dir: Path, progress: bool = False) -> None:
     from ssl_aug.workflows.evaluate_encoder import _subset, load_eval_data, resolve_encoder
 
     backbone, mean, std, data, _ = resolve_encoder(str(run_dir), torch.device("cpu"))
-    args = types.SimpleNamespace(data=None, root=None, split=None, test_split=None)
-    (train, test), _, _, extra = load_eval_data(data, args, with_groups=True)
+    (train, test), _, _, extra = load_eval_data(data, with_groups=True)
     train = _subset(*train, min(5000, len(train[1])), "bank")
     test = _subset(*test, min(1000, len(test[1])), "queries")
     tr_f, te_f = [extract_features(backbone, x, mean, std, progress=progress) for x in (train[0], test[0])]
