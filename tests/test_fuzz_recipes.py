@@ -180,3 +180,37 @@ def test_fuzz_data_pack_options(tmp_path_factory, capsys, option, value):
     if code != 0:
         assert code == 2 and len(lines) == 1 and "error" in lines[0], (option, value, lines)
         assert not (tmp / "dst").exists(), (option, value)
+
+
+def finetune_keys() -> list[str]:
+    from ssl_aug.evaluation.finetune import FinetuneConfig
+
+    return [f.name for f in dataclasses.fields(FinetuneConfig)]
+
+
+@FUZZ
+@given(key=st.sampled_from(finetune_keys()), value=VALUES)
+def test_fuzz_finetune_settings(tmp_path_factory, monkeypatch, capsys, key, value):
+    """`ssl-aug finetune ENCODER key=value`: one line and nothing written, or accepted and then one epoch of
+    real fine-tuning on 16 toy images runs without any exception other than SslAugError."""
+    from ssl_aug.cli import finetune_run
+    from ssl_aug.evaluation.finetune import finetune
+
+    def one_epoch(encoder, mean, std, train, test, cells, seeds, out_dir, progress=True, on_result=None):
+        for cell in cells.values():
+            finetune(encoder, mean, std, train, test, {**cell, "epochs": min(cell.get("epochs", 1), 1)},
+                     progress=False)
+        return {}
+
+    toy = (torch.randint(0, 256, (16, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8),
+           torch.arange(16) % 2)
+    monkeypatch.setattr(finetune_run, "run_cells", one_epoch)
+    monkeypatch.setattr(finetune_run, "_data", lambda *a: (toy, toy, "toy", "toy split"))
+    tmp = tmp_path_factory.mktemp("finetune")
+    argv = ["finetune", "random:small_cnn", f"{key}={toml_value(value)}", "--output-dir", tmp / "out",
+            "--no-progress"]
+    code, lines, _ = run_cli(argv, capsys)  # any exception but SslAugError fails the test here
+    assert "Traceback" not in "\n".join(lines)
+    if code != 0:
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("ssl-aug: error: "), (key, value, lines)
+        assert not (tmp / "out").exists(), (key, value)

@@ -35,16 +35,15 @@ from ssl_aug.evaluation.calibration import calibration_report
 from ssl_aug.evaluation.features import check_images, module_device, normalize_images
 from ssl_aug.evaluation.groups import group_metrics, predictions
 from ssl_aug.evaluation.knn import classification_metrics
+from ssl_aug.evaluation.trainable_parts import TRAINABLE, last_stage_modules, set_trainable, train_mode
 from ssl_aug.evaluation.tta import VIEWS, tta_predict
 from ssl_aug.io import append_line, atomic_write_json, atomic_write_text
+from ssl_aug.recipe_checks import MAX_INT
 from ssl_aug.registry import check_keys
 from ssl_aug.runlock import hold_run_folder
 from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted, say_stop
 
 __all__ = ["FinetuneConfig", "finetune", "last_stage_modules", "TRAINABLE"]
-
-TRAINABLE = ("all", "last_stage", "head")
-
 
 @dataclass
 class FinetuneConfig:
@@ -69,10 +68,10 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for key in ("epochs", "batch_size", "patience", "cutout_size", "grid"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SslAugError(f"finetune {key}={value!r} is not allowed; use an integer >= 1")
+        for key in ("epochs", "batch_size", "patience", "cutout_size", "grid", "seed"):
+            value, low = getattr(self, key), 0 if key == "seed" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
+                raise SslAugError(f"finetune {key}={value!r} is not allowed; use an integer in [{low}, {MAX_INT}]")
         for key in ("lr", "weight_decay", "mix_alpha", "mix_p", "label_fraction", "val_fraction", "label_smoothing"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -92,8 +91,9 @@ class FinetuneConfig:
             raise SslAugError(f"finetune val_fraction={self.val_fraction!r} is not allowed; use a number in (0, 1)")
         if not 0 <= self.label_smoothing < 1:
             raise SslAugError(f"finetune label_smoothing={self.label_smoothing!r} is not allowed; use [0, 1)")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise SslAugError(f"finetune lr={self.lr!r} / weight_decay={self.weight_decay!r}: use lr > 0, weight_decay >= 0")
+        if not 0 < self.lr <= 1e3 or self.weight_decay < 0:  # AdamW's step overflows float32 near lr 3e37
+            raise SslAugError(f"finetune lr={self.lr!r} / weight_decay={self.weight_decay!r}: use 0 < lr <= 1000, "
+                              "weight_decay >= 0")
         if self.tta_views not in VIEWS:
             raise SslAugError(f"finetune tta_views={self.tta_views!r} is not allowed; use one of {', '.join(VIEWS)}")
 
@@ -102,30 +102,6 @@ class FinetuneConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         check_keys(sorted(data), names, "finetune key")
         return cls(**data)
-
-
-def _downsamples(m: nn.Module) -> bool:
-    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        return True
-    return isinstance(m, nn.Conv2d) and max(m.stride) > 1
-
-
-def last_stage_modules(encoder: nn.Module) -> list[nn.Module]:
-    """The last resolution stage: the smallest named container (below the root) holding the last
-    downsampling layer that is not the whole network (ResNet: layer4), else every module registered
-    after that layer (small_cnn: the last conv + BN). No downsampling layer: the whole encoder."""
-    named = list(encoder.named_modules())
-    last = max((i for i, (_, m) in enumerate(named) if _downsamples(m)), default=None)
-    if last is None:
-        return [encoder]
-    all_params = {id(p) for p in encoder.parameters()}
-    parts = named[last][0].split(".")
-    for k in range(1, len(parts)):
-        container = encoder.get_submodule(".".join(parts[:k]))
-        params = {id(p) for p in container.parameters()}
-        if params and params != all_params:
-            return [container]
-    return [m for _, m in named[last + 1:] if not list(m.children())]
 
 
 class _Classifier(nn.Module):
@@ -216,32 +192,6 @@ def _split_labels(labels, cfg: FinetuneConfig, num_classes: int):
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
-def _set_trainable(model: _Classifier, cfg: FinetuneConfig) -> list[nn.Parameter]:
-    if cfg.trainable == "all":
-        modules = [model.encoder]
-    elif cfg.trainable == "last_stage":
-        modules = last_stage_modules(model.encoder)
-    else:
-        modules = []
-    model.encoder.requires_grad_(False)
-    for m in modules:
-        m.requires_grad_(True)
-    if cfg.freeze_bn:
-        for m in model.encoder.modules():
-            if isinstance(m, nn.modules.batchnorm._NormBase):
-                m.requires_grad_(False)
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def _train_mode(model: _Classifier, cfg: FinetuneConfig) -> None:
-    """BatchNorm layers that are frozen (freeze_bn, or outside the trained part) stay in eval mode."""
-    model.train()
-    for m in model.encoder.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) and (cfg.freeze_bn or not any(
-                p.requires_grad for p in m.parameters(recurse=False))):
-            m.eval()
-
-
 def _mixed_batch(model, x, y, num_classes, cfg: FinetuneConfig, g):
     """-> (images, soft targets (B, C)) after crop/flip and mixing (mixing gated per image by mix_p)."""
     if cfg.crop_flip:
@@ -310,7 +260,7 @@ def _train_epochs(model, opt, sched, state, train, train_idx, val_idx, mean, std
             idx = order[i:i + cfg.batch_size]
             x = normalize_images(tr_x[idx].to(device), mean, std)
             y = tr_y[idx].to(device)
-            _train_mode(model, cfg)
+            train_mode(model, cfg)
             x, targets = _mixed_batch(model, x, y, c, cfg, g)
             loss = _soft_ce(model(x), targets, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -318,12 +268,13 @@ def _train_epochs(model, opt, sched, state, train, train_idx, val_idx, mean, std
             opt.step()
             sched.step()
             total += loss.detach().double() * len(idx)
-        if bool(nonfinite_flag([total, *training_tensors(model, opt)])):  # one host read per epoch
+        val_logits = _logits(model, tr_x[val_idx], mean, std)
+        val_loss = F.cross_entropy(val_logits, tr_y[val_idx])
+        if bool(nonfinite_flag([total, val_loss, *training_tensors(model, opt)])):  # one host read per epoch
             kept = f"; the state after epoch {epoch} is kept in {run / 'finetune_state.pt'}" if run and epoch else ""
             raise SslAugError(f"fine-tuning became non-finite (NaN/inf loss, weights or optimiser state) in epoch "
                               f"{epoch + 1}{kept}; lower lr (now {cfg.lr}) or check the encoder")
-        val_logits = _logits(model, tr_x[val_idx], mean, std)
-        val_loss = float(F.cross_entropy(val_logits, tr_y[val_idx]))
+        val_loss = float(val_loss)
         val_acc = float((val_logits.argmax(1) == tr_y[val_idx]).double().mean())
         state["epoch"] = epoch + 1
         if val_loss < state["best_loss"]:
@@ -364,7 +315,7 @@ def finetune(encoder: nn.Module, mean, std, train, test, cfg: FinetuneConfig | d
     train_idx, val_idx = _split_labels(tr_y, cfg, c)
     torch.manual_seed(cfg.seed)
     model = _Classifier(encoder, dim, c).to(device)
-    params = _set_trainable(model, cfg)
+    params = set_trainable(model, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = -(-len(train_idx) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
