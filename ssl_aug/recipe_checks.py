@@ -67,7 +67,7 @@ RANGES: dict[str, Range] = {
     "train.threads": Range(0, 1024),
     "train.view_candidates": Range(1, 64),
     "eval.knn_k": COUNT,
-    "eval.knn_temperature": POSITIVE,
+    "eval.knn_temperature": Range(0.002, text=">= 0.002 (the kNN vote weights exp(similarity / T) overflow below it)"),
     "eval.knn_every": Range(0, MAX_INT),
     "eval.monitor_train": COUNT,
     "eval.monitor_test": COUNT,

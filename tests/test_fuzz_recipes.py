@@ -214,3 +214,29 @@ def test_fuzz_finetune_settings(tmp_path_factory, monkeypatch, capsys, key, valu
     if code != 0:
         assert code == 2 and len(lines) == 1 and lines[0].startswith("ssl-aug: error: "), (key, value, lines)
         assert not (tmp / "out").exists(), (key, value)
+
+
+EVAL_VALUES = st.one_of(st.sampled_from(["0", "-1", "1e3", "x", "", NOT_UTF8, "nan", "inf", "-inf", "0.0", "1e-320",
+                                         str(2**63), "1.5"]),
+                        st.integers(min_value=-(2**63), max_value=2**63), st.floats(allow_nan=True).map(repr))
+
+
+@FUZZ
+@given(option=st.sampled_from(["--k", "--temperature", "--nlist", "--nprobe", "--train-subset", "--test-subset",
+                               "--severity"]), value=EVAL_VALUES)
+def test_fuzz_eval_options(tmp_path_factory, monkeypatch, capsys, option, value):
+    """`ssl-aug eval` numeric options on 240 toy images: evaluated, or one line and no output file."""
+    from ssl_aug.cli import eval_run
+
+    g = torch.Generator().manual_seed(0)
+    toy = (torch.randint(0, 256, (240, 3, 16, 16), generator=g, dtype=torch.uint8), torch.arange(240) % 3)
+    monkeypatch.setattr(eval_run, "load_eval_data", lambda *a, **k: (
+        (toy, toy), "toy", "toy split", {"test_groups": None, "classes": None, "group_names": None}))
+    out = tmp_path_factory.mktemp("eval") / "eval.json"
+    extra = ["--robustness", "--corruption", "brightness"] if option == "--severity" else []
+    code, lines, _ = run_cli(["eval", "random:small_cnn", option, str(value), *extra, "--json", out, "--no-progress"],
+                             capsys)
+    assert "Traceback" not in "\n".join(lines)
+    if code != 0:
+        assert code == 2 and len(lines) == 1 and "error" in lines[0], (option, value, lines)
+        assert not out.exists(), (option, value)

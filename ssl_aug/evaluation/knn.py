@@ -62,12 +62,16 @@ def _check_inputs(train_features, train_labels, test_features, num_classes, test
     return tf.float().cpu(), ty, qf.float().cpu(), int(num_classes)
 
 
+MIN_TEMPERATURE = 0.002  # exp(1 / T) stays below float64's largest value (exp(709))
+
+
 def _check_params(ks, temperature, n_train):
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
         raise SslAugError(f"k must be >= 1, got {ks}")
-    if not temperature > 0:
-        raise SslAugError(f"temperature must be > 0, got {temperature}")
+    if not MIN_TEMPERATURE <= temperature < math.inf:
+        raise SslAugError(f"kNN temperature {temperature} is not allowed; use a finite number >= {MIN_TEMPERATURE} "
+                          "(the vote weights exp(similarity / T) overflow below it)")
     if max(ks) > n_train:
         warnings.warn(f"k={max(ks)} > number of training rows {n_train}; using k={n_train} where larger", stacklevel=3)
         ks = [min(k, n_train) for k in ks]
