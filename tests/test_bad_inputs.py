@@ -405,3 +405,9 @@ def test_subprocess_prints_no_traceback(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("ssl-aug: error: "), proc.stderr
     assert "train.epochs" in lines[0]
 
+
+
+@pytest.mark.parametrize("seeds", ["0", "-1", str(2**63)])
+def test_ablation_seeds_out_of_range_are_one_line(capsys, seeds):
+    """--seeds 0 was silently the spec's default and 2**63 planned that many runs (hung)."""
+    assert_one_error(["ablate", "ablate_color_cifar10", "--seeds", seeds, "--dry-run"], capsys, "seeds", "1 to 1000")

@@ -13,7 +13,7 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")
-    if args.seeds:
+    if args.seeds is not None:
         overrides.append(f"seeds={args.seeds}")
     run_ablation(args.spec, overrides=overrides, progress=not args.no_progress, dry_run=args.dry_run,
                  rerun_changed=args.rerun_changed, launcher=args.launcher, workers=args.workers, address=args.address,
@@ -25,7 +25,7 @@ def register(sub) -> None:
     p = add_command(sub, "ablate", run, help="run an ablation grid: ssl-aug ablate SPEC.toml [key=value ...]")
     p.add_argument("spec", help="an ablation TOML (ssl_aug/recipes/ablate_*.toml) or its shipped name")
     p.add_argument("overrides", nargs="*", help="overrides of the spec, e.g. base.train.epochs=2 seeds=3")
-    p.add_argument("--seeds", type=int, default=0, help="seeds per cell (overrides the spec)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per cell (overrides the spec)")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.add_argument("--rerun-changed", action="store_true",

@@ -31,6 +31,7 @@ from ssl_aug.registry import check_keys
 __all__ = ["Run", "SPEC_KEYS", "MODES", "load_spec", "base_recipe", "plan_cells", "plan_runs", "config_hash",
            "is_ablation_spec"]
 
+MAX_SEEDS = 1000  # seeds per cell: each is a full training run
 SPEC_KEYS = ("description", "base", "mode", "seeds", "output_dir", "base_overrides", "axes", "cells", "metrics")
 MODES = ("cells", "one_at_a_time", "grid")
 
@@ -148,8 +149,8 @@ def plan_runs(spec: dict, spec_path: Path) -> list[Run]:
     base = base_recipe(spec, spec_path)
     out = Path(spec.get("output_dir") or f"runs/{spec_path.stem}")
     seeds = spec.get("seeds", 1)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise SslAugError(f"ablation seeds must be an integer >= 1, got {seeds!r}")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
+        raise SslAugError(f"ablation seeds must be an integer from 1 to {MAX_SEEDS}, got {seeds!r}")
     runs = []
     for cell, overrides in plan_cells(spec):
         for seed in range(seeds):
