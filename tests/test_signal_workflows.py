@@ -46,7 +46,7 @@ elif slow == "finetune":  # the second batch of epoch 2
         calls.append(1)
         if len(calls) == 7:  # 5 batches per epoch
             mark.touch()
-            time.sleep(30)
+            time.sleep(3)  # a handled signal does not cut a sleep short: keep it brief
         return _ce(*a)
     ft._soft_ce = soft_ce
 else:  # "ablation" / "search": a training step of the run whose folder contains $SLOW_IN
@@ -176,8 +176,7 @@ def test_sigterm_inside_a_search_trial_then_continue(tmp_path):
     assert resumed[0].value == ref[0]  # the stopped base-point trial resumed exactly
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_during_finetuning_then_continue(tmp_path, signum, code):
+def test_sigterm_during_finetuning_then_continue(tmp_path, signum=signal.SIGTERM, code=143):
     args = ["finetune", "random:small_cnn", "epochs=3", "label_fraction=0.03", "batch_size=32", "--data", "embedded",
             "--test-subset", "100", "--no-progress"]
     _finish(_ssl_aug(*args, "--output-dir", str(tmp_path / "reference")))
