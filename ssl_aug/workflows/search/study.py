@@ -84,7 +84,7 @@ def finished_trials(study) -> list:
 def prepare_search(spec: SearchSpec) -> Path:
     """Create (or check, on resume) the search directory; recover trials left RUNNING by a killed search.
     Everything is validated before the first file is written."""
-    optuna = require_optuna()
+    require_optuna()  # one line when the optional extra is missing
     from optuna.trial import TrialState
 
     search_dir = spec.out_dir
