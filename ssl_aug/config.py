@@ -232,13 +232,9 @@ def _validate(cfg: Config) -> None:
     if cfg.train.view_candidates < 1:
         raise SslAugError(f"recipe key 'train.view_candidates' must be an integer >= 1 (1 = random views), "
                           f"got {cfg.train.view_candidates}")
-    if cfg.train.lr <= 0:
-        raise SslAugError(f"recipe key 'train.lr' must be > 0, got {cfg.train.lr}")
     if cfg.eval.invariance_ops and not all(isinstance(name, str) for name in cfg.eval.invariance_ops):
         raise SslAugError(f"recipe key 'eval.invariance_ops' = {cfg.eval.invariance_ops!r} must be a list of op "
                           "names, e.g. [\"blur\", \"RandomErasing\"]")  # the names: by the invariance evaluator
-    if cfg.eval.knn_temperature <= 0:
-        raise SslAugError(f"recipe key 'eval.knn_temperature' must be > 0, got {cfg.eval.knn_temperature}")
     if cfg.eval.knn_nlist < 0:
         raise SslAugError(f"recipe key 'eval.knn_nlist' must be >= 0 (0 = automatic), got {cfg.eval.knn_nlist}")
     if not isinstance(cfg.method.get("name"), str):

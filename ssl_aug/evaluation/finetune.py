@@ -237,7 +237,7 @@ def _stop_line(guard, run, epoch: int) -> None:
     kept = (f"the state after epoch {epoch} is kept in {run / 'finetune_state.pt'}" if run is not None and epoch
             else "nothing to keep yet")
     say_stop(f"ssl-aug: {signal.Signals(guard.signum).name}: fine-tuning stopped in epoch {epoch + 1}; {kept}; "
-             "continue with the same command (it resumes from the saved state)")
+             f"{guard.continue_hint}")
     raise TrainingInterrupted(guard.signum, epoch)
 
 
@@ -248,6 +248,10 @@ def _train_epochs(model, opt, sched, state, train, train_idx, val_idx, mean, std
 
     tr_x, tr_y = train
     device = module_device(model)
+    per_epoch = -(-len(train_idx) // cfg.batch_size)  # the guard counts batches: a second signal says what is lost
+    guard.continue_hint = "continue with the same command (it resumes from the saved state)"
+    guard.step = state["epoch"] * per_epoch
+    guard.saved_step = guard.step if run is not None and state["epoch"] else None
     bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc="fine-tune", disable=not progress, leave=False)
     while state["epoch"] < cfg.epochs and state["since"] < cfg.patience:
         epoch = state["epoch"]
@@ -268,6 +272,7 @@ def _train_epochs(model, opt, sched, state, train, train_idx, val_idx, mean, std
             opt.step()
             sched.step()
             total += loss.detach().double() * len(idx)
+            guard.step += 1
         val_logits = _logits(model, tr_x[val_idx], mean, std)
         val_loss = F.cross_entropy(val_logits, tr_y[val_idx])
         if bool(nonfinite_flag([total, val_loss, *training_tensors(model, opt)])):  # one host read per epoch
@@ -288,10 +293,13 @@ def _train_epochs(model, opt, sched, state, train, train_idx, val_idx, mean, std
             append_line(run / "metrics.jsonl", json.dumps(record), what="metrics log")
             state["lines"] += 1
             guard.saving = True  # a second signal waits for the write
-            atomic_save({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
-                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state},
-                        run / "finetune_state.pt")
-            guard.saving = False
+            try:
+                atomic_save({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
+                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state},
+                            run / "finetune_state.pt")
+            finally:
+                guard.saving = False
+            guard.saved_step = guard.step
         bar.update(1)
         bar.set_postfix(val_loss=f"{val_loss:.3f}", val_top1=f"{val_acc:.3f}")
     bar.close()

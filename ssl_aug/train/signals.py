@@ -21,7 +21,7 @@ import threading
 from ssl_aug import distributed as dist
 
 __all__ = ["EXIT_CODES", "PreemptionGuard", "TrainingInterrupted", "PhaseInterrupted", "interrupt_on_signal",
-           "say_stop", "workflow_stop_line"]
+           "say_stop", "workflow_stop_line", "end_workflow"]
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 _LINE_OWNERS: list[str] = []  # workflows (ablation, search) that print the stop line themselves
@@ -42,6 +42,12 @@ def say_stop(line: str) -> None:
     """Print a stop line on stderr, unless a workflow around this run prints its own."""
     if not _LINE_OWNERS:
         print(line, file=sys.stderr, flush=True)
+
+
+def end_workflow(signum: int, what: str) -> None:
+    """A workflow's own stop line ("ssl-aug: SIGTERM: <what>"), then exit with the signal's status (143 / 130)."""
+    print(f"ssl-aug: {signal.Signals(signum).name}: {what}", file=sys.stderr, flush=True)
+    raise TrainingInterrupted(signum, 0) from None
 
 
 class TrainingInterrupted(SystemExit):
@@ -90,11 +96,11 @@ class PreemptionGuard:
         self.step, self.saved_step = 0, None  # set by the trainer: last finished step, last checkpoint's step
         self.started_at: int | None = None  # the step this process started from (None: not yet training)
         self.saving = False
+        self.continue_hint = "resume with the same command plus --resume"  # fine-tuning: the same command
 
     def _stop_now(self, signum: int, why: str) -> None:
         kept = "no checkpoint yet" if self.saved_step is None else f"the checkpoint of step {self.saved_step} is kept"
-        say_stop(f"ssl-aug: {signal.Signals(signum).name}: stopped at once ({why}); {kept}; resume with the same "
-                 f"command plus --resume")
+        say_stop(f"ssl-aug: {signal.Signals(signum).name}: stopped at once ({why}); {kept}; {self.continue_hint}")
         raise TrainingInterrupted(signum, self.step)
 
     def _handle(self, signum, frame) -> None:

@@ -52,10 +52,7 @@ def run_ablation(spec: str | Path, overrides: list[str] = (), progress: bool = T
 def stopped(stop, runs: list[Run]) -> None:
     """After SIGTERM / SIGINT: one line naming the stopped cell, the finished ones and how to continue;
     then exit with the signal's status (143 / 130)."""
-    import signal
-    import sys
-
-    from ssl_aug.train.signals import TrainingInterrupted
+    from ssl_aug.train.signals import end_workflow
 
     finished = [r for r in runs if (r.run_dir / "eval.json").is_file()]
     cell = getattr(stop, "cell", None)
@@ -65,7 +62,6 @@ def stopped(stop, runs: list[Run]) -> None:
         where = f"in cell '{cell.cell}' seed {cell.seed} ({kept})"
     else:
         where = "between cells"
-    print(f"ssl-aug: {signal.Signals(stop.signum).name}: ablation stopped {where}; {len(finished)} of {len(runs)} "
-          f"runs finished; continue with the same command (finished runs are skipped, a stopped one resumes from "
-          f"its last checkpoint)", file=sys.stderr, flush=True)
-    raise TrainingInterrupted(stop.signum, 0) from None
+    end_workflow(stop.signum, f"ablation stopped {where}; {len(finished)} of {len(runs)} runs finished; continue "
+                              "with the same command (finished runs are skipped, a stopped one resumes from its last "
+                              "checkpoint)")

@@ -123,10 +123,7 @@ def run_search(spec: str | Path, overrides: list[str] = (), launcher: str = "loc
 def stopped(stop, spec) -> None:
     """After SIGTERM / SIGINT: one line naming the stopped trial, the finished trials and how to continue;
     then exit with the signal's status (143 / 130)."""
-    import signal
-    import sys
-
-    from ssl_aug.train.signals import TrainingInterrupted
+    from ssl_aug.train.signals import end_workflow
 
     finished = "?"
     if (spec.out_dir / "study.db").is_file():
@@ -136,6 +133,5 @@ def stopped(stop, spec) -> None:
     trial = getattr(stop, "trial", None)
     where = f"in trial {trial} (recorded as interrupted, not as a result; it runs again from its last checkpoint)" \
         if trial is not None else "between trials"
-    print(f"ssl-aug: {signal.Signals(stop.signum).name}: search stopped {where}; {finished} of {spec.raw['trials']} "
-          f"trials finished; continue with the same command", file=sys.stderr, flush=True)
-    raise TrainingInterrupted(stop.signum, 0) from None
+    end_workflow(stop.signum, f"search stopped {where}; {finished} of {spec.raw['trials']} trials finished; "
+                              "continue with the same command")
