@@ -100,7 +100,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_sigterm_during_an_export_leaves_no_partial_file_and_a_rerun_completes_it(trained_run, tmp_path):
-    _finish(_ssl_aug("export", str(trained_run), "--out", str(tmp_path / "reference")))
+    reference_run = _ssl_aug("export", str(trained_run), "--out", str(tmp_path / "reference"))  # runs alongside
     out, mark = tmp_path / "export", tmp_path / "mark"
     proc = _ssl_aug("export", str(trained_run), "--out", str(out), slow="export", mark=mark)
     lines = _signal_at_mark(proc, mark, signal.SIGTERM)
@@ -109,6 +109,7 @@ def test_sigterm_during_an_export_leaves_no_partial_file_and_a_rerun_completes_i
     assert not (out / "encoder.json").exists()  # an unfinished export never looks complete
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
     _finish(_ssl_aug("export", str(trained_run), "--out", str(out)))
+    _finish(reference_run)
     reference = json.loads((tmp_path / "reference" / "encoder.json").read_text())["files"]
     files = json.loads((out / "encoder.json").read_text())["files"]
     assert files.keys() == reference.keys()
@@ -138,7 +139,7 @@ def test_sigterm_inside_an_ablation_cell_then_continue(tmp_path, signum=signal.S
     """SIGINT takes the same path (its exit status, 130, is tested with training in test_signal_phases)."""
     reference = tmp_path / "reference"
     reference.mkdir()
-    _finish(_ssl_aug("ablate", str(_ablation_spec(reference)), "--no-progress"))
+    reference_run = _ssl_aug("ablate", str(_ablation_spec(reference)), "--no-progress")  # runs alongside
     spec, mark = _ablation_spec(tmp_path), tmp_path / "mark"
     proc = _ssl_aug("ablate", str(spec), "--no-progress", slow="ablation", mark=mark, slow_in="no_color_jitter")
     lines = _signal_at_mark(proc, mark, signum)
@@ -148,6 +149,7 @@ def test_sigterm_inside_an_ablation_cell_then_continue(tmp_path, signum=signal.S
     assert "1 of 2 runs finished" in line and "same command" in line and "last.pt" in line, line
     assert not (tmp_path / "out" / "results.csv").exists()
     _finish(_ssl_aug("ablate", str(spec), "--no-progress"))
+    _finish(reference_run)
     assert _table(tmp_path / "out") == _table(reference / "out")
 
 
@@ -157,7 +159,7 @@ def test_sigterm_inside_a_search_trial_then_continue(tmp_path):
     from ssl_aug.workflows.search.study import finished_trials, open_study
 
     ref_spec, ref_out = tiny_spec(tmp_path, trials=2, name="reference")
-    _finish(_ssl_aug("search", str(ref_spec), "--no-progress"))
+    reference_run = _ssl_aug("search", str(ref_spec), "--no-progress")  # runs alongside
     spec, out = tiny_spec(tmp_path, trials=2)
     mark = tmp_path / "mark"
     proc = _ssl_aug("search", str(spec), "--no-progress", slow="search", mark=mark, slow_in="trial_0000")
@@ -172,6 +174,7 @@ def test_sigterm_inside_a_search_trial_then_continue(tmp_path):
     assert len(done) == 2
     resumed = [t for t in done if t.user_attrs.get("resumed_from") == 0]
     assert len(resumed) == 1 and resumed[0].user_attrs["run_dir"].endswith("trial_0000")
+    _finish(reference_run)
     ref = {t.number: t.value for t in finished_trials(open_study(load_search(ref_spec), ref_out))}
     assert resumed[0].value == ref[0]  # the stopped base-point trial resumed exactly
 
@@ -179,7 +182,7 @@ def test_sigterm_inside_a_search_trial_then_continue(tmp_path):
 def test_sigterm_during_finetuning_then_continue(tmp_path, signum=signal.SIGTERM, code=143):
     args = ["finetune", "random:small_cnn", "epochs=3", "label_fraction=0.03", "batch_size=32", "--data", "embedded",
             "--test-subset", "100", "--no-progress"]
-    _finish(_ssl_aug(*args, "--output-dir", str(tmp_path / "reference")))
+    reference_run = _ssl_aug(*args, "--output-dir", str(tmp_path / "reference"))  # runs alongside
     out, mark = tmp_path / "out", tmp_path / "mark"
     proc = _ssl_aug(*args, "--output-dir", str(out), slow="finetune", mark=mark)
     lines = _signal_at_mark(proc, mark, signum)
@@ -189,5 +192,6 @@ def test_sigterm_during_finetuning_then_continue(tmp_path, signum=signal.SIGTERM
     run = out / "none" / "seed0"
     assert not (run / "finetune.json").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 1
     _finish(_ssl_aug(*args, "--output-dir", str(out)))
+    _finish(reference_run)
     done, ref = (json.loads((d / "none" / "seed0" / "finetune.json").read_text()) for d in (out, tmp_path / "reference"))
     assert done == ref
