@@ -184,6 +184,17 @@ def test_boxes_follow_torchvision_get_params_statistics():
                        sample_boxes(640, 480, plan, image_generator(5, 2, 7)))  # replayable
 
 
+def test_multi_view_boxes_land_in_their_views_slots():
+    """A plan mixing two (scale, ratio) groups: each slot's boxes follow its own view's area range, and
+    two views of one group are independent draws."""
+    plan = crop_plan([(32, (0.5, 1.0), (3 / 4, 4 / 3)), (16, (0.05, 0.1), (3 / 4, 4 / 3)),
+                      (32, (0.5, 1.0), (3 / 4, 4 / 3))])
+    boxes = torch.stack([sample_boxes(400, 300, plan, image_generator(0, 0, i)) for i in range(200)]).double()
+    area = boxes[..., 2] * boxes[..., 3] / (400 * 300)
+    assert area[:, [0, 2]].min() > 0.48 and area[:, 1].max() < 0.11  # rounding of h and w
+    assert (boxes[:, 0] != boxes[:, 2]).any(1).float().mean() > 0.95
+
+
 def _jpeg(w, h, seed=0):
     b = io.BytesIO()
     smooth(seed, w, h).save(b, "JPEG", quality=92)
@@ -249,3 +260,31 @@ def test_eval_view_is_torchvision_resize_then_centre_crop():
         ref = TF.center_crop(TF.resize(_full(data), 73, antialias=True), [64, 64])
         d = (decode_eval(data, 64).float() - ref.float()).abs()
         assert d.max() <= 1 if exact else d.mean() < 2.0, (w, h, d.max(), d.mean())
+
+
+def test_eval_resize_option_sets_the_shorter_side_before_the_centre_crop(packed):
+    """data.options.eval_resize = size keeps the whole shorter side (the in-memory pack's eval view);
+    a value below size is one line."""
+    from ssl_aug.data.shard_eval import load_shard_folder
+
+    dst, _ = packed
+    ds = load_shard_folder("train", dst, size=32, eval_resize=32)
+    index = read_index(dst)
+    key, data, *_ = next(iter_rows(index.path(0), index.starts[:1], index.ends[:1]))
+    ref = TF.center_crop(TF.resize(_full(data), 32, antialias=True), [32, 32])
+    assert (ds.images[0].float() - ref.float()).abs().mean() < 2.0
+    default = load_shard_folder("train", dst, size=32)
+    assert not torch.equal(default.images, ds.images)  # default: resize to 37, then crop 32
+    with pytest.raises(SslAugError, match="eval_resize = 16 is not allowed.*>= data.options.size"):
+        load_shard_folder("train", dst, size=32, eval_resize=16)
+
+
+def test_a_truncated_or_damaged_jpeg_raises_in_both_decoders():
+    """The full-scale path (torchvision's decoder) and the reduced-DCT path (PIL) both refuse a JPEG cut
+    short, so the stream counts and replaces it instead of training on a half-grey image."""
+    data = _jpeg(300, 200)
+    plan = crop_plan([(64, (0.5, 1.0), (3 / 4, 4 / 3))])
+    for sizes, cut in [([64], data[: len(data) // 2]), ([16], data[: len(data) // 2]), ([64], b"\0" * 16 + data[16:])]:
+        boxes = sample_boxes(300, 200, plan, image_generator(0, 0, 0))
+        with pytest.raises(Exception):
+            decode_crops(cut, boxes, sizes)

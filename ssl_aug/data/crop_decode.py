@@ -9,9 +9,11 @@ are the same whatever worker decodes it, and replay exactly.
 
 CPU (`decode_crops`): PIL with a reduced-DCT decode (`Image.draft`): the JPEG is decoded at scale
 1/r (r in 1, 2, 4, 8), the largest r for which every view's box still covers at least its output
-size in both directions, so all views of an image come from ONE decode. Each box (rounded to the
-reduced grid) is then cut and resized to its view size with torch's antialiased bilinear uint8
-resize (torchvision `resized_crop(..., antialias=True)`; 2.5x faster than PIL's resize here).
+size in both directions, so all views of an image come from ONE decode (at r = 1 a complete JPEG is
+decoded by torchvision's `decode_jpeg`: the same libjpeg-turbo pixels without PIL's copies, about 1.3x
+faster end to end). Each box (rounded to the reduced grid) is then cut and resized to its view size with
+torch's antialiased bilinear uint8 resize (torchvision `resized_crop(..., antialias=True)`; 2.5x faster
+than PIL's resize here).
 At r = 1 the crop equals torchvision's on the fully decoded image; at r > 1 the difference is the
 reduced-DCT decode's (measured: mean absolute difference under 2 grey levels).
 
@@ -67,10 +69,17 @@ def image_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 
 def sample_boxes(width: int, height: int, plan, g: torch.Generator) -> torch.Tensor:
-    """(V, 4) int64 [top, left, h, w] in original pixels, one box per view of `plan` (torchvision rule)."""
+    """(V, 4) int64 [top, left, h, w] in original pixels, one box per view of `plan` (torchvision rule).
+    Views sharing (scale, ratio) are drawn in one batched call, in plan order (the draws are independent)."""
     from ssl_aug.data.crop_boxes import sample_crop_boxes  # the one implementation of the rule
 
-    return torch.cat([sample_crop_boxes(1, height, width, v.scale, v.ratio, g) for v in plan])
+    groups: dict[tuple, list[int]] = {}
+    for v, view in enumerate(plan):
+        groups.setdefault((view.scale, view.ratio), []).append(v)
+    out = torch.empty((len(plan), 4), dtype=torch.int64)
+    for (scale, ratio), views in groups.items():
+        out[views] = sample_crop_boxes(len(views), height, width, scale, ratio, g)
+    return out
 
 
 def dct_reduction(boxes: torch.Tensor, sizes) -> int:
@@ -82,22 +91,37 @@ def dct_reduction(boxes: torch.Tensor, sizes) -> int:
     return r
 
 
+def _decode_full(data: bytes) -> torch.Tensor | None:
+    """A complete JPEG (SOI ... EOI markers) decoded at full scale by torchvision's libjpeg-turbo decoder ->
+    (1, 3, h, w) uint8 (the same pixels as PIL's decode, without PIL's two copies); None for anything else
+    (a truncated file keeps PIL's error)."""
+    if data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
+        return None
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)[None]
+
+
 def decode_crops(data: bytes, boxes: torch.Tensor, sizes) -> list[torch.Tensor]:
     """Encoded image + its views' boxes (V,4) in original pixels -> V uint8 tensors (3, s_v, s_v).
     Raises on a corrupt or truncated image (the caller counts and skips it)."""
     import torch.nn.functional as F
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        w0, h0 = im.size
-        r = dct_reduction(boxes, sizes)
-        if r > 1 and im.format == "JPEG":
-            im.draft("RGB", (-(-w0 // r), -(-h0 // r)))  # DCT-domain 1/r decode
-        im.load()
-        arr = np.array(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)  # writable
-    hr, wr = arr.shape[:2]
+    r = dct_reduction(boxes, sizes)
+    x = _decode_full(data) if r == 1 else None
+    if x is None:
+        with Image.open(io.BytesIO(data)) as im:
+            w0, h0 = im.size
+            if r > 1 and im.format == "JPEG":
+                im.draft("RGB", (-(-w0 // r), -(-h0 // r)))  # DCT-domain 1/r decode
+            im.load()
+            arr = np.array(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)  # writable
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None]  # (1,3,h,w) channels_last: torch's fast uint8 path
+    else:
+        h0, w0 = x.shape[2:]
+    hr, wr = x.shape[2:]
     fx, fy = w0 / wr, h0 / hr
-    x = torch.from_numpy(arr).permute(2, 0, 1)[None]  # (1,3,h,w) channels_last: torch's fast uint8 path
     out = []
     for (t, l, h, w), s in zip(boxes.tolist(), sizes):
         t1, l1 = min(hr - 1, round(t / fy)), min(wr - 1, round(l / fx))
