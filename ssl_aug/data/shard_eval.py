@@ -1,8 +1,8 @@
 """Evaluation images from a packed shard folder: torchvision's eval transform, decoded in chunks.
 
 `eval_batches(root, size, batch)` yields (ids (B,), labels (B,), images (B, 3, size, size) uint8)
-in stored order, each image resized on its shorter side to round(size / 0.875) and centre-cropped to
-size (torchvision `Resize` + `CenterCrop` after a reduced-DCT decode; ssl_aug.data.crop_decode.decode_eval),
+in stored order, each image resized on its shorter side to `resize` (default round(size / 0.875)) and
+centre-cropped to size (torchvision `Resize` + `CenterCrop` after a reduced-DCT decode; ssl_aug.data.crop_decode.decode_eval),
 decoded by a thread pool: features can be computed
 chunk by chunk without the whole set in memory. `ids` selects a subset (e.g. a held-out part).
 
@@ -39,17 +39,18 @@ def shard_split_root(root, split: str) -> Path:
                       "(a packed plain class tree is split 'train')")
 
 
-def _decode_eval(sample, size: int) -> torch.Tensor:
+def _decode_eval(sample, size: int, resize: int | None) -> torch.Tensor:
     key, data, _, w, h = sample
     try:
-        return decode_eval(data, size)
+        return decode_eval(data, size, resize)
     except Exception as e:  # a corrupt image evaluates as mid-grey, logged (never a crash mid-evaluation)
         print(f"warning: corrupt image {key} evaluated as grey ({' '.join(f'{type(e).__name__}: {e}'.split())})",
               file=sys.stderr)
         return torch.full((3, size, size), 128, dtype=torch.uint8)
 
 
-def eval_batches(root, size: int = 224, batch: int = 256, ids=None, threads: int | None = None):
+def eval_batches(root, size: int = 224, batch: int = 256, ids=None, threads: int | None = None,
+                 resize: int | None = None):
     """(ids (B,) int64, labels (B,) int64, images (B, 3, size, size) uint8) chunks (see module docstring)."""
     index = read_index(root)
     ids = np.arange(index.num_samples) if ids is None else np.sort(np.asarray(ids, dtype=np.int64))
@@ -66,32 +67,38 @@ def eval_batches(root, size: int = 224, batch: int = 256, ids=None, threads: int
         for item in samples():
             buf.append(item)
             if len(buf) == batch:
-                yield _chunk(buf, size, pool, index)
+                yield _chunk(buf, size, resize, pool, index)
                 buf = []
         if buf:
-            yield _chunk(buf, size, pool, index)
+            yield _chunk(buf, size, resize, pool, index)
 
 
-def _chunk(buf, size, pool, index):
+def _chunk(buf, size, resize, pool, index):
     ids = torch.tensor([int(i) for i, _ in buf], dtype=torch.int64)
-    images = torch.stack(list(pool.map(lambda it: _decode_eval(it[1], size), buf))).contiguous()
+    images = torch.stack(list(pool.map(lambda it: _decode_eval(it[1], size, resize), buf))).contiguous()
     return ids, torch.from_numpy(index.labels[ids.numpy()]), images
 
 
 def load_shard_folder(split: str, root, download: bool = False, size: int = 224, workers: int = 2,
-                      shuffle_buffer: int = 512, decode: str = "auto") -> ImageDataset:
+                      shuffle_buffer: int = 512, decode: str = "auto", eval_resize: int | None = None) -> ImageDataset:
     """Tar shards of encoded images (`ssl-aug data pack --format shards`): training streams crops.
 
-    Loaded, root[/split] gives the eval view of every image in memory (workers, shuffle_buffer and
-    decode are options of the streaming source, unused here)."""
+    Loaded, root[/split] gives the eval view of every image in memory: shorter side resized to
+    eval_resize (default round(size / 0.875); = size keeps the whole shorter side, as the in-memory
+    image-folder pack does), centre crop size. workers, shuffle_buffer and decode are options of the
+    streaming source, unused here."""
     if root is None:
         raise SslAugError("dataset 'shards' needs root=<folder packed by `ssl-aug data pack --format shards`> "
                           "(recipe data.root=..., CLI --root)")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise SslAugError(f"data.options.size = {size!r} is not allowed; use an integer >= 1 (eval image side)")
+    if eval_resize is not None and (isinstance(eval_resize, bool) or not isinstance(eval_resize, int)
+                                    or eval_resize < size):
+        raise SslAugError(f"data.options.eval_resize = {eval_resize!r} is not allowed; use an integer >= "
+                          f"data.options.size ({size}): the shorter side before the centre crop")
     folder = shard_split_root(root, split)
     index = read_index(folder)
     images = torch.empty((index.num_samples, 3, size, size), dtype=torch.uint8)
-    for ids, _, x in eval_batches(folder, size):
+    for ids, _, x in eval_batches(folder, size, resize=eval_resize):
         images[ids] = x
     return ImageDataset(images, torch.from_numpy(index.labels.copy()), index.classes, f"shards/{split}")

@@ -56,7 +56,8 @@ def load_training_data(cfg: Config, split: str | None = None) -> ImageDataset:
     folder = shard_root(cfg, split)
     if folder is not None:  # the eval view of a shard pack, at data.options.size (shards) or the views' size
         options = {k: v for k, v in cfg.data.options.items()
-                   if k in ("workers", "shuffle_buffer", "decode") or (k == "size" and cfg.data.name == "shards")}
+                   if k in ("workers", "shuffle_buffer", "decode", "eval_resize")
+                   or (k == "size" and cfg.data.name == "shards")}
         options.setdefault("size", int(cfg.augment.get("size", 224)))
         ds = load_dataset("shards", split="all", root=folder, **options)
     else:
