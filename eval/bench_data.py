@@ -229,7 +229,8 @@ def against_targets(tput: dict, rss: list[tuple[int, float, float]]) -> str:
     views = [tput[f"ours: + SimCLR views (device = this CPU), 2 x {s}"]
              / tput[f"torchvision ImageFolder + PIL SimCLR, 2 x {s}"] for s in (224, 96)]
     text = (f"Against the targets: decode + random-resized crop runs at {crop[0]:.2f} (224) and {crop[1]:.2f} (96) "
-            f"of decode alone (target >= 0.70); the full SimCLR views at {views[0]:.1f}x (224) and {views[1]:.1f}x (96) "
+            f"of decode alone (target >= 0.70); the full SimCLR views at {views[0]:.1f}x (224) and "
+            f"{views[1]:.1f}x (96) "
             f"the torchvision PIL path at equal workers (target >= 2x); a batch of 256 covers "
             f"{min(r[2] for r in rss):.1f} or more of 100 classes (target >= 90)")
     if len(rss) > 1:
@@ -283,7 +284,8 @@ def main(argv=None) -> int:
             f"device is this CPU), on top of the workers. Training run: {args.backbone}, SimCLR 2 x 96, batch 64, "
             f"{args.rss_steps} steps. " + "; ".join(notes) + f". 1-minute load average before / after the "
             f"throughput rounds: {loads[0]:.1f} / {loads[1]:.1f} on {os.cpu_count()} cores (above the core count the "
-            "machine was shared: absolute figures drop, ratios stay side by side). " + against_targets(tput, rss_figures))
+            "machine was shared: absolute figures drop, ratios stay side by side). "
+            + against_targets(tput, rss_figures))
     print(body)
     if not args.no_write:
         update_benchmarks_md("data", "Streaming shards of encoded images vs ImageFolder + PIL", body)

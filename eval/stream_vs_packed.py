@@ -62,10 +62,10 @@ def train_once(name: str, data: list[str], out: Path, seed: int, epochs: int) ->
 
 def floors(tree: Path) -> dict:
     """Chance, raw-pixel and random-encoder kNN on the tree (the recipe's model and kNN settings)."""
-    from ssl_aug.cli.train import resolved_config
+    from ssl_aug.config import load_recipe
     from ssl_aug.evaluation.floors import floors_for_config
 
-    cfg = resolved_config("simclr_cifar10_cpu", ['data.name="imagefolder"', f"data.root={json.dumps(str(tree))}",
+    cfg = load_recipe("simclr_cifar10_cpu", ['data.name="imagefolder"', f"data.root={json.dumps(str(tree))}",
                                                  "data.options.size=32", "data.subset=0"])
     return floors_for_config(cfg)
 
@@ -116,12 +116,12 @@ def main(argv=None) -> int:
             f"32 px, JPEG quality 95), recipe `simclr_cifar10_cpu` ({args.epochs} epochs, batch 256, small CNN), "
             f"kNN k=200, T=0.1 on the test split, evaluated on whole 32 px images on both paths "
             f"(`data.options.eval_resize = 32` for the shards). Streamed runs: {args.workers} DataLoader workers "
-            f"decoding the shards. Floors on the same split: raw pixels "
-            f"{floor['raw pixels']:.4f}, random encoder {floor['random encoder']:.4f}. Streamed minus packed: {gap:+.2f} points (target: within ±1).")
+            f"decoding the shards. Floors on the same split: raw pixels {floor['raw pixels']:.4f}, random encoder "
+            f"{floor['random encoder']:.4f}. Streamed minus packed: {gap:+.2f} points (target: within ±1).")
     print(body)
     if not args.no_write:
-        update_benchmarks_md("stream_parity", "Streamed shards vs packed in-memory data, same budget (CIFAR-10 JPEG tree)",
-                             body)
+        update_benchmarks_md("stream_parity",
+                             "Streamed shards vs packed in-memory data, same budget (CIFAR-10 JPEG tree)", body)
     return 0
 
 

@@ -2,9 +2,9 @@
 
 `eval_batches(root, size, batch)` yields (ids (B,), labels (B,), images (B, 3, size, size) uint8)
 in stored order, each image resized on its shorter side to `resize` (default round(size / 0.875)) and
-centre-cropped to size (torchvision `Resize` + `CenterCrop` after a reduced-DCT decode; ssl_aug.data.crop_decode.decode_eval),
-decoded by a thread pool: features can be computed
-chunk by chunk without the whole set in memory. `ids` selects a subset (e.g. a held-out part).
+centre-cropped to size (torchvision `Resize` + `CenterCrop` after a reduced-DCT decode;
+ssl_aug.data.crop_decode.decode_eval), decoded by a thread pool: features can be computed chunk by chunk
+without the whole set in memory. `ids` selects a subset (e.g. a held-out part).
 
 Data set `shards` (`load_shard_folder`): the same images gathered into an in-memory ImageDataset
 (memory N x 3 x size x size bytes) for the evaluators that take whole tensors.
