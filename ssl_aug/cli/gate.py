@@ -62,6 +62,7 @@ def _run(args: argparse.Namespace) -> dict:
         reference = load_dataset("npz", split=args.reference_split, root=str(ref), **options)
     else:
         reference = load_dataset(args.reference, split=args.reference_split, root=args.root, **options)
+    reference = reference.decoded()
     cx, cy, cclasses = load_candidates(args.candidates, size=reference.images.shape[-1])
     return gate(backbone, mean, std, reference, (cx, cy), args.min_confidence, args.out,
                 with_reference=args.with_reference, candidate_classes=cclasses, seed=args.seed,

@@ -43,7 +43,8 @@ __all__ = [
 class ImageDataset:
     """A labelled image set held in memory.
 
-    images: (N, 3, H, W) uint8, CPU, contiguous. labels: (N,) int64, -1 for unlabeled.
+    images: (N, 3, H, W) uint8, CPU, contiguous, or an ImageStore (ssl_aug.data.image_store) standing for one
+    (images decoded on demand, e.g. a shard pack). labels: (N,) int64, -1 for unlabeled.
     classes: class names, index = label. name: e.g. "cifar10/train".
     """
 
@@ -55,13 +56,16 @@ class ImageDataset:
     group_names: Optional[list[str]] = None  # names of the subgroup ids
 
     def __post_init__(self):
+        from ssl_aug.data.image_store import ImageStore
+
         x, y = self.images, self.labels
-        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+        store = isinstance(x, ImageStore)
+        if not store and (x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3):
             raise ValueError(f"ImageDataset.images must be (N,3,H,W) uint8, got {tuple(x.shape)} {x.dtype}")
         if y.dtype != torch.int64 or y.shape != (x.shape[0],):
             raise ValueError(f"ImageDataset.labels must be ({x.shape[0]},) int64, "
                              f"got {tuple(y.shape)} {y.dtype}")
-        if not x.is_contiguous():
+        if not store and not x.is_contiguous():
             self.images = x.contiguous()
         if self.groups is not None:
             from ssl_aug.data.groups import check_groups
@@ -90,6 +94,14 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def decoded(self) -> "ImageDataset":
+        """This set with its images as one uint8 tensor (an ImageStore is decoded: N x 3 x H x W bytes)."""
+        from ssl_aug.data.image_store import pixels
+
+        if isinstance(self.images, torch.Tensor):
+            return self
+        return ImageDataset(pixels(self.images), self.labels, self.classes, self.name, self.groups, self.group_names)
 
     def class_counts(self) -> torch.Tensor:
         """(C,) int64 number of images per class (unlabeled -1 entries not counted)."""

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ssl_aug.data.datasource import DataSource
+from ssl_aug.data.image_store import pixels
 from ssl_aug.device import upload
 from ssl_aug.errors import SslAugError
 
@@ -83,7 +84,7 @@ class BatchSource(_Resumable):
 
     def __init__(self, images: torch.Tensor, batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = True, device=None):
-        images = getattr(images, "images", images)
+        images = pixels(getattr(images, "images", images))  # an ImageStore is decoded: the set lives in memory
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
             got = f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
             raise SslAugError(f"BatchSource needs (N,3,H,W) uint8 images, got {got}")

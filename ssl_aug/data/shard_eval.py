@@ -6,12 +6,15 @@ centre-cropped to size (torchvision `Resize` + `CenterCrop` after a reduced-DCT 
 ssl_aug.data.crop_decode.decode_eval), decoded by a thread pool: features can be computed chunk by chunk
 without the whole set in memory. `ids` selects a subset (e.g. a held-out part).
 
-Data set `shards` (`load_shard_folder`): the same images gathered into an in-memory ImageDataset
-(memory N x 3 x size x size bytes) for the evaluators that take whole tensors.
+Data set `shards` (`load_shard_folder`): an ImageDataset whose images are a `ShardImages` store
+(ssl_aug.data.image_store): subsets and hold-outs are row lists, features are computed chunk by chunk, and
+only an evaluator that needs pixels (invariance, robustness, neighbours, TTA, fine-tuning) decodes the rows
+it uses, batch by batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +25,7 @@ import torch
 
 from ssl_aug.data import ImageDataset
 from ssl_aug.data.crop_decode import decode_eval
+from ssl_aug.data.image_store import ImageStore
 from ssl_aug.data.shard_read import is_shard_folder, iter_rows, read_index
 from ssl_aug.errors import SslAugError
 
@@ -50,9 +54,10 @@ def _decode_eval(sample, size: int, resize: int | None) -> torch.Tensor:
 
 
 def eval_batches(root, size: int = 224, batch: int = 256, ids=None, threads: int | None = None,
-                 resize: int | None = None):
-    """(ids (B,) int64, labels (B,) int64, images (B, 3, size, size) uint8) chunks (see module docstring)."""
-    index = read_index(root)
+                 resize: int | None = None, index=None):
+    """(ids (B,) int64, labels (B,) int64, images (B, 3, size, size) uint8) chunks (see module docstring).
+    index: root's ShardIndex when already read."""
+    index = index or read_index(root)
     ids = np.arange(index.num_samples) if ids is None else np.sort(np.asarray(ids, dtype=np.int64))
     shard = np.searchsorted(index.offsets, ids, side="right") - 1
     threads = threads or min(8, os.cpu_count() or 1)
@@ -79,11 +84,45 @@ def _chunk(buf, size, resize, pool, index):
     return ids, torch.from_numpy(index.labels[ids.numpy()]), images
 
 
+class ShardImages(ImageStore):
+    """The eval view (shorter side `resize`, centre crop `size`) of rows `rows` of a shard pack, as an ImageStore:
+    (len(rows), 3, size, size) uint8, decoded on demand by eval_batches."""
+
+    def __init__(self, folder, size: int, resize: int | None = None, rows: np.ndarray | None = None):
+        self.folder, self.size_px, self.resize = Path(folder), int(size), resize
+        self.index = read_index(self.folder)
+        self.rows = np.arange(self.index.num_samples, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        self.shape = torch.Size((len(self.rows), 3, self.size_px, self.size_px))
+
+    def take(self, rows: torch.Tensor) -> "ShardImages":
+        store = object.__new__(ShardImages)
+        store.__dict__.update(self.__dict__)
+        store.rows = self.rows[rows.numpy()]
+        store.shape = torch.Size((len(store.rows), 3, self.size_px, self.size_px))
+        return store
+
+    def decode(self) -> torch.Tensor:
+        out = torch.empty(tuple(self.shape), dtype=torch.uint8)
+        order = torch.from_numpy(np.argsort(self.rows, kind="stable"))  # eval_batches yields rows sorted
+        done = 0
+        for _, _, x in eval_batches(self.folder, self.size_px, ids=self.rows, resize=self.resize, index=self.index):
+            out[order[done:done + len(x)]] = x
+            done += len(x)
+        return out
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256((self.folder / "index.json").read_bytes())
+        h.update(f"|{self.size_px}|{self.resize}|".encode())
+        h.update(self.rows.tobytes())
+        return h.hexdigest()
+
+
 def load_shard_folder(split: str, root, download: bool = False, size: int = 224, workers: int = 2,
                       shuffle_buffer: int = 512, decode: str = "auto", eval_resize: int | None = None) -> ImageDataset:
     """Tar shards of encoded images (`ssl-aug data pack --format shards`): training streams crops.
 
-    Loaded, root[/split] gives the eval view of every image in memory: shorter side resized to
+    Loaded, root[/split] gives the eval view of every image as a ShardImages store (decoded on demand): shorter
+    side resized to
     eval_resize (default round(size / 0.875); = size keeps the whole shorter side, as the in-memory
     image-folder pack does), centre crop size. workers, shuffle_buffer and decode are options of the
     streaming source, unused here."""
@@ -96,9 +135,6 @@ def load_shard_folder(split: str, root, download: bool = False, size: int = 224,
                                     or eval_resize < size):
         raise SslAugError(f"data.options.eval_resize = {eval_resize!r} is not allowed; use an integer >= "
                           f"data.options.size ({size}): the shorter side before the centre crop")
-    folder = shard_split_root(root, split)
-    index = read_index(folder)
-    images = torch.empty((index.num_samples, 3, size, size), dtype=torch.uint8)
-    for ids, _, x in eval_batches(folder, size, resize=eval_resize):
-        images[ids] = x
+    images = ShardImages(shard_split_root(root, split), size, eval_resize)
+    index = images.index
     return ImageDataset(images, torch.from_numpy(index.labels.copy()), index.classes, f"shards/{split}")

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ssl_aug.data.image_store import same_images
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.base import (EVALUATORS, EvalContext, Evaluator, build_evaluator, get_evaluator,
                                      list_evaluators, pct)
@@ -50,7 +51,7 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
                      test_groups=None, classes=None, group_names=None, leave_one_out: bool | None = None,
                      knn_kw: dict | None = None, invariance_ops=None, evaluators: Sequence[Evaluator] = (),
                      run_dir=None) -> dict:
-    """train/test: (images_uint8 (N,3,H,W), labels (N,)). Returns a JSON-friendly dict with the keys
+    """train/test: (images_uint8 (N,3,H,W) or an ImageStore, labels (N,)). Returns a JSON-friendly dict with the keys
     "knn", "linear", "tta", "invariance" for the evaluations that ran (+ "num_train", "num_test", "dim").
     TTA uses the linear classifier when linear=True, else kNN votes (first k); the invariance probe
     uses the first `invariance_images` test images. With test_groups (M,) the kNN (first k) and linear
@@ -60,7 +61,7 @@ def evaluate_encoder(encoder: nn.Module, mean, std, train, test, knn: bool = Tru
     options (index "flat"/"ivf", nlist, nprobe). evaluators: more Evaluator instances, run after these.
     run_dir: where evaluators that draw figures (umap, neighbours) write them."""
     (tr_x, tr_y), (te_x, te_y) = _pair(train, "train"), _pair(test, "test")
-    same = tr_x.shape == te_x.shape and torch.equal(tr_y, te_y) and torch.equal(tr_x, te_x)
+    same = tr_x.shape == te_x.shape and torch.equal(tr_y, te_y) and same_images(tr_x, te_x)
     if leave_one_out is None:
         leave_one_out = same
     elif leave_one_out and not same:

@@ -1,5 +1,6 @@
 """Feature extraction: uint8 images (N,3,H,W) -> encoder features (N,D) float32, batched, no-grad,
-optional AMP, progress bar and an on-disk cache keyed by a hash of the encoder weights + the data."""
+optional AMP, progress bar and an on-disk cache keyed by a hash of the encoder weights + the data.
+The images may be an ImageStore (ssl_aug.data.image_store): then they are decoded chunk by chunk."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_aug.data.image_store import ImageStore, image_batches
 from ssl_aug.errors import SslAugError
 from ssl_aug.io import atomic_torch_save
 
 
 def check_images(images: torch.Tensor, name: str = "images") -> None:
-    """Raise SslAugError unless `images` is a uint8 (N,3,H,W) tensor."""
+    """Raise SslAugError unless `images` is a uint8 (N,3,H,W) tensor (or an ImageStore standing for one)."""
+    if isinstance(images, ImageStore):
+        return
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         got = (f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__)
         raise SslAugError(f"{name} must be a uint8 tensor of shape (N, 3, H, W), got {got}")
@@ -101,7 +105,7 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, mean: Seque
                      normalize: bool = True, cache_dir: str | os.PathLike | None = None) -> torch.Tensor:
     """Encoder features of uint8 images.
 
-    images_uint8: (N,3,H,W) uint8 (any device); mean/std: RGB in [0,1] units.
+    images_uint8: (N,3,H,W) uint8 (any device) or an ImageStore; mean/std: RGB in [0,1] units.
     Returns (N,D) float32 on CPU, L2-normalised per row unless normalize=False.
     device: where to run the encoder (default: where its parameters are; the encoder is moved there).
     amp: autocast (bfloat16 on CPU, float16 on CUDA). For projector features pass a module that
@@ -117,14 +121,18 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, mean: Seque
         encoder = encoder.to(device)
     cache_path = None
     if cache_dir is not None:
-        key = hashlib.sha256("|".join([encoder_hash(encoder), tensor_hash(images_uint8), str(list(map(float, mean))),
+        data_key = images_uint8.fingerprint() if isinstance(images_uint8, ImageStore) else tensor_hash(images_uint8)
+        key = hashlib.sha256("|".join([encoder_hash(encoder), data_key, str(list(map(float, mean))),
                                        str(list(map(float, std))), str(normalize), str(amp)]).encode()).hexdigest()
         cache_path = Path(cache_dir) / f"features-{key[:32]}.pt"
         if cache_path.exists():
             return torch.load(cache_path, map_location="cpu", weights_only=True)
-    feats = _run(encoder, images_uint8.shape[0],
-                 lambda i, j, dev: normalize_images(images_uint8[i:j].to(dev, non_blocking=True), mean, std),
-                 batch_size, amp, normalize, progress)
+    batches = image_batches(images_uint8, batch_size)  # an ImageStore decodes the next batch while this one runs
+
+    def get_batch(i, j, dev):
+        return normalize_images(next(batches).to(dev, non_blocking=True), mean, std)
+
+    feats = _run(encoder, images_uint8.shape[0], get_batch, batch_size, amp, normalize, progress)
     if cache_path is not None:
         atomic_torch_save(feats, cache_path)
     return feats

@@ -29,6 +29,7 @@ from torch import nn
 
 from ssl_aug.augment.mix import MIX_MODES, check_alpha, check_p, mix_batch
 from ssl_aug.checkpoint import atomic_save, load_weights_only, nonfinite_flag, training_tensors
+from ssl_aug.data.image_store import image_batches, pixels
 from ssl_aug.data.subset import balanced_subset
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.calibration import calibration_report
@@ -129,7 +130,7 @@ def _probe_encoder(encoder, images, mean, std, input_size):
     encoder.eval()
     try:
         with torch.no_grad():
-            out = encoder(normalize_images(images[:2].to(module_device(encoder)), mean, std))
+            out = encoder(normalize_images(pixels(images[:2]).to(module_device(encoder)), mean, std))
     except RuntimeError as exc:
         raise SslAugError(f"the encoder does not accept the data's {tuple(images.shape[1:])} images: "
                           f"{str(exc).splitlines()[0]}") from None
@@ -173,8 +174,8 @@ def _soft_ce(logits, targets, smoothing):
 def _logits(model, images_uint8, mean, std, batch_size=512):
     device = module_device(model)
     model.eval()
-    out = [model(normalize_images(images_uint8[i:i + batch_size].to(device), mean, std)).float().cpu()
-           for i in range(0, images_uint8.shape[0], batch_size)]
+    out = [model(normalize_images(x.to(device), mean, std)).float().cpu()
+           for x in image_batches(images_uint8, batch_size)]
     return torch.cat(out)
 
 
@@ -262,7 +263,7 @@ def _train_epochs(model, opt, sched, state, train, train_idx, val_idx, mean, std
             if guard.signum is not None:
                 _stop_line(guard, run, epoch)
             idx = order[i:i + cfg.batch_size]
-            x = normalize_images(tr_x[idx].to(device), mean, std)
+            x = normalize_images(pixels(tr_x[idx]).to(device), mean, std)
             y = tr_y[idx].to(device)
             train_mode(model, cfg)
             x, targets = _mixed_batch(model, x, y, c, cfg, g)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ssl_aug.data.image_store import ImageStore, image_batches
 from ssl_aug.evaluation.features import extract_features
 from ssl_aug.evaluation.knn import knn_evaluate
 from ssl_aug.models import backbone_args_for
@@ -18,7 +19,10 @@ __all__ = ["raw_pixel_features", "reference_accuracies", "floors_for_config", "r
 
 
 def raw_pixel_features(images_uint8: torch.Tensor) -> torch.Tensor:
-    """(N,3,H,W) uint8 -> (N, 3HW) float32: pixels in [0, 1] minus each image's own mean (kNN normalises)."""
+    """(N,3,H,W) uint8 (or an ImageStore) -> (N, 3HW) float32: pixels in [0, 1] minus each image's own mean
+    (kNN normalises)."""
+    if isinstance(images_uint8, ImageStore):
+        return torch.cat([raw_pixel_features(x) for x in image_batches(images_uint8, 1024)])
     x = images_uint8.flatten(1).float().div_(255)
     return x - x.mean(1, keepdim=True)
 

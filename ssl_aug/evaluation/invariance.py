@@ -18,6 +18,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import nn
 
+from ssl_aug.data.image_store import pixels
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, register_evaluator
 from ssl_aug.evaluation.features import check_images, extract_features
@@ -174,7 +175,7 @@ class InvarianceEvaluator(Evaluator):
                 op_transforms(self.ops)  # unknown names: one line when the evaluator is built, before any work
 
     def run(self, ctx) -> dict:
-        return invariance_probe(ctx.encoder, ctx.test[0][:self.config.images], ctx.mean, ctx.std,
+        return invariance_probe(ctx.encoder, pixels(ctx.test[0][:self.config.images]), ctx.mean, ctx.std,
                                 batch_size=ctx.batch_size, seed=ctx.seed, amp=ctx.amp, ops=self.config.ops or None)
 
     def section(self, result: dict) -> str:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_aug.data.image_store import pixels
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, pct, register_evaluator
 from ssl_aug.evaluation.features import check_images, extract_features, module_device
@@ -65,7 +66,7 @@ def linear_protocol(encoder: nn.Module, mean, std, train, test, num_classes: int
             for i in range(0, len(perm), batch_size):
                 idx = perm[i:i + batch_size]
                 with torch.no_grad():
-                    f = encoder(augment(tr_x[idx], g).to(device)).float().flatten(1)
+                    f = encoder(augment(pixels(tr_x[idx]), g).to(device)).float().flatten(1)
                 loss = F.cross_entropy(head(f), tr_y[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

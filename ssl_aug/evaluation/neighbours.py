@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ssl_aug.data.image_store import pixels
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, register_evaluator
 
@@ -57,17 +58,19 @@ def neighbour_grid(bank_images, bank_labels, bank_features, query_images, query_
     grid = Image.new("RGB", (width, len(rows) * (CELL + text_h + 4) + 4), "white")
     draw = ImageDraw.Draw(grid)
     bank_labels, query_labels = torch.as_tensor(bank_labels), torch.as_tensor(query_labels)
+    query_cells = pixels(query_images[rows])  # only the images drawn are decoded (an ImageStore decodes on demand)
+    bank_cells = pixels(bank_images[ids.reshape(-1)]).unflatten(0, tuple(ids.shape))
     same = 0
     for r, (q, row_ids, row_sims) in enumerate(zip(rows.tolist(), ids, sims)):
         y = 2 + r * (CELL + text_h + 4)
         qy = int(query_labels[q])
         draw.text((2, y + CELL // 2 - 6), str(classes[qy] if classes else qy)[:14], fill="black")
-        grid.paste(_cell(query_images[q], QUERY), (label_w, y))
+        grid.paste(_cell(query_cells[r], QUERY), (label_w, y))
         for j, (b, s) in enumerate(zip(row_ids.tolist(), row_sims.tolist())):
             ok = int(bank_labels[b]) == qy
             same += ok
             x = label_w + CELL + gap + j * (CELL + 2)
-            grid.paste(_cell(bank_images[b], None if ok else WRONG), (x, y))
+            grid.paste(_cell(bank_cells[r, j], None if ok else WRONG), (x, y))
             draw.text((x + 2, y + CELL), f"{s:.2f}", fill="black" if ok else WRONG)
     return grid, same / max(1, ids.numel())
 

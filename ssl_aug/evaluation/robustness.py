@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ssl_aug.augment.corruptions import COMMON, FAMILIES, SEVERITIES, check_corruption, check_severity, corrupt
+from ssl_aug.data.image_store import pixels
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, pct, register_evaluator
 from ssl_aug.evaluation.features import extract_features, module_device
@@ -193,7 +194,7 @@ class RobustnessEvaluator(Evaluator):
     def run(self, ctx) -> dict:
         c = self.config
         rows = test_rows(ctx.test[1], c.images, ctx.seed)
-        test = (ctx.test[0][rows], ctx.test[1][rows])
+        test = (pixels(ctx.test[0][rows]), ctx.test[1][rows])
         features = (ctx.features("train"), ctx.features("test")[rows])
         baseline = random_init_like(ctx.encoder, ctx.seed) if c.baseline == "random" else None
         return robustness_eval(ctx.encoder, ctx.mean, ctx.std, ctx.train, test, c.corruptions, c.severities, c.k,

@@ -12,6 +12,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import nn
 
+from ssl_aug.data.image_store import image_batches
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation.base import Evaluator, EvaluatorConfig, pct, register_evaluator
 from ssl_aug.evaluation.calibration import expected_calibration_error
@@ -45,19 +46,19 @@ def tta_predict(encoder: nn.Module, head: Callable[[torch.Tensor], torch.Tensor]
     check_images(images_uint8, "images_uint8")
     if outputs not in ("logits", "scores"):
         raise SslAugError(f"outputs must be 'logits' or 'scores', got {outputs!r}")
-    x = normalize_images(images_uint8, mean, std)
 
     def probs(view):
         with torch.no_grad():
             out = head(encode(encoder, view, batch_size=batch_size, normalize=normalize)).double()
         return out.softmax(1) if outputs == "logits" else out / out.sum(1, keepdim=True).clamp_min(1e-300)
 
-    plain = probs(x)
-    total = torch.zeros_like(plain)
-    vs = tta_views(x, views, crop_fraction)
-    for v in vs:
-        total += probs(v)
-    return plain, total / len(vs)
+    plain, tta = [], []
+    for chunk in image_batches(images_uint8, batch_size):  # the encoder sees the same batches either way
+        x = normalize_images(chunk, mean, std)
+        plain.append(probs(x))
+        vs = tta_views(x, views, crop_fraction)
+        tta.append(sum(probs(v) for v in vs) / len(vs))
+    return torch.cat(plain), torch.cat(tta)
 
 
 def knn_head(train_features, train_labels, k: int = 200, temperature: float = 0.1,

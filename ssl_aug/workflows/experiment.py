@@ -14,6 +14,7 @@ from ssl_aug import distributed as dist
 from ssl_aug.augment.recipe import normalization
 from ssl_aug.config import Config
 from ssl_aug.data import ImageDataset
+from ssl_aug.data.image_store import pixels
 from ssl_aug.data.subset import balanced_subset
 from ssl_aug.errors import SslAugError
 from ssl_aug.evaluation import KnnMonitor, evaluate_encoder, evaluators_from_config, flat_results  # noqa: F401
@@ -117,7 +118,8 @@ def _run_experiment(cfg: Config, run_dir: Path, resume: bool, progress: bool, ph
             self_index = torch.full((len(bank_set.labels),), -1, dtype=torch.long)
             self_index[bank] = torch.arange(len(bank))
             self_index = self_index[query]
-        monitor = KnnMonitor(bank_set.images[bank], bank_set.labels[bank], test.images[query], test.labels[query],
+        monitor = KnnMonitor(pixels(bank_set.images[bank]), bank_set.labels[bank], pixels(test.images[query]),
+                             test.labels[query],
                              *normalization(cfg), k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature,
                              self_index=self_index)
         callbacks.append(lambda trainer, epoch: monitor(trainer.method.backbone)  # rank 0 only (Trainer)
@@ -125,15 +127,15 @@ def _run_experiment(cfg: Config, run_dir: Path, resume: bool, progress: bool, ph
     if epoch_evaluators:  # evaluators with `every` > 0, on the monitor's class-balanced bank / query subsets
         bank = balanced_subset(bank_set.labels, min(cfg.eval.monitor_train, len(bank_set.labels)), cfg.seed)
         query = balanced_subset(test.labels, min(cfg.eval.monitor_test, len(test.labels)), cfg.seed)
+        monitor_bank = (pixels(bank_set.images[bank]), bank_set.labels[bank])  # decoded once (an ImageStore)
+        monitor_query = (pixels(test.images[query]), test.labels[query])
 
         def run_epoch_evaluators(trainer, epoch):
             due = [e for e in epoch_evaluators if epoch % e.config.every == 0]
             if not due:
                 return {}
-            report = evaluate_encoder(trainer.method.backbone, *normalization(cfg),
-                                      (bank_set.images[bank], bank_set.labels[bank]),
-                                      (test.images[query], test.labels[query]), knn=False, progress=False,
-                                      seed=cfg.seed, evaluators=due)
+            report = evaluate_encoder(trainer.method.backbone, *normalization(cfg), monitor_bank, monitor_query,
+                                      knn=False, progress=False, seed=cfg.seed, evaluators=due)
             return {f"monitor_{k}": v for k, v in flat_results(report).items()}
 
         callbacks.append(run_epoch_evaluators)

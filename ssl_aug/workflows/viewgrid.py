@@ -52,6 +52,7 @@ def write_view_grid(cfg, path, n: int = 8, seed: int = 0, data=None) -> Path:
     views (the recipe's [augment], seeded by `seed`) into the PNG `path` (written atomically)."""
     from ssl_aug.augment.recipe import views_of
     from ssl_aug.data import balanced_subset, load_dataset
+    from ssl_aug.data.image_store import pixels
     from ssl_aug.errors import SslAugError
     from ssl_aug.io import atomic_write
 
@@ -64,7 +65,7 @@ def write_view_grid(cfg, path, n: int = 8, seed: int = 0, data=None) -> Path:
         raise SslAugError(f"--images {n} is larger than the data set ({len(data.labels)} images)")
     labelled = bool((data.labels >= 0).all())
     idx = balanced_subset(data.labels, n, seed) if labelled else torch.randperm(len(data.labels))[:n]
-    images = data.images[idx]
+    images = pixels(data.images[idx])
     parsed = views_of(cfg)
     multiview = parsed.build()
     generator = torch.Generator().manual_seed(seed)

@@ -32,7 +32,7 @@ def floors(cfg, seed: int = 0) -> dict:
     from ssl_aug.evaluation.knn import knn_evaluate
     from ssl_aug.train import build_model, load_training_data
 
-    train, test = load_training_data(cfg, split="train"), load_training_data(cfg, split=cfg.eval.test_split)
+    train, test = (load_training_data(cfg, split=s).decoded() for s in ("train", cfg.eval.test_split))
     c = len(train.classes)
     k, t = min(cfg.eval.knn_k, len(train.labels)), cfg.eval.knn_temperature
 

@@ -126,7 +126,7 @@ def _load_objective_data(spec: SearchSpec, device=None) -> tuple[ObjectiveData, 
     from ssl_aug.train import load_training_data
 
     cfg = config_from_dict(spec.base)
-    train = load_training_data(cfg, split="train")
+    train = load_training_data(cfg, split="train").decoded()
     labelled = check_objective(spec.raw["objective"], train.labels)
     keep, val = carve_validation(train.labels, spec.raw["validation"], spec.raw["seed"], labelled)
     rest = ImageDataset(images=train.images[keep], labels=train.labels[keep], classes=train.classes, name=train.name)

@@ -68,7 +68,7 @@ def _learn(spec, search_dir: Path, progress: bool) -> TandaResult:
         print(f"tanda: reusing the sequence learned in {log}", flush=True)
         return TandaResult(**old["result"])
     settings = TandaSettings(**spec.raw["tanda"])
-    train = load_training_data(config_from_dict(spec.base), split="train")
+    train = load_training_data(config_from_dict(spec.base), split="train").decoded()
     result = learn_tf_sequence(train.images, train.images, settings, progress=progress)
     search_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(log, {"spec": spec.raw, "base": spec.base, "spec_path": str(spec.path), "hash": digest,
