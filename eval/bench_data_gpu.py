@@ -77,16 +77,19 @@ def build_dali_simclr(shards: Path, batch_size: int, size: int = 224, views: int
                                last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
 
 
-def ours(shards: Path, batch: int, workers: int, size: int, views: int = 2):
+def ours(shards: Path, batch: int, workers: int, size: int, views: int = 2, device: str = "cuda"):
+    """Endless SimCLR view batches from `shards`: decoded on `device` (nvjpeg on CUDA; the CPU decoders in
+    the workers otherwise), crops and colour views on `device`."""
     from bench_data import SIMCLR
 
     from ssl_aug.augment.crop_views import views_from_crops
     from ssl_aug.augment.recipe import build_views
     from ssl_aug.data.stream import ShardCropSource
 
-    mv = build_views(dict(SIMCLR, size=size, views=views), dtype=torch.bfloat16)
+    cuda = torch.device(device).type == "cuda"
+    mv = build_views(dict(SIMCLR, size=size, views=views), dtype=torch.bfloat16 if cuda else torch.float32)
     src = ShardCropSource(shards, [(size, (0.08, 1.0), (3 / 4, 4 / 3))] * views, batch, workers=workers,
-                          device="cuda", decode="device", verbose=False)
+                          device=device, decode="device" if cuda else "cpu", verbose=False)
     gen = torch.Generator().manual_seed(0)
     while True:
         for _, crops in src:
@@ -94,16 +97,63 @@ def ours(shards: Path, batch: int, workers: int, size: int, views: int = 2):
         src.set_epoch(src.epoch + 1)
 
 
-def rate(it, batch: int, batches: int) -> float:
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rate(it, batch: int, batches: int, device: str = "cuda") -> float:
     next(it)
-    torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(batches):
         out = next(it)
     if isinstance(out, list) and out and isinstance(out[0], dict):  # DALI yields [dict]
         out[0]["view0"].sum().item()
-    torch.cuda.synchronize()
+    _sync(device)
     return batch * batches / (time.perf_counter() - t0)
+
+
+def side_by_side(shards: Path, batch: int, batches: int, workers: int, size: int, device: str = "cuda",
+                 rounds: int = 3) -> tuple[dict, list[str]]:
+    """{path: median images/s over `rounds` interleaved rounds} for ours and (on CUDA, where importable) DALI;
+    plus notes on what was skipped."""
+    paths = {"ours: decode + crops + SimCLR views on the device": lambda: ours(shards, batch, workers, size,
+                                                                               device=device)}
+    notes = []
+    try:
+        import nvidia.dali  # noqa: F401
+
+        if torch.device(device).type != "cuda":
+            raise ImportError
+        paths["DALI: webdataset + ROI decode + SimCLR colour pipeline"] = lambda: iter(build_dali_simclr(
+            shards, batch, size, num_threads=workers, device_id=torch.device(device).index or 0))
+    except ImportError:
+        notes.append("DALI peer skipped (needs CUDA and `pip install nvidia-dali-cuda120`)")
+    its = {k: f() for k, f in paths.items()}
+    results = {k: [] for k in its}
+    for _ in range(rounds):
+        for k, it in its.items():
+            results[k].append(rate(it, batch, batches, device))
+    return {k: statistics.median(v) for k, v in results.items()}, notes
+
+
+def device_check_rows(device, dry: bool, tmp: Path) -> list[list]:
+    """The device check's shard-stream rows: a generated ImageNet-like pack streamed by ours and by DALI
+    side by side (dry: 48 small-tree images at 64 px on the CPU, one round)."""
+    from bench_data import make_tree
+
+    from ssl_aug.data.shard_pack import pack_shards
+
+    n, batch, batches, workers, size = (48, 8, 2, 1, 64) if dry else (4096, 256, 10, 8, 224)
+    make_tree(tmp / "stream_tree", n, classes=16 if dry else 100, workers=2)
+    pack_shards(tmp / "stream_tree", tmp / "stream_shards", shard_size=max(8, n // 16), workers=2, verbose=False)
+    rates, notes = side_by_side(tmp / "stream_shards", batch, batches, workers, size, str(device),
+                                rounds=1 if dry else 3)
+    target = "" if dry else " (target >= 8,000 img/s at 224 on an H200-class GPU, and >= DALI)"
+    rows = [["shard stream", f"{k}, 2x{size}, batch {batch}, {workers} workers", f"{r:,.0f} img/s{target}", "ok"]
+            for k, r in rates.items()]
+    return rows + [["shard stream", note, "-", "skip"] for note in notes]
 
 
 def main(argv=None) -> int:
@@ -128,22 +178,11 @@ def main(argv=None) -> int:
             make_tree(Path(tmp) / "tree", args.images)
             shards = Path(tmp) / "shards"
             pack_shards(Path(tmp) / "tree", shards, shard_size=500, workers=args.workers, verbose=False)
-        paths = {"ours: nvjpeg decode + crops + SimCLR views on the GPU": lambda: ours(shards, args.batch, args.workers,
-                                                                                       args.size)}
-        try:
-            import nvidia.dali  # noqa: F401
-
-            paths["DALI: webdataset + ROI decode + SimCLR colour pipeline"] = lambda: iter(build_dali_simclr(
-                shards, args.batch, args.size, num_threads=args.workers))
-        except ImportError:
-            print("nvidia-dali not importable: DALI peer skipped (pip install nvidia-dali-cuda120)", file=sys.stderr)
-        its = {k: f() for k, f in paths.items()}
-        results = {k: [] for k in its}
-        for _ in range(3):
-            for k, it in its.items():
-                results[k].append(rate(it, args.batch, args.batches))
+        results, notes = side_by_side(shards, args.batch, args.batches, args.workers, args.size)
+    for note in notes:
+        print(note, file=sys.stderr)
     for k, v in results.items():
-        print(f"{k}: {statistics.median(v):.0f} img/s at {args.size} px (2 views, batch {args.batch}, "
+        print(f"{k}: {v:.0f} img/s at {args.size} px (2 views, batch {args.batch}, "
               f"{args.workers} workers)")
     return 0
 

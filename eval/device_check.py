@@ -6,7 +6,8 @@ training steps under torch.cuda.set_sync_debug_mode("error"); the trainer for am
 clipping, channels_last, a checkpoint and a resume; two gloo ranks on one device, and two NCCL ranks when
 two GPUs are present, against one rank on the global batch; features on the device into faiss kNN; export
 and reload; SimCLR cifar_resnet18 batch 512 img/s and the views' share of the step (CUDA events); views
-against torchvision v2 per sample and stock kornia. Missing optional packages (faiss, kornia, torchvision)
+against torchvision v2 per sample and stock kornia; streamed shards (nvjpeg decode, crops and SimCLR views on
+the GPU) beside NVIDIA DALI's pipeline on one generated pack. Missing optional packages (faiss, kornia, torchvision)
 give skip rows; nothing needs the network. --cpu-dry-run: tiny sizes on the CPU (CI), the sync audit on
 the meta device, CUDA-only checks skipped. Prints one table; a device run rewrites the dated "device"
 section of BENCHMARKS.md. Exit status 1 when a check fails.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from device_views import available, check_views_vs_baselines, random_images
 from ssl_aug.benchmarks import markdown_table, update_benchmarks_md
 
 Row = list  # [check, detail, result, status]
@@ -44,11 +45,6 @@ class Sizes:
         self.sync_steps = 2 if dry else 5
 
 
-def _images(n: int, side: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
-
-
 def _status(ok: bool) -> str:
     return "ok" if ok else "FAIL"
 
@@ -62,7 +58,7 @@ def _config(run_dir: Path, method: str, device: str, batch: int, backbone: str =
 def _dataset(n: int, side: int = 32):
     from ssl_aug.data import ImageDataset
 
-    return ImageDataset(images=_images(n, side), labels=torch.arange(n) % 10, classes=[str(i) for i in range(10)],
+    return ImageDataset(images=random_images(n, side), labels=torch.arange(n) % 10, classes=[str(i) for i in range(10)],
                         name="device_check")
 
 
@@ -75,12 +71,12 @@ def check_view_parity(device: torch.device, sizes: Sizes) -> list[Row]:
     side, view = sizes.imagenet
     settings = [(n, *get_preset(n, **kw), s) for n, kw, s in
                 [("simclr_cifar", {}, 32), ("swav_multicrop", {}, 32), ("simclr_imagenet", {"size": view}, side)]]
-    rows = [] if _available("kornia") else [["view parity", "randaugment (masked sub-policies)", "kornia is not "
+    rows = [] if available("kornia") else [["view parity", "randaugment (masked sub-policies)", "kornia is not "
                                              "installed here", "skip"]]
     if not rows:
         settings.append(("randaugment", [ViewSpec(size=32, auto_augment="randaugment")], [2], 32))
     for name, specs, counts, input_side in settings:
-        images = _images(sizes.parity_n, input_side, seed=1)
+        images = random_images(sizes.parity_n, input_side, seed=1)
         for mode in ("exact", "fast"):
             views = MultiView(specs, counts, mode=mode)
             params = views.sample(images, torch.Generator().manual_seed(0))
@@ -111,12 +107,6 @@ def check_sync_audit(device: torch.device, sizes: Sizes, tmp: Path) -> list[Row]
 
     images = max(sizes.train_images, sizes.train_batch * (sizes.sync_steps + 2))  # warm-up + steps in one epoch
     return check_method_sync(device, sizes.train_batch, images, sizes.sync_steps, tmp, _dataset)
-
-
-def _available(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 class _StopAfter:
@@ -230,7 +220,7 @@ def _two_ranks(device: torch.device, tmp: Path, backend: str) -> list[Row]:
 
 
 def check_knn(device: torch.device, sizes: Sizes) -> list[Row]:
-    if not _available("faiss"):
+    if not available("faiss"):
         return [["features -> faiss kNN", "feature extraction on the device + faiss kNN",
                  "faiss is not installed here (pip install faiss-cpu)", "skip"]]
     from ssl_aug.evaluation.features import extract_features
@@ -240,7 +230,7 @@ def check_knn(device: torch.device, sizes: Sizes) -> list[Row]:
     torch.manual_seed(0)
     encoder = build_backbone("small_cnn").eval()
     n = sizes.knn_images
-    images, labels = _images(n, 32, seed=3), torch.arange(n) % 10
+    images, labels = random_images(n, 32, seed=3), torch.arange(n) % 10
     mean, std = [0.5] * 3, [0.25] * 3
     cpu = extract_features(encoder, images, mean, std, device=torch.device("cpu"), progress=False)
     dev = extract_features(encoder.to(device), images, mean, std, device=device, progress=False)
@@ -261,7 +251,7 @@ def check_export(device: torch.device, trained: tuple | None, tmp: Path) -> list
         return [["export + reload", "needs the amp none trainer run", "not run", "FAIL"]]
     run_dir, backbone = trained
     encoder = load_encoder(export_encoder(run_dir, tmp / "export"), device=device)
-    images = _images(16, 32, seed=4).to(device)
+    images = random_images(16, 32, seed=4).to(device)
     mean = torch.tensor(encoder.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(encoder.std, device=device).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -300,56 +290,11 @@ def check_throughput(device: torch.device, sizes: Sizes, tmp: Path) -> list[Row]
     return rows
 
 
-def check_views_vs_baselines(device: torch.device, sizes: Sizes) -> list[Row]:
-    """Input images/s of the simclr_cifar views: ssl_aug exact vs torchvision v2 per sample on device
-    tensors vs stock kornia, on the same device, interleaved rounds, median (a baseline that is not
-    installed is a skip row)."""
-    from ssl_aug.augment import MultiView, get_preset
+def check_shard_stream(device: torch.device, sizes: Sizes, tmp: Path) -> list[Row]:
+    """Streamed shards (decode + crops + SimCLR views on the device) beside NVIDIA DALI on one generated pack."""
+    from bench_data_gpu import device_check_rows
 
-    specs, counts = get_preset("simclr_cifar")
-    spec = specs[0]
-    n = sizes.bench_batch
-    x = _images(n, 32, seed=6).to(device)
-    ours = MultiView(specs, counts)
-    gen = torch.Generator().manual_seed(0)
-    fns = {"ssl_aug exact": lambda: ours(x, gen)}
-    rows = []
-    if _available("torchvision"):
-        from torchvision.transforms import v2
-
-        cj = spec.color_jitter
-        per_sample = v2.Compose([
-            v2.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio, antialias=False),
-            v2.RandomHorizontalFlip(spec.flip_p),
-            v2.RandomApply([v2.ColorJitter(cj.brightness, cj.contrast, cj.saturation, cj.hue)], p=cj.p),
-            v2.RandomGrayscale(spec.grayscale_p), v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(spec.mean, spec.std)])
-        fns["torchvision v2 per sample"] = lambda: [torch.stack([per_sample(img) for img in x]) for _ in range(2)]
-    else:
-        rows.append(["views on device", "torchvision v2 per sample", "torchvision is not installed here", "skip"])
-    if _available("kornia"):
-        from ssl_aug.benchmarks.views import kornia_pipeline
-
-        kornia = kornia_pipeline(spec, "resample").to(device)
-        fns["stock kornia"] = lambda: [kornia(x.float() / 255) for _ in range(2)]
-    else:
-        rows.append(["views on device", "stock kornia", "kornia is not installed here", "skip"])
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(sizes.view_rounds):
-        for k, fn in fns.items():
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[k].append(time.perf_counter() - t0)
-    rate = {k: n / statistics.median(v) for k, v in times.items()}
-    base = rate.get("torchvision v2 per sample")
-    return [["views on device", f"{k}, simclr_cifar 2x32, batch {n}",
-             f"{r:,.0f} img/s" + (f" ({r / base:.1f}x per sample)" if base else ""), "ok"]
-            for k, r in rate.items()] + rows
+    return device_check_rows(device, sizes.dry, tmp)
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -364,7 +309,8 @@ def run_checks(device: torch.device, sizes: Sizes) -> list[Row]:
                  ("features -> faiss kNN", lambda: check_knn(device, sizes)),
                  ("export + reload", lambda: check_export(device, trained, tmp)),
                  ("throughput", lambda: check_throughput(device, sizes, tmp)),
-                 ("views on device", lambda: check_views_vs_baselines(device, sizes))]
+                 ("views on device", lambda: check_views_vs_baselines(device, sizes)),
+                 ("shard stream", lambda: check_shard_stream(device, sizes, tmp))]
         trained = None
         for name, step in steps:
             start = time.perf_counter()
