@@ -112,5 +112,7 @@ def test_evaluators_on_a_store_decode_at_most_a_batch_and_match_the_tensor_path(
     for name in ("knn", "linear", "tta", "neighbours"):
         assert streamed[name] == reference[name], name
     assert streamed["invariance"]["families"] == reference["invariance"]["families"]
+    decoded.clear()
     loo = evaluate_encoder(enc, MEAN, STD, (bank, by), (bank, by), ks=(5,), batch_size=8, progress=False)
     assert loo["knn"]["leave_one_out"] is True
+    assert sum(decoded) == len(bank)  # queries = bank: its features are computed (and its images decoded) once

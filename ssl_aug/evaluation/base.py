@@ -144,6 +144,9 @@ class EvalContext:
         """Features of the bank ("train") or the queries ("test"), computed once."""
         if split not in ("train", "test"):
             raise SslAugError(f"EvalContext.features: split {split!r} is not allowed; choose train or test")
+        other = "test" if split == "train" else "train"
+        if split not in self._features and self.leave_one_out and other in self._features:
+            self._features[split] = self._features[other]  # the queries are the bank images: computed once
         if split not in self._features:
             images = (self.train if split == "train" else self.test)[0]
             self._features[split] = extract_features(self.encoder, images, self.mean, self.std,
