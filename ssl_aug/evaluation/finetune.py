@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,13 +36,15 @@ from ssl_aug.evaluation.groups import group_metrics, predictions
 from ssl_aug.evaluation.knn import classification_metrics
 from ssl_aug.evaluation.trainable_parts import TRAINABLE, last_stage_modules, set_trainable, train_mode
 from ssl_aug.evaluation.tta import VIEWS, tta_predict
-from ssl_aug.io import append_line, atomic_write_json, atomic_write_text
+from ssl_aug.io import atomic_write_json
 from ssl_aug.recipe_checks import MAX_INT
 from ssl_aug.registry import check_keys
 from ssl_aug.runlock import hold_run_folder
-from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted, say_stop
+from ssl_aug.train.loop import EpochLoop
+from ssl_aug.train.metrics import MetricsLog
+from ssl_aug.train.signals import PreemptionGuard
 
-__all__ = ["FinetuneConfig", "finetune", "last_stage_modules", "TRAINABLE"]
+__all__ = ["FinetuneConfig", "FinetuneLoop", "finetune", "last_stage_modules", "TRAINABLE"]
 
 @dataclass
 class FinetuneConfig:
@@ -212,98 +212,137 @@ def _report(probs, labels, c):
     return {**classification_metrics(probs, labels, c), **calibration_report(probs, labels, 15)}
 
 
-def _start_or_resume(run: Path, cfg, c, model, opt, sched, state, resume, device) -> dict:
-    """Load finetune_state.pt (same settings only) and trim metrics.jsonl to it, or start afresh."""
-    run.mkdir(parents=True, exist_ok=True)
-    saved = run / "finetune_state.pt"
-    if resume and saved.is_file():
-        ckpt = load_weights_only(saved, map_location=device)
-        if ckpt["config"] != dataclasses.asdict(cfg):
-            raise SslAugError(f"{saved} was written with other fine-tuning settings; use another run directory "
+class FinetuneLoop(EpochLoop):
+    """Fine-tuning epochs on the shared loop (ssl_aug.train.loop): shuffled batches of the training split,
+    validation, early stopping on the validation loss. With a run directory the state after every epoch is
+    saved (finetune_state.pt, only when every weight and optimiser value is finite) and the run resumes
+    from it (same settings only); a signal stops it after the batch in progress, keeping the last epoch's
+    state. `state`: {"epoch", "best_loss", "best_acc", "best_epoch", "since", "best" (model state), "lines"}."""
+
+    saves_mid_epoch = False
+    continue_hint = "continue with the same command (it resumes from the saved state)"
+
+    def __init__(self, model, opt, sched, train, train_idx, val_idx, mean, std, num_classes, cfg, run, progress):
+        super().__init__(MetricsLog(Path(run or ".") / "metrics.jsonl", enabled=run is not None), progress)
+        self.model, self.opt, self.sched, self.cfg, self.run_dir = model, opt, sched, cfg, run
+        self.train_x, self.train_y = train
+        self.train_idx, self.val_idx, self.mean, self.std, self.num_classes = train_idx, val_idx, mean, std, num_classes
+        self.device = module_device(model)
+        self.per_epoch = -(-len(train_idx) // cfg.batch_size)  # batches per epoch; `step` counts batches
+        self.state_file = run / "finetune_state.pt" if run is not None else None
+        self.state = {"epoch": 0, "best_loss": float("inf"), "best_acc": 0.0, "best_epoch": 0, "since": 0,
+                      "best": None, "lines": 0}
+
+    # ----------------------------------------------------------------- state
+    def start(self, resume) -> bool:
+        if self.run_dir is None:
+            return False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = super().start(resume)
+        atomic_write_json(self.run_dir / "config.json", {"finetune": dataclasses.asdict(self.cfg),
+                                                         "num_classes": self.num_classes})
+        return resumed
+
+    def resume_path(self, resume) -> Path | None:
+        return self.state_file if resume and self.state_file.is_file() else None
+
+    def read_state(self, path: Path) -> dict:
+        ckpt = load_weights_only(path, map_location=self.device)
+        if ckpt["config"] != dataclasses.asdict(self.cfg):
+            raise SslAugError(f"{path} was written with other fine-tuning settings; use another run directory "
                               "or delete it")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
-        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-        atomic_write_text(run / "metrics.jsonl", "".join(x + "\n" for x in lines[:state["lines"]]))
-    else:
-        (run / "metrics.jsonl").unlink(missing_ok=True)
-    atomic_write_json(run / "config.json", {"finetune": dataclasses.asdict(cfg), "num_classes": c})
-    return state
+        return ckpt
 
+    def load_state_dict(self, ckpt: dict, path: Path) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.state = ckpt["state"]
+        self.epoch, self.metrics.lines = self.state["epoch"], self.state["lines"]
+        self.step = self.epoch * self.per_epoch
 
-def _stop_line(guard, run, epoch: int) -> None:
-    """A signal arrived: one line saying what is kept and how to continue, then exit 143 / 130."""
-    kept = (f"the state after epoch {epoch} is kept in {run / 'finetune_state.pt'}" if run is not None and epoch
-            else "nothing to keep yet")
-    say_stop(f"ssl-aug: {signal.Signals(guard.signum).name}: fine-tuning stopped in epoch {epoch + 1}; {kept}; "
-             f"{guard.continue_hint}")
-    raise TrainingInterrupted(guard.signum, epoch)
+    def state_dict(self) -> dict:
+        self.state["lines"] = self.metrics.lines
+        return {"config": dataclasses.asdict(self.cfg), "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "state": self.state}
 
+    def write_state(self, state: dict) -> Path:
+        return atomic_save(state, self.state_file)
 
-def _train_epochs(model, opt, sched, state, train, train_idx, val_idx, mean, std, c, cfg, run, guard, progress):
-    """The epoch loop: batches, validation, early stopping; with a run directory the state after every epoch
-    is saved, only when every weight and optimiser value is finite. A signal stops it at the next batch."""
-    from tqdm.auto import tqdm
+    def check_state_finite(self) -> None:
+        """end_epoch checked the loss, the weights and the optimiser state of this epoch (one host read)."""
 
-    tr_x, tr_y = train
-    device = module_device(model)
-    per_epoch = -(-len(train_idx) // cfg.batch_size)  # the guard counts batches: a second signal says what is lost
-    guard.continue_hint = "continue with the same command (it resumes from the saved state)"
-    guard.step = state["epoch"] * per_epoch
-    guard.saved_step = guard.step if run is not None and state["epoch"] else None
-    bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc="fine-tune", disable=not progress, leave=False)
-    while state["epoch"] < cfg.epochs and state["since"] < cfg.patience:
-        epoch = state["epoch"]
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = train_idx[torch.randperm(len(train_idx), generator=g)]
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        for i in range(0, len(order), cfg.batch_size):
-            if guard.signum is not None:
-                _stop_line(guard, run, epoch)
-            idx = order[i:i + cfg.batch_size]
-            x = normalize_images(pixels(tr_x[idx]).to(device), mean, std)
-            y = tr_y[idx].to(device)
-            train_mode(model, cfg)
-            x, targets = _mixed_batch(model, x, y, c, cfg, g)
-            loss = _soft_ce(model(x), targets, cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach().double() * len(idx)
-            guard.step += 1
-        val_logits = _logits(model, tr_x[val_idx], mean, std)
-        val_loss = F.cross_entropy(val_logits, tr_y[val_idx])
-        if bool(nonfinite_flag([total, val_loss, *training_tensors(model, opt)])):  # one host read per epoch
-            kept = f"; the state after epoch {epoch} is kept in {run / 'finetune_state.pt'}" if run and epoch else ""
+    # ----------------------------------------------------------------- loop
+    def should_continue(self) -> bool:
+        return self.state["epoch"] < self.cfg.epochs and self.state["since"] < self.cfg.patience
+
+    def begin_epoch(self, fresh: bool) -> None:
+        self.g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch)
+        self.order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.g)]
+        self.total = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def epoch_done(self) -> bool:
+        return self.step >= (self.epoch + 1) * self.per_epoch
+
+    def bar_spec(self) -> tuple[int, int, str]:
+        return self.per_epoch, 0, f"fine-tune {self.epoch + 1}/{self.cfg.epochs}"
+
+    def batches(self):
+        return (self.order[i:i + self.cfg.batch_size] for i in range(0, len(self.order), self.cfg.batch_size))
+
+    def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Row indices (B,) -> (loss, B) after one AdamW step on their mixed, cropped and flipped images."""
+        cfg, device = self.cfg, self.device
+        x = normalize_images(pixels(self.train_x[idx]).to(device), self.mean, self.std)
+        y = self.train_y[idx].to(device)
+        train_mode(self.model, cfg)
+        x, targets = _mixed_batch(self.model, x, y, self.num_classes, cfg, self.g)
+        loss = _soft_ce(self.model(x), targets, cfg.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return loss, len(idx)
+
+    def after_step(self, out, bar) -> None:
+        loss, n = out
+        self.total += loss.detach().double() * n
+
+    def stop_requested(self) -> bool:
+        return self.guard.signum is not None  # one process: no collective
+
+    def end_epoch(self) -> dict:
+        """Validation, the non-finite check, early stopping bookkeeping -> the epoch record."""
+        epoch, state, y_val = self.epoch, self.state, self.train_y[self.val_idx]
+        val_logits = _logits(self.model, self.train_x[self.val_idx], self.mean, self.std)
+        val_loss = F.cross_entropy(val_logits, y_val)
+        if bool(nonfinite_flag([self.total, val_loss, *training_tensors(self.model, self.opt)])):  # one host read
+            kept = f"; the state after epoch {epoch} is kept in {self.state_file}" if self.run_dir and epoch else ""
             raise SslAugError(f"fine-tuning became non-finite (NaN/inf loss, weights or optimiser state) in epoch "
-                              f"{epoch + 1}{kept}; lower lr (now {cfg.lr}) or check the encoder")
+                              f"{epoch + 1}{kept}; lower lr (now {self.cfg.lr}) or check the encoder")
         val_loss = float(val_loss)
-        val_acc = float((val_logits.argmax(1) == tr_y[val_idx]).double().mean())
-        state["epoch"] = epoch + 1
+        val_acc = float((val_logits.argmax(1) == y_val).double().mean())
+        state["epoch"] = self.epoch = epoch + 1
         if val_loss < state["best_loss"]:
             state.update(best_loss=val_loss, best_acc=val_acc, best_epoch=epoch + 1, since=0,
-                         best={k: v.detach().clone() for k, v in model.state_dict().items()})
+                         best={k: v.detach().clone() for k, v in self.model.state_dict().items()})
         else:
             state["since"] += 1
-        record = {"type": "epoch", "epoch": epoch + 1, "train_loss": float(total) / len(train_idx),
-                  "val_loss": val_loss, "val_top1": val_acc, "lr": opt.param_groups[0]["lr"]}
-        if run is not None:
-            append_line(run / "metrics.jsonl", json.dumps(record), what="metrics log")
-            state["lines"] += 1
-            guard.saving = True  # a second signal waits for the write
-            try:
-                atomic_save({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
-                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state},
-                            run / "finetune_state.pt")
-            finally:
-                guard.saving = False
-            guard.saved_step = guard.step
-        bar.update(1)
-        bar.set_postfix(val_loss=f"{val_loss:.3f}", val_top1=f"{val_acc:.3f}")
-    bar.close()
+        return {"type": "epoch", "epoch": epoch + 1, "train_loss": float(self.total) / len(self.train_idx),
+                "val_loss": val_loss, "val_top1": val_acc, "lr": self.opt.param_groups[0]["lr"]}
+
+    def save_at_epoch_end(self) -> bool:
+        return self.run_dir is not None
+
+    def stop_line(self, signum: int) -> str:
+        epoch = self.epoch
+        kept = f"the state after epoch {epoch} is kept in {self.state_file}" if self.run_dir and epoch else \
+            "nothing to keep yet"
+        where = f"in epoch {epoch + 1}" if self.should_continue() else f"after epoch {epoch}, its last"
+        return f"fine-tuning stopped {where}; {kept}; {self.guard.continue_hint}"
+
+    def stop_report(self) -> tuple[int, None]:
+        return self.epoch, None
 
 
 def finetune(encoder: nn.Module, mean, std, train, test, cfg: FinetuneConfig | dict | None = None,
@@ -328,14 +367,11 @@ def finetune(encoder: nn.Module, mean, std, train, test, cfg: FinetuneConfig | d
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = -(-len(train_idx) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
-    state = {"epoch": 0, "best_loss": float("inf"), "best_acc": 0.0, "best_epoch": 0, "since": 0, "best": None,
-             "lines": 0}
     run = Path(run_dir) if run_dir is not None else None
+    loop = FinetuneLoop(model, opt, sched, (tr_x, tr_y), train_idx, val_idx, mean, std, c, cfg, run, progress)
     with hold_run_folder(run, enabled=run is not None), PreemptionGuard() as guard:  # one writer; clean stops
-        if run is not None:
-            state = _start_or_resume(run, cfg, c, model, opt, sched, state, resume, device)
-        _train_epochs(model, opt, sched, state, (tr_x, tr_y), train_idx, val_idx, mean, std, c, cfg, run, guard,
-                      progress)
+        loop.run(resume, guard)
+    state = loop.state
     model.load_state_dict(state["best"])
     model.eval()
     probs = _logits(model, te_x, mean, std).double().softmax(1)

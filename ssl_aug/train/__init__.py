@@ -1,4 +1,5 @@
-"""Training: `Trainer` (the loop, trainer.py), run setup (setup.py), checkpoint state (state.py),
+"""Training: `Trainer` (trainer.py) on the epoch loop it shares with fine-tuning (`EpochLoop`, loop.py),
+run setup (setup.py), checkpoint state (state.py),
 the metrics log and step timers (metrics.py), preemption (signals.py), hard view sampling
 (hard_views.py)."""
 

@@ -27,13 +27,13 @@ from ssl_aug.data import ImageDataset
 from ssl_aug.errors import SslAugError
 from ssl_aug.runlock import hold_run_folder
 from ssl_aug.train.hard_views import hard_views
+from ssl_aug.train.loop import EpochLoop
 from ssl_aug.train.metrics import MetricsLog, StepTimer
 from ssl_aug.train.run_folder import write_run_recipe
 from ssl_aug.train.resume import agree_on_checkpoint, other_node_writers, save_on_every_node, writes_checkpoints
 from ssl_aug.train.setup import (apply_schedules, autocast, buffer_sync, build_model, build_optimization,
                                  build_schedules, build_source, load_training_data, streams, sync_batchnorm_on,
                                  training_device, tune_allocator)
-from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted, say_stop
 from ssl_aug.train.state import load_trainer_state, trainer_state
 
 EpochCallback = Callable[["Trainer", int], dict]
@@ -44,8 +44,9 @@ class NonFiniteLossError(SslAugError):
     last good checkpoint was kept."""
 
 
-class Trainer:
-    """Self-supervised training of one recipe in one run directory."""
+class Trainer(EpochLoop):
+    """Self-supervised training of one recipe in one run directory, on the shared epoch loop (EpochLoop: its
+    hooks are the "loop" section below)."""
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, callbacks: list[EpochCallback] = (),
                  progress: bool = True, train_data: ImageDataset | None = None, hooks: list = ()):
@@ -55,7 +56,6 @@ class Trainer:
         # Step hooks (e.g. evaluation.OnlineLinearProbe): after_step(trainer, indices, views), end_epoch(trainer)
         # -> dict for the epoch record, hook_state() / load_hook_state(state) kept in checkpoints.
         self.hooks = list(hooks)
-        self.progress = progress
         self.rank, self.world_size = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
         self.device = training_device(cfg, self.world_size)
@@ -96,14 +96,12 @@ class Trainer:
             cfg, self.method, self.steps_per_epoch, self.device)
         self.schedules = build_schedules(cfg, self.method, self.optimizer)
         self.scheduled_values: dict[str, float] = {}  # the values of the last step (logged)
-        self.step = 0
-        self.epoch = 0
-        self.history: list[dict] = []
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_main, logger=cfg.train.logger)
+        super().__init__(MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_main, logger=cfg.train.logger),
+                         progress)  # step, epoch, history, saved_step, guard (ssl_aug.train.loop)
         self.epoch_loss = self._new_epoch_loss()  # running sum/count of this epoch's losses (checkpointed)
         self._warned: set[str] = set()
         self._last_loss: float | None = None
-        self._saved_step = -1
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # any non-finite loss so far
         self.extended = False  # set when a resume added epochs (the schedule gained a cosine tail)
 
     # ----------------------------------------------------------------- state
@@ -125,112 +123,139 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Every rank calls this (the per-rank state is gathered); only rank 0 writes the file. A state
         with a NaN/inf weight, buffer or optimiser value is never written (NonFiniteLossError instead)."""
-        self._check_state_finite()
-        self._saved_step = self.step
-        guard = getattr(self, "_guard", None)
-        if guard is not None:
-            guard.saving = True
-        try:
-            state = self.state_dict()
-            if getattr(self, "_node_copies", False):  # nodes without rank 0's folder keep identical copies
-                return save_on_every_node(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints,
-                                          self.writes_checkpoints)
-            if not self.is_main:
-                return None
-            return save_run_checkpoint(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints)
-        finally:
-            if guard is not None:
-                guard.saving, guard.saved_step = False, self.step
+        return self.save()
 
-    # ----------------------------------------------------------------- loop
-    def _start(self, resume: bool | str | Path) -> bool:
-        """Prepare the run directory (resume or fresh); True when a new epoch starts."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def write_state(self, state: dict) -> Path | None:
+        if getattr(self, "_node_copies", False):  # nodes without rank 0's folder keep identical copies
+            return save_on_every_node(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints,
+                                      self.writes_checkpoints)
+        if not self.is_main:
+            return None
+        return save_run_checkpoint(state, self.run_dir, self.step, self.cfg.train.keep_checkpoints)
+
+    def read_state(self, path: Path) -> dict:
+        return load_checkpoint(path, map_location="cpu")
+
+    # ----------------------------------------------------------------- loop (ssl_aug.train.loop)
+    def resume_path(self, resume: bool | str | Path) -> Path | None:
         existing = latest_checkpoint(self.run_dir)
-        self.writes_checkpoints = writes_checkpoints(self.run_dir)
-        self._node_copies = other_node_writers(self.writes_checkpoints)
-        fresh_epoch = True
         if resume:
             path = existing if resume is True else Path(resume)
             # every rank must read the same bytes: compared by size and hash, sent to nodes that lack them
-            path = agree_on_checkpoint(path, self.run_dir) or (None if resume is True else path)
-            if path is not None:
-                self.load_state_dict(load_checkpoint(path, map_location="cpu"), path)
-                fresh_epoch = False
-                self.metrics.trim()
-        elif dist.any_rank(existing is not None):  # all ranks refuse together (no rank left waiting)
+            return agree_on_checkpoint(path, self.run_dir) or (None if resume is True else path)
+        if dist.any_rank(existing is not None):  # all ranks refuse together (no rank left waiting)
             raise SslAugError(f"run directory {self.run_dir} already has checkpoints: pass --resume to continue it, "
                               "or choose another output_dir")
-        else:
-            self.metrics.reset()
-        if self.is_main and (fresh_epoch or self.extended or not (self.run_dir / "config.json").exists()):
+        return None
+
+    def start(self, resume: bool | str | Path) -> bool:
+        """Prepare the run directory (resume or fresh); True when resumed."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.writes_checkpoints = writes_checkpoints(self.run_dir)
+        self._node_copies = other_node_writers(self.writes_checkpoints)
+        resumed = super().start(resume)
+        if self.is_main and (not resumed or self.extended or not (self.run_dir / "config.json").exists()):
             write_run_recipe(self.run_dir, self.cfg.to_dict())  # config.json + config.toml; a resume keeps them
-        self._saved_step = self.step if not fresh_epoch else -1
-        return fresh_epoch
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.model.train()
+        return resumed
 
     def fit(self, resume: bool | str | Path = False) -> dict:
         """Train to the end of the schedule. resume: False, True (latest checkpoint of the run
         directory, if any) or a checkpoint path. On SIGTERM/SIGINT: checkpoint, one line, then
         TrainingInterrupted (exit code 143/130). The run folder is locked meanwhile (ssl_aug.runlock)."""
         with hold_run_folder(self.run_dir, enabled=self.is_main):
-            return self._fit(resume)
-
-    def _fit(self, resume: bool | str | Path) -> dict:
-        fresh_epoch = self._start(resume)
-        cfg = self.cfg.train
-        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        self.model.train()
-        self._stopping = False  # set on every rank at once, when the ranks agree a signal came
-        with PreemptionGuard() as self._guard:
-            self._guard.step = self.step  # lets a signal before the first finished step stop at once (one rank)
-            self._guard.started_at = self.step if self.world_size == 1 else None
-            self._guard.saved_step = self._saved_step if self._saved_step >= 0 else None
-            while self.step < self.total_steps and self.epoch < cfg.epochs:
-                if fresh_epoch:
-                    self.source.set_epoch(self.epoch)
-                    self.epoch_loss = self._new_epoch_loss()
-                fresh_epoch = True
-                if self.source.position < self.steps_per_epoch:
-                    nonfinite = self._run_epoch(nonfinite)
-                else:  # resumed from a checkpoint taken after the last batch of this epoch
-                    self._epoch_stats = {"loss": float(self.epoch_loss["sum"]) / max(self.epoch_loss["count"], 1)}
-                if self.source.position < self.steps_per_epoch:
-                    break  # train.max_steps reached, or a signal, inside the epoch
-                self._end_epoch()
-                if self._stopping:
-                    break
-            self._check_finite(nonfinite)
-            if self._saved_step != self.step:
-                self.save_checkpoint()  # the final state, when the run ended between checkpoints
-            if self._stopping or self._guard.stop_requested():  # also a signal that came after the last step
-                self._interrupted()
+            self.run(resume)
         return {"step": self.step, "epoch": self.epoch, "loss": self._last_loss}
 
-    def _end_epoch(self) -> None:
+    def should_continue(self) -> bool:
+        return self.step < self.total_steps and self.epoch < self.cfg.train.epochs
+
+    def begin_epoch(self, fresh: bool) -> None:
+        if fresh:
+            self.source.set_epoch(self.epoch)
+            self.epoch_loss = self._new_epoch_loss()
+        self._timer = None  # set when batches run (a resume after an epoch's last batch runs none)
+
+    def epoch_done(self) -> bool:
+        return self.source.position >= self.steps_per_epoch
+
+    def bar_spec(self) -> tuple[int, int, str]:
+        epochs = min(self.cfg.train.epochs, -(-self.total_steps // self.steps_per_epoch))  # what max_steps leaves
+        position = self.source.position
+        return (min(self.steps_per_epoch, position + self.total_steps - self.step), position,
+                f"epoch {self.epoch + 1}/{epochs}")
+
+    def begin_batches(self) -> None:
+        self._timer = StepTimer(self.device)
+        self._images_seen = 0
+        self._epoch_start = self._window_start = time.perf_counter()
+
+    def batches(self):
+        return self.source
+
+    def train_step(self, batch) -> tuple:
+        """(indices (B,), uint8 images (B,3,H,W) or per-view crops) -> (indices, loss, stats, view timer marks)."""
+        indices, images = batch
+        t0 = self._timer.mark()
+        views = self.make_views(images)
+        t1 = self._timer.mark()
+        loss, stats = self.optimize(views)
+        for hook in self.hooks:
+            hook.after_step(self, indices, views)
+        return indices, loss, stats, t0, t1
+
+    def after_step(self, out: tuple, bar) -> None:
+        indices, loss, stats, t0, t1 = out
+        cfg = self.cfg.train
+        self.nonfinite = self.accumulate_loss(loss, self.nonfinite)
+        self._timer.add(t0, t1, self._timer.mark())
+        self._images_seen += indices.shape[0]
+        last_of_epoch = self.source.position >= self.steps_per_epoch
+        if self.step % cfg.log_every == 0 or last_of_epoch or self.step >= self.total_steps:
+            self._check_finite(self.nonfinite)
+            self._log_step(loss, stats, bar)
+            self._images_seen, self._window_start = 0, time.perf_counter()
+
+    def save_due(self) -> bool:
+        every = self.cfg.train.checkpoint_every
+        return bool(every) and self.step % every == 0
+
+    def save_at_epoch_end(self) -> bool:
+        return self.cfg.train.checkpoint_every == 0
+
+    def check_finite(self) -> None:
+        self._check_finite(self.nonfinite)
+
+    def stop_at_once_at_start(self) -> bool:
+        return self.world_size == 1  # lets a signal before the first finished step stop at once (one rank)
+
+    def end_epoch(self) -> dict:
+        loss = float(self.epoch_loss["sum"]) / max(self.epoch_loss["count"], 1)
+        stats = {"loss": loss}
+        if self._timer is not None:
+            stats.update(epoch_time_s=time.perf_counter() - self._epoch_start,
+                         view_time_share=self._timer.view_share())
         self.epoch += 1
         self.source.set_epoch(self.epoch)
-        record = {"type": "epoch", "epoch": self.epoch, "step": self.step, **self._epoch_stats}
+        record = {"type": "epoch", "epoch": self.epoch, "step": self.step, **stats}
         if self.is_main and self.callbacks:  # rank 0 only; each callback decides whether this epoch is its turn
             for callback in self.callbacks:
                 record.update(callback(self, self.epoch))
             self.model.train()
         for hook in self.hooks:
             record.update(hook.end_epoch(self))
-        self.history.append(record)
-        self.metrics.append(record)
-        if self.cfg.train.checkpoint_every == 0:
-            self.save_checkpoint()
+        return record
 
-    def _interrupted(self) -> None:
-        """After a signal: the checkpoint of this step is written; say where and how to resume."""
-        import signal
+    def stop_line(self, signum: int) -> str:
+        return (f"stopped after step {self.step}/{self.total_steps}; checkpoint {self._last_path()}; "
+                f"resume with the same command plus --resume (output_dir {self.run_dir})")
 
-        path = self.run_dir / "checkpoints" / "last.pt"
-        if self.is_main:
-            name = signal.Signals(self._guard.signum).name
-            say_stop(f"ssl-aug: {name}: stopped after step {self.step}/{self.total_steps}; checkpoint {path}; "
-                     f"resume with the same command plus --resume (output_dir {self.run_dir})")
-        raise TrainingInterrupted(self._guard.signum, self.step, path if self.is_main else None)
+    def stop_report(self) -> tuple[int, Path | None]:
+        return self.step, self._last_path() if self.is_main else None
+
+    def _last_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
 
     def _check_finite(self, nonfinite: torch.Tensor) -> None:
         """Raise NonFiniteLossError if the loss was non-finite on any rank (all ranks agree first)."""
@@ -242,7 +267,7 @@ class Trainer:
                 f"loss became NaN/inf before step {self.step}: run stopped; last good checkpoint kept in "
                 f"{self.run_dir / 'checkpoints'} (try a lower train.lr, train.amp=none or train.grad_clip=1.0)")
 
-    def _check_state_finite(self) -> None:
+    def check_state_finite(self) -> None:
         """Raise NonFiniteLossError if any parameter, buffer or optimiser tensor is NaN/inf on any rank:
         one device reduction and one host read, at checkpoint boundaries only."""
         flag = nonfinite_flag(training_tensors(self.method, self.optimizer)).to(torch.int32)
@@ -295,12 +320,12 @@ class Trainer:
         self.epoch_loss["count"] += 1
         return nonfinite | ~torch.isfinite(detached)
 
-    def _log_step(self, loss, stats, images_seen, window_start, timer, bar) -> None:
+    def _log_step(self, loss, stats, bar) -> None:
         now = time.perf_counter()
         record = {"type": "step", "step": self.step, "epoch": self.epoch,
                   "lr": self.optimizer.param_groups[0]["lr"], **{k: float(v) for k, v in stats.items()},
-                  "img_per_s": images_seen * self.world_size / max(now - window_start, 1e-9),
-                  "view_time_share": timer.view_share(), **self.scheduled_values}
+                  "img_per_s": self._images_seen * self.world_size / max(now - self._window_start, 1e-9),
+                  "view_time_share": self._timer.view_share(), **self.scheduled_values}
         record["loss"] = self._last_loss = float(loss.detach())
         self.metrics.append(record)
         for message in self.method.health_messages(stats) if self.is_main else ():
@@ -308,45 +333,3 @@ class Trainer:
                 self._warned.add(message[:40])
                 bar.write(f"warning (step {self.step}): {message}")
         bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['img_per_s']:.0f}")
-
-    def _run_epoch(self, nonfinite: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg.train
-        from tqdm.auto import tqdm
-
-        epochs = min(cfg.epochs, -(-self.total_steps // self.steps_per_epoch))  # what train.max_steps leaves
-        position = self.source.position
-        bar = tqdm(total=min(self.steps_per_epoch, position + self.total_steps - self.step), initial=position,
-                   desc=f"epoch {self.epoch + 1}/{epochs}", disable=not (self.progress and self.is_main),
-                   dynamic_ncols=True, leave=False)
-        timer = StepTimer(self.device)
-        images_seen = 0
-        epoch_start = window_start = time.perf_counter()
-        for indices, images in self.source:
-            t0 = timer.mark()
-            views = self.make_views(images)
-            t1 = timer.mark()
-            loss, stats = self.optimize(views)
-            for hook in self.hooks:
-                hook.after_step(self, indices, views)
-            self.step += 1
-            nonfinite = self.accumulate_loss(loss, nonfinite)
-            self._guard.step = self.step
-            timer.add(t0, t1, timer.mark())
-            images_seen += indices.shape[0]
-            bar.update(1)
-            last_of_epoch = self.source.position >= self.steps_per_epoch
-            if self.step % cfg.log_every == 0 or last_of_epoch or self.step >= self.total_steps:
-                self._check_finite(nonfinite)
-                self._log_step(loss, stats, images_seen, window_start, timer, bar)
-                images_seen, window_start = 0, time.perf_counter()
-            self._stopping = self._guard.stop_requested()
-            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or self._stopping:
-                self._check_finite(nonfinite)
-                self.save_checkpoint()
-            if self.step >= self.total_steps or self._stopping:
-                break
-        bar.close()
-        self._epoch_stats = {"loss": float(self.epoch_loss["sum"]) / max(self.epoch_loss["count"], 1),
-                             "epoch_time_s": time.perf_counter() - epoch_start,
-                             "view_time_share": timer.view_share()}
-        return nonfinite
