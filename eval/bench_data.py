@@ -197,7 +197,16 @@ final_knn = false
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     cmd = [sys.executable, "-m", "ssl_aug", "train", str(recipe), f"output_dir={json.dumps(str(workdir / 'run'))}",
            "--no-progress"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err, peak = run_with_peak_pss(cmd, env)[1:]
+    if err is not None:
+        raise RuntimeError(f"training run failed: {err[-2000:]}")
+    return peak
+
+
+def run_with_peak_pss(cmd: list[str], env: dict | None = None) -> tuple[str, str | None, float]:
+    """Run `cmd`, sampling the PSS of its process tree every 0.1 s -> (stdout, stderr when it failed else
+    None, peak MB)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0.0]
 
     def poll():
@@ -207,11 +216,9 @@ final_knn = false
 
     th = threading.Thread(target=poll)
     th.start()
-    err = proc.communicate()[1]
+    out, err = proc.communicate()
     th.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"training run failed: {err[-2000:]}")
-    return peak[0]
+    return out, (err if proc.returncode != 0 else None), peak[0]
 
 
 def classes_per_batch(shards: Path, batch: int = 256) -> float:
