@@ -2,12 +2,11 @@
 only the rows a caller asks for.
 
 Indexing by a slice, an index tensor, a bool mask or a list gives another store over those rows without
-decoding anything (an int gives that one image, decoded), so subsets and hold-outs cost no pixels; `decode()` gives the uint8 tensor of its rows;
-`chunks(batch)` yields them in order, batch by batch, decoding the next chunk while the caller works on the
-current one. `pixels(x)`, `image_batches(x, batch)` and `same_images(a, b)` accept a tensor or a store. A store of shard-pack images:
-ssl_aug.data.shard_eval.ShardImages.
+decoding anything (an int gives that one image, decoded), so subsets and hold-outs cost no pixels;
+`decode()` gives the uint8 tensor of its rows; `chunks(batch)` yields them in order, batch by batch,
+decoding the next chunk while the caller works on the current one. `pixels(x)`, `image_batches(x, batch)`
+and `same_images(a, b)` accept a tensor or a store. The store of a shard pack: ssl_aug.data.shard_eval.ShardImages.
 """
-
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -44,9 +43,6 @@ class ImageStore(ABC):
 
     def __len__(self) -> int:
         return int(self.shape[0])
-
-    def size(self, dim: int | None = None):
-        return self.shape if dim is None else self.shape[dim]
 
     def __getitem__(self, key):
         n = len(self)

@@ -121,11 +121,10 @@ def load_shard_folder(split: str, root, download: bool = False, size: int = 224,
                       shuffle_buffer: int = 512, decode: str = "auto", eval_resize: int | None = None) -> ImageDataset:
     """Tar shards of encoded images (`ssl-aug data pack --format shards`): training streams crops.
 
-    Loaded, root[/split] gives the eval view of every image as a ShardImages store (decoded on demand): shorter
-    side resized to
-    eval_resize (default round(size / 0.875); = size keeps the whole shorter side, as the in-memory
-    image-folder pack does), centre crop size. workers, shuffle_buffer and decode are options of the
-    streaming source, unused here."""
+    Loaded, root[/split] gives the eval view of every image as a ShardImages store (decoded on demand):
+    shorter side resized to eval_resize (default round(size / 0.875); = size keeps the whole shorter side,
+    as the in-memory image-folder pack does), centre crop size. workers, shuffle_buffer and decode are
+    options of the streaming source, unused here."""
     if root is None:
         raise SslAugError("dataset 'shards' needs root=<folder packed by `ssl-aug data pack --format shards`> "
                           "(recipe data.root=..., CLI --root)")
