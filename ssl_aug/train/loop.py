@@ -21,6 +21,7 @@ record, the state dict and where it is written). The loop calls them in this ord
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 import signal
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,7 +32,7 @@ from ssl_aug.train.signals import PreemptionGuard, TrainingInterrupted, say_stop
 __all__ = ["EpochLoop"]
 
 
-class EpochLoop:
+class EpochLoop(ABC):
     """Epochs of batches with resume, atomic states and clean stops; subclasses fill in the hooks.
 
     Attributes kept by the loop: `step` (optimisation steps finished, over all epochs), `epoch` (epochs
@@ -52,31 +53,31 @@ class EpochLoop:
         self.stopping = False
 
     # ------------------------------------------------------------------ hooks
+    @abstractmethod
     def should_continue(self) -> bool:
         """More to train: checked before every epoch and after every step (False inside an epoch: a step limit)."""
-        raise NotImplementedError
 
     def begin_epoch(self, fresh: bool) -> None:
         """Before epoch `self.epoch` (fresh=False: the first epoch after a resume, which may be under way)."""
 
+    @abstractmethod
     def epoch_done(self) -> bool:
         """True when every batch of the current epoch has been trained."""
-        raise NotImplementedError
 
+    @abstractmethod
     def bar_spec(self) -> tuple[int, int, str]:
         """(total, initial, description) of the epoch's progress bar, counted in batches."""
-        raise NotImplementedError
 
     def begin_batches(self) -> None:
         """Just before the epoch's (remaining) batches run."""
 
+    @abstractmethod
     def batches(self) -> Iterable:
         """The current epoch's remaining batches (whatever `train_step` takes)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def train_step(self, batch) -> Any:
         """One optimisation step on `batch`; its output goes to `after_step` (e.g. the loss, a 0-dim tensor)."""
-        raise NotImplementedError
 
     def after_step(self, out, bar) -> None:
         """Bookkeeping after the step counter advanced (loss sums, logging, the bar's postfix)."""
@@ -85,9 +86,9 @@ class EpochLoop:
         """A state after this step (only with saves_mid_epoch)."""
         return False
 
+    @abstractmethod
     def end_epoch(self) -> dict:
         """Advance `self.epoch`; return the epoch record for metrics.jsonl ({"type": "epoch", "epoch", ...})."""
-        raise NotImplementedError
 
     def save_at_epoch_end(self) -> bool:
         return False
@@ -98,23 +99,25 @@ class EpochLoop:
     def check_state_finite(self) -> None:
         """Raise when a weight or optimiser value is NaN/inf (before every save: a non-finite state is never kept)."""
 
+    @abstractmethod
     def state_dict(self) -> dict:
-        raise NotImplementedError
+        """Everything a resume needs (weights, optimiser, loop position, metrics.lines)."""
 
+    @abstractmethod
     def load_state_dict(self, state: dict, path: Path) -> None:
         """Restore what `state_dict` saved, including `step`, `epoch` and `metrics.lines`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def write_state(self, state: dict) -> Path | None:
         """Write `state` atomically; the file written (None where this process writes nothing)."""
-        raise NotImplementedError
 
     def resume_path(self, resume) -> Path | None:
         """The state to resume from (None: start afresh); may refuse in one line (SslAugError)."""
         return None
 
+    @abstractmethod
     def read_state(self, path: Path) -> dict:
-        raise NotImplementedError
+        """The state saved at `path` (weights-only loading); may refuse in one line (SslAugError)."""
 
     def stop_at_once_at_start(self) -> bool:
         """A signal before this process finished any step stops at once (PreemptionGuard.started_at)."""
@@ -124,9 +127,9 @@ class EpochLoop:
         """After every step: was a signal received (by any rank)?"""
         return self.guard.stop_requested()
 
+    @abstractmethod
     def stop_line(self, signum: int) -> str:
         """What the one stop line says after "ssl-aug: SIGTERM: " (what is kept, how to continue)."""
-        raise NotImplementedError
 
     def stop_report(self) -> tuple[int, Path | None]:
         """(step, checkpoint) for TrainingInterrupted."""
