@@ -45,7 +45,7 @@ final_knn = false
 """
 
 
-MAX_STEPS = 80
+MAX_STEPS = 300  # far more than the steps before the SIGTERM lands, even on an idle fast machine
 
 
 def _port() -> int:
@@ -89,9 +89,9 @@ def test_two_nodes_own_folders_sigterm_resume_and_disagreement(tmp_path):
     recipe.write_text(RECIPE.format(root=tmp_path / "data", max_steps=MAX_STEPS))
     procs = _launch(tmp_path, recipe, _port())
     deadline = time.time() + 90
-    while time.time() < deadline and not (tmp_path / "node0" / "metrics.jsonl").is_file():
-        time.sleep(0.5)
-    time.sleep(3)
+    metrics = tmp_path / "node0" / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.is_file() and '"type": "step"' in metrics.read_text()):
+        time.sleep(0.2)
     start = time.time()
     for p in procs:  # what a scheduler does at preemption: SIGTERM to each node's torchrun
         os.kill(p.pid, signal.SIGTERM)
