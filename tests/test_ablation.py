@@ -153,3 +153,21 @@ def test_quickstart_output_dir_is_where_the_runs_go(tmp_path, capsys):
     assert main(["quickstart", "--spec", str(spec), "--output-dir", str(elsewhere), "--no-progress"]) == 0
     assert (elsewhere / "results.md").is_file() and (elsewhere / "full" / "seed0" / "eval.json").is_file()
     assert not (tmp_path / "out").exists()
+
+
+def test_cells_option_runs_only_the_named_cells_and_reports_every_finished_one(tmp_path, capsys):
+    spec = write_spec(tmp_path, SPEC.replace("seeds = 2", "seeds = 1"))
+    ran = run_ablation(spec, progress=False, cells=["no_color_jitter"])
+    assert [r.cell for r in ran] == ["no_color_jitter"] and ran[0].error is None
+    out = tmp_path / "out"
+    assert not (out / "full").exists()
+    table = (out / "results.md").read_text()
+    assert "| no_color_jitter | 1 |" in table and "| full |" not in table
+    run_ablation(spec, progress=False, cells=["full"])
+    table = (out / "results.md").read_text()
+    assert "| no_color_jitter | 1 |" in table and "| full | 1 |" in table
+    with pytest.raises(SslAugError, match="no cell 'nope'; its cells: full, no_color_jitter"):
+        run_ablation(spec, progress=False, cells=["nope"])
+    capsys.readouterr()
+    run_ablation(spec, progress=False, dry_run=True, cells=["full"])
+    assert capsys.readouterr().out.startswith("full seed 0:")

@@ -16,7 +16,7 @@ def run(args) -> int:
     if args.seeds is not None:
         overrides.append(f"seeds={args.seeds}")
     run_ablation(args.spec, overrides=overrides, progress=not args.no_progress, dry_run=args.dry_run,
-                 rerun_changed=args.rerun_changed, launcher=args.launcher, workers=args.workers, address=args.address,
+                 rerun_changed=args.rerun_changed, cells=args.cells, launcher=args.launcher, workers=args.workers, address=args.address,
                  gpus_per_task=args.gpus_per_cell)
     return 0
 
@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", help="overrides of the spec, e.g. base.train.epochs=2 seeds=3")
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell (overrides the spec)")
     p.add_argument("--output-dir", default=None)
+    p.add_argument("--cells", type=lambda text: [c.strip() for c in text.split(",") if c.strip()], default=None,
+                   metavar="NAME[,NAME...]", help="run only these cells; the report covers every finished run")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     p.add_argument("--rerun-changed", action="store_true",
                    help="rerun cells whose folder holds a run of another config (the old run moves to *.old)")
