@@ -16,8 +16,8 @@ def run(args) -> int:
     if args.seeds is not None:
         overrides.append(f"seeds={args.seeds}")
     run_ablation(args.spec, overrides=overrides, progress=not args.no_progress, dry_run=args.dry_run,
-                 rerun_changed=args.rerun_changed, cells=args.cells, launcher=args.launcher, workers=args.workers, address=args.address,
-                 gpus_per_task=args.gpus_per_cell)
+                 rerun_changed=args.rerun_changed, cells=args.cells, launcher=args.launcher, workers=args.workers,
+                 address=args.address, gpus_per_task=args.gpus_per_cell)
     return 0
 
 

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 from ssl_aug.errors import SslAugError
-
 from ssl_aug.workflows.ablation.report import summarize, write_report
 from ssl_aug.workflows.ablation.runner import CELL_FILE, execute, stale_reason
 from ssl_aug.workflows.ablation.spec import MODES, SPEC_KEYS, Run, config_hash, load_spec, plan_cells, plan_runs
@@ -44,7 +43,8 @@ def run_ablation(spec: str | Path, overrides: list[str] = (), progress: bool = T
                 moved = execute(chosen, progress=progress, rerun_changed=rerun_changed, **launch)
                 for old in moved:
                     print(f"moved the run of an older configuration to {old}")
-                reported = [r for r in runs if id(r) in {id(c) for c in chosen} or finished_earlier(r)]
+                ran = {id(r) for r in chosen}
+                reported = [r for r in runs if id(r) in ran or finished_earlier(r)]
                 report, written = write_report(reported, out_dir, title, data.get("metrics"), base=str(data["base"]))
         except (TrainingInterrupted, PhaseInterrupted) as stop:
             stopped(stop, chosen)
