@@ -96,8 +96,8 @@ def colour_table(runs: list[dict]) -> str:
                 if paired else "-")
         train = " / ".join(f"{statistics.median(t):,.0f}" if (t := [r["train_s"] for r in rs if r["train_s"]]) else "-"
                            for rs in (full, off))
-        rows.append([method, f"{len(seeds_full)} / {len(seeds_off)}", mean_std([r["knn"] for r in full]), mean_std([r["knn"] for r in off]),
-                     cost, train])
+        rows.append([method, f"{len(seeds_full)} / {len(seeds_off)}", mean_std([r["knn"] for r in full]),
+                     mean_std([r["knn"] for r in off]), cost, train])
     return markdown_table(["method", "seeds (full / no colour)", "kNN top-1, full views", "no colour distortion",
                            "points lost (paired by seed)", "median train s (full / no colour)"], rows)
 
@@ -114,10 +114,14 @@ def at_time(curve: list[tuple], seconds: float) -> tuple[float, float] | None:
     return None
 
 
+def with_curves(runs: list[dict]) -> list[dict]:
+    """The full-view runs trained with the kNN monitor (two or more monitor points)."""
+    return [r for r in runs if len(r["curve"]) >= 2 and not r["cell"].endswith(NO_COLOR)]
+
+
 def minutes_table(runs: list[dict], budgets: list[float]) -> str:
-    curved = [r for r in runs if len(r["curve"]) >= 2 and not r["cell"].endswith(NO_COLOR)]
     rows = []
-    for r in sorted(curved, key=lambda r: -r["curve"][-1][2]):
+    for r in sorted(with_curves(runs), key=lambda r: -r["curve"][-1][2]):
         row = [r["cell"], r["seed"], f"{r['curve'][-1][1] / 60:.1f}"]
         for minutes in budgets:
             hit = at_time(r["curve"], minutes * 60)
@@ -154,7 +158,7 @@ def main(argv=None) -> int:
     if not runs:
         print(f"no finished runs (eval.json) under {', '.join(map(str, args.roots))}", file=sys.stderr)
         return 1
-    curved = [r for r in runs if len(r["curve"]) >= 2 and not r["cell"].endswith(NO_COLOR)]
+    curved = with_curves(runs)
     fastest = min((r["curve"][-1][1] for r in curved), default=0.0) / 60
     budgets = args.minutes or [round(fastest / 2, 1), float(int(fastest))]
     body = "### Colour distortion x method\n\n" + colour_table(runs)
