@@ -1,12 +1,14 @@
 """Colour distortion x method and methods at equal CPU minutes, from finished ablation runs.
 
-    SSL_AUG_DATA=... python eval/method_tables.py runs/ablate_color_by_method [MORE_RUN_ROOTS ...] \
-        [--recorded eval/records/color_by_method_seed0.csv]
+    SSL_AUG_DATA=... python eval/method_tables.py [RUN_ROOTS ...] --recorded eval/records/color_by_method.csv \
+        --save-records eval/records/color_by_method.csv
 
 Each root is an ablation output folder (<cell>/seed*/ with eval.json, config.json, metrics.jsonl); the same
 cell under several roots (or several seed folders) counts as seeds, told apart by each run's recipe seed.
---recorded adds runs whose folders were not kept, from an ablation's results.csv (cell, seed, knn_top1,
-train_time_s); a run folder of the same cell and seed takes precedence.
+--recorded adds runs whose folders were not kept, from a records CSV (cell, seed, knn_top1, train_time_s, and
+optionally curve "epoch:seconds:kNN;..." and note) or an ablation's results.csv; a run folder of the same cell
+and seed takes precedence. --save-records writes every run read to such a CSV, so the tables can be rebuilt
+once the run folders are gone.
 Cells named NAME and NAME_no_color form one row of the colour table: kNN top-1 (mean ± std over seeds) with
 and without colour distortion and the points it costs. The equal-minutes table reads runs trained with the
 kNN monitor (eval.knn_every > 0): each method's monitor kNN at the same summed training time (epoch_time_s,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import statistics
 import sys
@@ -32,8 +35,8 @@ NO_COLOR = "_no_color"
 
 
 def read_run(run_dir: Path) -> dict | None:
-    """One finished run -> {"cell", "seed", "knn", "train_s", "curve": [(summed epoch s, monitor kNN)],
-    "config"}; None while it has no eval.json."""
+    """One finished run -> {"cell", "seed", "knn", "train_s", "curve": [(epoch, summed epoch s, monitor kNN)],
+    "note"}; None while it has no eval.json."""
     if not (run_dir / "eval.json").is_file():
         return None
     results = json.loads((run_dir / "eval.json").read_text())
@@ -48,21 +51,47 @@ def read_run(run_dir: Path) -> dict | None:
         if "knn_top1" in rec and rec.get("epoch") in epoch_end:
             curve.append((rec["epoch"], epoch_end[rec["epoch"]], rec["knn_top1"]))
     return {"cell": cell, "seed": config["seed"], "knn": results["knn_top1"], "train_s": results["train_time_s"],
-            "curve": curve, "config": config}
+            "curve": curve, "note": f"run folder {run_dir.parent.parent.name}/{run_dir.parent.name}/{run_dir.name}"}
 
 
-def collect(roots: list[Path], recorded: Path | None = None) -> list[dict]:
-    runs = [r for root in roots for d in sorted(root.glob("*/seed*")) if d.is_dir() and (r := read_run(d))]
-    if recorded is not None:
-        have = {(r["cell"], r["seed"]) for r in runs}
-        with open(recorded, newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("error") or (row["cell"], int(row["seed"])) in have:
-                    continue
-                runs.append({"cell": row["cell"], "seed": int(row["seed"]), "knn": float(row["knn_top1"]),
-                             "train_s": float(row["train_time_s"]) if row.get("train_time_s") else None,
-                             "curve": [], "config": None})
+def read_records(path: Path) -> list[dict]:
+    """Runs from a records CSV (see --save-records) or an ablation's results.csv; failed rows are left out."""
+    runs = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("error"):
+                continue
+            curve = [(float(e), float(t), float(k)) for e, t, k in
+                     (point.split(":") for point in (row.get("curve") or "").split(";") if point)]
+            runs.append({"cell": row["cell"], "seed": int(row["seed"]), "knn": float(row["knn_top1"]),
+                         "train_s": float(row["train_time_s"]) if row.get("train_time_s") else None,
+                         "curve": curve, "note": row.get("note") or f"recorded in {path.name}"})
     return runs
+
+
+def collect(roots: list[Path], recorded: list[Path] = ()) -> list[dict]:
+    runs = [r for root in roots for d in sorted(root.glob("*/seed*")) if d.is_dir() and (r := read_run(d))]
+    have = {(r["cell"], r["seed"]) for r in runs}
+    for path in recorded:
+        for r in read_records(path):
+            if (r["cell"], r["seed"]) not in have:
+                runs.append(r)
+                have.add((r["cell"], r["seed"]))
+    return runs
+
+
+def save_records(runs: list[dict], path: Path) -> None:
+    """Every run as one CSV row (cell, seed, knn_top1, train_time_s, curve, note), written atomically."""
+    from ssl_aug.io import atomic_write_text
+
+    rows = [["cell", "seed", "knn_top1", "train_time_s", "curve", "note"]]
+    for r in sorted(runs, key=lambda r: (r["seed"], method_order(r["cell"].removesuffix(NO_COLOR)), r["cell"])):
+        curve = ";".join(f"{e:g}:{t:.1f}:{k:.4f}" for e, t, k in r["curve"])
+        rows.append([r["cell"], r["seed"], f"{r['knn']:.4f}", "" if r["train_s"] is None else f"{r['train_s']:.0f}",
+                     curve, r["note"]])
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def mean_std(values: list[float]) -> str:
@@ -134,21 +163,24 @@ def minutes_table(runs: list[dict], budgets: list[float]) -> str:
     return markdown_table(header + ["monitor kNN, 15 epochs", "kNN top-1, full test, 15 epochs"], rows)
 
 
-def floors_line(runs: list[dict]) -> str:
-    from ssl_aug.config import config_from_dict
+def floors_line(runs: list[dict], recipe: str) -> str:
+    """Chance, raw pixels and the random encoder of `recipe` (the cells' shared data and backbone), the
+    random encoder averaged over the runs' seeds."""
+    from ssl_aug.config import load_recipe
     from ssl_aug.evaluation.floors import floors_for_config
 
-    by_seed = {r["seed"]: r["config"] for r in runs if r["config"] is not None}
-    found = [floors_for_config(config_from_dict(c)) for c in by_seed.values()]
+    found = [floors_for_config(load_recipe(recipe, {"seed": seed})) for seed in sorted({r["seed"] for r in runs})]
     parts = [f"{name} {statistics.mean(f[name] for f in found):.3f}" for name in ("chance", "raw pixels", "random encoder")]
     return f"Floors (kNN, full test split, mean over the {len(found)} seed(s)' random encoders): " + ", ".join(parts) + "."
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("roots", nargs="+", type=Path, help="ablation output folders")
-    ap.add_argument("--recorded", type=Path, default=None,
-                    help="results.csv of runs whose folders were not kept (cell, seed, knn_top1, train_time_s)")
+    ap.add_argument("roots", nargs="*", type=Path, help="ablation output folders")
+    ap.add_argument("--recorded", type=Path, nargs="+", default=[],
+                    help="records CSVs (or results.csv) of runs whose folders were not kept")
+    ap.add_argument("--save-records", type=Path, default=None, help="write every run read to this records CSV")
+    ap.add_argument("--recipe", default="simclr_cifar10_cpu", help="recipe whose floors are shown (the spec's base)")
     ap.add_argument("--minutes", type=float, nargs="+", default=None,
                     help="equal-time budgets in minutes (default: half and all of the fastest method's run)")
     ap.add_argument("--no-floors", action="store_true", help="skip computing the floors (needs the data)")
@@ -156,8 +188,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     runs = collect(args.roots, args.recorded)
     if not runs:
-        print(f"no finished runs (eval.json) under {', '.join(map(str, args.roots))}", file=sys.stderr)
+        print(f"no finished runs (eval.json) under {', '.join(map(str, args.roots)) or 'no root'} and no records",
+              file=sys.stderr)
         return 1
+    if args.save_records is not None:
+        save_records(runs, args.save_records)
     curved = with_curves(runs)
     fastest = min((r["curve"][-1][1] for r in curved), default=0.0) / 60
     budgets = args.minutes or [round(fastest / 2, 1), float(int(fastest))]
@@ -165,7 +200,7 @@ def main(argv=None) -> int:
     if curved:
         body += "\n\n### Methods at equal CPU minutes (same views)\n\n" + minutes_table(runs, budgets)
     if not args.no_floors:
-        body += "\n\n" + floors_line(runs)
+        body += "\n\n" + floors_line(runs, args.recipe)
     print(body)
     if not args.no_write:
         update_benchmarks_md("methods", "Methods under the same views, CIFAR-10 at the CPU budget", body)

@@ -36,7 +36,7 @@ def test_colour_rows_pair_seeds_and_recorded_runs_fill_in(tmp_path):
     recorded = tmp_path / "results.csv"
     recorded.write_text("cell,seed,knn_top1,train_time_s,error\nsimclr,0,0.99,1,\nbyol,0,0.45,,\n"
                         "byol_no_color,0,0.41,,\nbyol,1,0.1,,boom\n")
-    runs = tables.collect([tmp_path / "s0", tmp_path / "s1"], recorded)
+    runs = tables.collect([tmp_path / "s0", tmp_path / "s1"], [recorded])
     assert len(runs) == 6  # the folder of (simclr, 0) wins over its recorded row; the failed row is left out
     table = tables.colour_table(runs)
     # simclr: full 0.50, 0.60 -> 0.550 ± 0.071; no colour 0.40, 0.30 -> 0.350 ± 0.071; cost 10 and 30 points
@@ -68,3 +68,26 @@ def test_main_prints_both_tables_without_touching_benchmarks(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "### Colour distortion x method" in out and "monitor kNN at 6 min" in out
     assert tables.main([str(tmp_path / "empty"), "--no-floors", "--no-write"]) == 1
+
+
+def test_saved_records_rebuild_both_tables_without_the_run_folders(tmp_path):
+    make_run(tmp_path / "runs", "simclr", 1, 0.55, epoch_s=60.0, monitor={3: 0.40, 6: 0.46, 15: 0.52})
+    make_run(tmp_path / "runs", "simclr_no_color", 1, 0.41)
+    old = tmp_path / "old.csv"
+    old.write_text("cell,seed,knn_top1,train_time_s,curve,note\n"
+                   "simclr,0,0.5,700,2:100:0.3;15:800:0.45,kept by hand\nsimclr_no_color,0,0.38,,,\n")
+    runs = tables.collect([tmp_path / "runs"], [old])
+    assert next(r for r in runs if r["seed"] == 0 and r["cell"] == "simclr")["curve"] == [(2, 100, 0.3), (15, 800, 0.45)]
+    saved = tmp_path / "records.csv"
+    tables.save_records(runs, saved)
+    again = tables.collect([], [saved])
+    key = lambda r: (r["cell"], r["seed"])  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, runs))
+    assert tables.colour_table(again) == tables.colour_table(runs)
+    assert tables.minutes_table(again, [5.0]) == tables.minutes_table(runs, [5.0])
+    assert "kept by hand" in saved.read_text() and "run folder runs/simclr/seed0" in saved.read_text()
+    # 5 min = 300 s: seed 1 lies 2/3 of the way from epoch 3 (180 s, 0.40) to 6 (360 s, 0.46) -> epoch 5, 0.44;
+    # seed 0 lies 200/700 of the way from epoch 2 (100 s, 0.30) to 15 (800 s, 0.45) -> epoch 5.7, 0.343
+    table = tables.minutes_table(again, [5.0])
+    assert "| simclr | 1 | 15.0 | 5.0 | 0.440 |" in table and "| simclr | 0 | 13.3 | 5.7 | 0.343 |" in table
+    assert tables.main(["--recorded", str(saved), "--no-floors", "--no-write"]) == 0
