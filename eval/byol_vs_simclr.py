@@ -1,5 +1,6 @@
 """BYOL beside SimCLR at equal steps: the quickstart recipe on the embedded set, and the CIFAR-10 CPU
-recipes (simclr_cifar10_cpu vs byol_cifar10_cpu, same backbone, subset, optimiser and epochs).
+recipes (simclr_cifar10_cpu vs byol_cifar10_cpu, same backbone, subset and optimiser; both at SimCLR's
+epochs unless --epochs says otherwise).
 
     python eval/byol_vs_simclr.py embedded --seeds 0        # ~2 x 1 CPU-minute
     SSL_AUG_DATA=... python eval/byol_vs_simclr.py cifar --seeds 0   # ~2 x 5 CPU-minutes (AVX-512)
@@ -38,15 +39,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", choices=("embedded", "cifar"))
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
-    parser.add_argument("--epochs", type=int, default=0, help="override the recipes' epochs (0 = as shipped)")
+    parser.add_argument("--epochs", type=int, default=0, help="epochs of both runs (0 = the SimCLR recipe's)")
     parser.add_argument("--out", default="runs/byol_vs_simclr")
     args = parser.parse_args(argv)
     scores: dict[str, list[float]] = {}
     for seed in (int(s) for s in args.seeds.split(",")):
-        for method, recipe in recipes(args.data).items():
+        pair = recipes(args.data)
+        epochs = args.epochs or pair["simclr"]["train"]["epochs"]
+        for method, recipe in pair.items():
             recipe = dict(copy.deepcopy(recipe), seed=seed, device="cpu")
-            if args.epochs:
-                recipe["train"]["epochs"] = args.epochs
+            recipe["train"]["epochs"] = epochs
             run = Path(args.out) / args.data / f"{method}_e{recipe['train']['epochs']}_s{seed}"
             done = run / "eval.json"
             result = json.loads(done.read_text()) if done.exists() else run_experiment(
