@@ -106,7 +106,9 @@ def test_export_loads_without_ssl_aug(tmp_path, arch, args):
     session = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["features"], {"images": images.numpy().astype(np.float32) / 255.0})[0]
     assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= 1e-4
+    # the same bound as the torch paths: ONNX Runtime's ResNet-50 kernels sum in another order (up to 1.5e-4
+    # absolute on features of order 1)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
     encoder = load_encoder(out)  # ssl_aug's own loader reads the safetensors weights
     np.testing.assert_allclose(encoder(images).detach().numpy(), expected, atol=1e-4, rtol=1e-4)
