@@ -43,9 +43,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/byol_vs_simclr")
     args = parser.parse_args(argv)
     scores: dict[str, list[float]] = {}
+    pair = recipes(args.data)
+    epochs = args.epochs or pair["simclr"]["train"]["epochs"]
     for seed in (int(s) for s in args.seeds.split(",")):
-        pair = recipes(args.data)
-        epochs = args.epochs or pair["simclr"]["train"]["epochs"]
         for method, recipe in pair.items():
             recipe = dict(copy.deepcopy(recipe), seed=seed, device="cpu")
             recipe["train"]["epochs"] = epochs
