@@ -13,12 +13,12 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-from ssl_aug.data.crop_decode import (crop_plan, dct_reduction, decode_crops, decode_crops_device, decode_eval,
-                                      image_generator, sample_boxes)
+from ssl_aug.data.crop_decode import (canvas_groups, crop_plan, dct_reduction, decode_crops, decode_crops_device,
+                                      decode_eval, image_generator, sample_boxes, sample_boxes_batch)
 from ssl_aug.data.imagefolder import to_rgb
 from ssl_aug.data.pack_command import pack_main
 from ssl_aug.data.shard_pack import pack_shards
-from ssl_aug.data.shard_read import iter_rows, read_index
+from ssl_aug.data.shard_read import _members_by_tarfile, iter_rows, read_index, tar_members
 from ssl_aug.errors import SslAugError
 
 CLASSES = 6
@@ -251,6 +251,79 @@ def test_device_path_on_cpu_matches_the_cpu_path():
             # same decoder output; the filters differ when shrinking (roi_align's area average vs the
             # triangle antialias): a few grey levels on average on these smooth images
             assert (got[v][i].float() - ref[v].float()).abs().mean() < 5.0
+
+
+def test_device_crops_read_each_image_alone_whatever_its_canvas():
+    """Edge-repeated padding: a crop touching an image's right or bottom edge equals roi_align on that image
+    alone (zero padding darkened it); canvas groups under a small budget give the same crops."""
+    from torchvision.io import decode_jpeg
+    from torchvision.ops import roi_align
+
+    plan = crop_plan([(32, (0.3, 1.0), (3 / 4, 4 / 3))] * 2 + [(12, (0.05, 0.3), (3 / 4, 4 / 3))])
+    sizes = [v.size for v in plan]
+    dims = [(60, 40), (130, 90), (48, 120), (200, 150), (90, 90)]
+    datas = [_jpeg(w, h, i) for i, (w, h) in enumerate(dims)]
+    boxes = torch.stack([sample_boxes(w, h, plan, image_generator(4, 0, i)) for i, (w, h) in enumerate(dims)])
+    boxes[0, 0] = torch.tensor([10, 20, 30, 40])  # a box ending at the right and bottom edge of image 0
+    one = decode_crops_device(datas, boxes, sizes, "cpu")
+    small = decode_crops_device(datas, boxes, sizes, "cpu", canvas_floats=3 * 130 * 90)
+    assert all(torch.equal(a, b) for a, b in zip(one, small))
+    for i, d in enumerate(datas):
+        x = decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8))[None].float()
+        for v, s in enumerate(sizes):
+            t, l, h, w = boxes[i, v].float().tolist()
+            ref = roi_align(x, torch.tensor([[0, l, t, l + w, t + h]]), (s, s), 1.0, -1, True)
+            assert torch.equal(one[v][i], ref[0].round().clamp(0, 255).to(torch.uint8)), (i, v)
+
+
+def test_canvas_groups_keep_each_padded_canvas_within_the_budget():
+    rng = np.random.default_rng(0)
+    shapes = [tuple(int(v) for v in rng.integers(20, 400, 2)) for _ in range(200)] + [(1000, 800)]
+    budget = 3 * 16 * 300 * 300
+    groups = canvas_groups(shapes, budget)
+    assert sorted(i for g in groups for i in g) == list(range(len(shapes)))
+    for g in groups:
+        hm, wm = max(shapes[i][0] for i in g), max(shapes[i][1] for i in g)
+        assert len(g) == 1 or 3 * len(g) * hm * wm <= budget
+    assert canvas_groups(shapes[:5]) == [sorted(range(5), key=lambda i: (shapes[i][0] * shapes[i][1], i))]
+
+
+def test_batched_boxes_equal_each_images_own_boxes():
+    plan = crop_plan([(224, (0.14, 1.0), (3 / 4, 4 / 3))] * 2 + [(96, (0.05, 0.14), (3 / 4, 4 / 3))] * 6)
+    rng = np.random.default_rng(1)
+    dims = [tuple(int(v) for v in rng.integers(20, 600, 2)) for _ in range(64)] + [(1000, 10), (10, 1000)]
+    got = sample_boxes_batch(torch.tensor([w for w, _ in dims]), torch.tensor([h for _, h in dims]), plan,
+                             [image_generator(3, 1, i) for i in range(len(dims))])
+    for i, (w, h) in enumerate(dims):
+        assert torch.equal(got[i], sample_boxes(w, h, plan, image_generator(3, 1, i))), i
+
+
+def test_tar_members_read_like_tarfile():
+    """The direct ustar reader against the standard library: prefix names, empty members, pax records
+    (handed to tarfile), and a damaged header checksum or a member cut short (errors, not bad bytes)."""
+    def tar(members, fmt=tarfile.USTAR_FORMAT):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    long_dir = "d" * 120 + "/sub"
+    cases = [tar([("000000001.jpg", b"\xff\xd8" + bytes(range(256)) * 5), ("000000001.cls", b"3"),
+                  ("000000001.json", b"{}")]),
+             tar([(f"{long_dir}/key7.jpg", b"x" * 512), (f"{long_dir}/key7.cls", b"")]),
+             tar([("k\u00e9y.jpg", b"abc"), ("k\u00e9y.cls", b"1")], tarfile.PAX_FORMAT)]
+    for blob in cases:
+        assert tar_members(blob) == _members_by_tarfile(blob)
+    assert tar_members(cases[1])[0] == "key7" and tar_members(cases[2])[0] == "k\u00e9y"
+    bad = bytearray(cases[0])
+    bad[5] ^= 1  # a name byte: the stored checksum no longer matches
+    with pytest.raises(tarfile.TarError, match="checksum"):
+        tar_members(bytes(bad))
+    with pytest.raises(tarfile.TarError, match="runs past"):
+        tar_members(cases[0][:700])
 
 
 def test_eval_view_is_torchvision_resize_then_centre_crop():

@@ -7,37 +7,54 @@ import math
 
 import torch
 
+TRIES = 10  # torchvision's attempts before the central-crop fallback
+
 
 def uniform(lo: float, hi: float, shape, g: torch.Generator) -> torch.Tensor:
     """Uniform draws in [lo, hi] (float64; the same arithmetic as the view engine's ops)."""
     return torch.rand(shape, generator=g, dtype=torch.float64).mul_(hi - lo).add_(lo)
 
 
+def draws_per_box(tries: int = TRIES) -> int:
+    """Uniform [0, 1) draws one box consumes: `tries` area fractions, `tries` log ratios, top and left."""
+    return 2 * tries + 2
+
+
 def sample_crop_boxes(n: int, height: int, width: int, scale: tuple, ratio: tuple, g: torch.Generator,
-                      tries: int = 10) -> torch.Tensor:
+                      tries: int = TRIES) -> torch.Tensor:
     """torchvision RandomResizedCrop.get_params for n images at once: (n, 4) int64 [top, left, h, w].
     Up to `tries` draws of (area fraction, log aspect ratio) per image; the first that fits is used,
     else the central crop with the ratio clamped (as torchvision)."""
-    area = height * width
-    target = uniform(scale[0], scale[1], (n, tries), g) * area
-    aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1]), (n, tries), g))
+    u = torch.rand(n * draws_per_box(tries), generator=g, dtype=torch.float64)
+    return boxes_from_draws(u[None], torch.tensor([height]), torch.tensor([width]), scale, ratio, tries)[0]
+
+
+def boxes_from_draws(u: torch.Tensor, height: torch.Tensor, width: torch.Tensor, scale: tuple, ratio: tuple,
+                     tries: int = TRIES) -> torch.Tensor:
+    """The box rule on given draws. u: (B, n * draws_per_box) float64 uniform [0, 1), laid out as n x tries
+    area draws, then n x tries ratio draws, then n x (top, left); height, width: (B,) int64 image sides
+    -> (B, n, 4) int64 [top, left, h, w] (n boxes per image)."""
+    b, n = u.shape[0], u.shape[1] // draws_per_box(tries)
+    hgt, wid = height.to(torch.float64).view(b, 1, 1), width.to(torch.float64).view(b, 1, 1)
+    nt = n * tries
+    target = u[:, :nt].reshape(b, n, tries) * (scale[1] - scale[0]) + scale[0]
+    target = target * (hgt * wid)
+    lr = (math.log(ratio[0]), math.log(ratio[1]))
+    aspect = torch.exp(u[:, nt:2 * nt].reshape(b, n, tries) * (lr[1] - lr[0]) + lr[0])
     w = torch.sqrt(target * aspect).round()
     h = torch.sqrt(target / aspect).round()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = ok.to(torch.uint8).argmax(1, keepdim=True)
-    w, h = w.gather(1, first).squeeze(1).long(), h.gather(1, first).squeeze(1).long()
-    u = torch.rand((n, 2), generator=g, dtype=torch.float64)
-    top = (u[:, 0] * (height - h + 1)).floor().long()
-    left = (u[:, 1] * (width - w + 1)).floor().long()
-    in_ratio = width / height  # fallback: central crop (torchvision semantics)
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fh, fw = height, int(round(height * max(ratio)))
-    else:
-        fw, fh = width, height
-    bad = ~ok.any(1)
+    ok = (w > 0) & (w <= wid) & (h > 0) & (h <= hgt)
+    first = ok.to(torch.uint8).argmax(2, keepdim=True)
+    w, h = w.gather(2, first).squeeze(2), h.gather(2, first).squeeze(2)  # (B, n) float64
+    pos = u[:, 2 * nt:].reshape(b, n, 2)
+    hgt, wid = hgt.view(b, 1), wid.view(b, 1)
+    top = (pos[..., 0] * (hgt - h + 1)).floor()
+    left = (pos[..., 1] * (wid - w + 1)).floor()
+    in_ratio = wid / hgt  # fallback: central crop (torchvision semantics)
+    fw = torch.where(in_ratio < min(ratio), wid, torch.where(in_ratio > max(ratio), (hgt * max(ratio)).round(), wid))
+    fh = torch.where(in_ratio < min(ratio), (wid / min(ratio)).round(), hgt)
+    bad = ~ok.any(2)
     h, w = torch.where(bad, fh, h), torch.where(bad, fw, w)
-    top = torch.where(bad, (height - fh) // 2, top)
-    left = torch.where(bad, (width - fw) // 2, left)
-    return torch.stack([top, left, h, w], 1)
+    top = torch.where(bad, ((hgt - fh) / 2).floor(), top)
+    left = torch.where(bad, ((wid - fw) / 2).floor(), left)
+    return torch.stack([top, left, h, w], 2).long()

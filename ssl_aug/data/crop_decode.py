@@ -18,10 +18,12 @@ At r = 1 the crop equals torchvision's on the fully decoded image; at r > 1 the 
 reduced-DCT decode's (measured: mean absolute difference under 2 grey levels).
 
 Device (`decode_crops_device`): a batched `torchvision.io.decode_jpeg(list, device=...)` (nvjpeg on
-CUDA), the images padded into one canvas, and every view size cut and resized in one
-`torchvision.ops.roi_align` call (adaptive sampling: each output pixel averages the source pixels
-it covers, an area-style antialias; equal to the CPU path when enlarging, a few grey levels apart on
-average when shrinking, where the CPU path's triangle filter is wider).
+CUDA), the images padded into one canvas (edge-repeated; split into groups when a batch's padded
+canvas would pass 256 MiB, so a few very large images cannot blow up device memory), and every view
+size cut and resized in one `torchvision.ops.roi_align` call per group (adaptive sampling: each
+output pixel averages the source pixels it covers, an area-style antialias; equal to the CPU path
+when enlarging, a few grey levels apart on average when shrinking, where the CPU path's triangle
+filter is wider).
 """
 
 from __future__ import annotations
@@ -71,14 +73,24 @@ def image_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 def sample_boxes(width: int, height: int, plan, g: torch.Generator) -> torch.Tensor:
     """(V, 4) int64 [top, left, h, w] in original pixels, one box per view of `plan` (torchvision rule).
     Views sharing (scale, ratio) are drawn in one batched call, in plan order (the draws are independent)."""
-    from ssl_aug.data.crop_boxes import sample_crop_boxes  # the one implementation of the rule
+    return sample_boxes_batch(torch.tensor([width]), torch.tensor([height]), plan, [g])[0]
+
+
+def sample_boxes_batch(widths: torch.Tensor, heights: torch.Tensor, plan, gens: list) -> torch.Tensor:
+    """(B, V, 4) int64 boxes of B images, image i from its own generator gens[i] (one draw call per image,
+    the box arithmetic once for the batch): row i equals sample_boxes(widths[i], heights[i], plan, gens[i])."""
+    from ssl_aug.data.crop_boxes import boxes_from_draws, draws_per_box  # the one implementation of the rule
 
     groups: dict[tuple, list[int]] = {}
     for v, view in enumerate(plan):
         groups.setdefault((view.scale, view.ratio), []).append(v)
-    out = torch.empty((len(plan), 4), dtype=torch.int64)
-    for (scale, ratio), views in groups.items():
-        out[views] = sample_crop_boxes(len(views), height, width, scale, ratio, g)
+    per = draws_per_box()
+    u = torch.stack([torch.rand(len(plan) * per, generator=g, dtype=torch.float64) for g in gens])
+    out = torch.empty((len(gens), len(plan), 4), dtype=torch.int64)
+    lo = 0
+    for (scale, ratio), views in groups.items():  # each group's draws follow the previous group's
+        out[:, views] = boxes_from_draws(u[:, lo:lo + len(views) * per], heights, widths, scale, ratio)
+        lo += len(views) * per
     return out
 
 
@@ -133,31 +145,63 @@ def decode_crops(data: bytes, boxes: torch.Tensor, sizes) -> list[torch.Tensor]:
     return out
 
 
-def decode_crops_device(datas: list[bytes], boxes: torch.Tensor, sizes, device) -> list[torch.Tensor]:
-    """B encoded images, boxes (B, V, 4) in original pixels -> V tensors (B, 3, s_v, s_v) uint8 on
-    `device`: one batched torchvision decode_jpeg, one roi_align per distinct view size."""
+CANVAS_FLOATS = 1 << 26  # float32 elements of one padded canvas (256 MiB): bounds the device decode's memory
+
+
+def canvas_groups(shapes: list[tuple[int, int]], budget: int = CANVAS_FLOATS) -> list[list[int]]:
+    """Image indices grouped (by ascending area) so that each group's padded canvas, 3 x group size x
+    max height x max width floats, stays within `budget` (a larger single image gets a group of its own)."""
+    groups, cur, hm, wm = [], [], 0, 0
+    for i in sorted(range(len(shapes)), key=lambda i: (shapes[i][0] * shapes[i][1], i)):
+        h, w = shapes[i]
+        nh, nw = max(hm, h), max(wm, w)
+        if cur and 3 * (len(cur) + 1) * nh * nw > budget:
+            groups.append(cur)
+            cur, nh, nw = [], h, w
+        cur.append(i)
+        hm, wm = nh, nw
+    return groups + [cur] if cur else groups
+
+
+def _edge_padded(imgs: list, device) -> torch.Tensor:
+    """(n, 3, max h, max w) float32 canvas of n (3, h, w) uint8 images, each padded by repeating its last row
+    and column: roi_align near an image's edge then reads the edge, exactly as on the image alone."""
+    hm, wm = max(x.shape[1] for x in imgs), max(x.shape[2] for x in imgs)
+    canvas = torch.empty((len(imgs), 3, hm, wm), dtype=torch.float32, device=device)
+    for k, x in enumerate(imgs):
+        h, w = x.shape[1:]
+        canvas[k, :, :h, :w] = x
+        if w < wm:
+            canvas[k, :, :h, w:] = canvas[k, :, :h, w - 1:w]
+        if h < hm:
+            canvas[k, :, h:] = canvas[k, :, h - 1:h]
+    return canvas
+
+
+def decode_crops_device(datas: list, boxes: torch.Tensor, sizes, device,
+                        canvas_floats: int = CANVAS_FLOATS) -> list[torch.Tensor]:
+    """B encoded images (bytes or 1-D uint8 CPU tensors), boxes (B, V, 4) in original pixels -> V tensors
+    (B, 3, s_v, s_v) uint8 on `device`: one batched torchvision decode_jpeg, then per canvas group (see
+    canvas_groups; one group for a typical batch) one roi_align per distinct view size."""
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.ops import roi_align
 
     device = torch.device(device)
-    enc = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    enc = [d if isinstance(d, torch.Tensor) else torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     imgs = decode_jpeg(enc, mode=ImageReadMode.RGB, device=device)
-    b = len(imgs)
-    hmax, wmax = max(x.shape[1] for x in imgs), max(x.shape[2] for x in imgs)
-    canvas = torch.zeros((b, 3, hmax, wmax), dtype=torch.float32, device=device)
-    for i, x in enumerate(imgs):
-        canvas[i, :, :x.shape[1], :x.shape[2]] = x
-    bx = boxes.to(device=device, dtype=torch.float32)
-    out: list = [None] * boxes.shape[1]
-    for s in sorted(set(sizes)):
-        vs = [v for v, sv in enumerate(sizes) if sv == s]
-        sel = bx[:, vs].reshape(-1, 4)  # image-major
-        rois = torch.stack([torch.arange(b, device=device, dtype=torch.float32).repeat_interleave(len(vs)),
-                            sel[:, 1], sel[:, 0], sel[:, 1] + sel[:, 3], sel[:, 0] + sel[:, 2]], 1)
-        y = roi_align(canvas, rois, output_size=(s, s), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        y = y.round_().clamp_(0, 255).to(torch.uint8).view(b, len(vs), 3, s, s)
-        for k, v in enumerate(vs):
-            out[v] = y[:, k].contiguous()
+    b, bx = len(imgs), boxes.to(device=device, dtype=torch.float32)
+    out = [torch.empty((b, 3, s, s), dtype=torch.uint8, device=device) for s in sizes]
+    for group in canvas_groups([tuple(x.shape[1:]) for x in imgs], canvas_floats):
+        canvas, rows = _edge_padded([imgs[i] for i in group], device), torch.tensor(group, device=device)
+        for s in sorted(set(sizes)):
+            vs = [v for v, sv in enumerate(sizes) if sv == s]
+            sel = bx[rows][:, vs].reshape(-1, 4)  # image-major
+            first = torch.arange(len(group), device=device, dtype=torch.float32).repeat_interleave(len(vs))
+            rois = torch.stack([first, sel[:, 1], sel[:, 0], sel[:, 1] + sel[:, 3], sel[:, 0] + sel[:, 2]], 1)
+            y = roi_align(canvas, rois, output_size=(s, s), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+            y = y.round_().clamp_(0, 255).to(torch.uint8).view(len(group), len(vs), 3, s, s)
+            for k, v in enumerate(vs):
+                out[v][rows] = y[:, k]
     return out
 
 
