@@ -113,7 +113,8 @@ def test_more_readers_than_shards_is_one_line(shards):
     assert "\n" not in str(e.value)
 
 
-def test_corrupt_image_inside_a_shard_is_counted_and_replaced(shards, tmp_path, capsys):
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_corrupt_image_inside_a_shard_is_counted_and_replaced(shards, tmp_path, capsys, decode):
     import shutil
 
     dst = tmp_path / "damaged"
@@ -123,12 +124,45 @@ def test_corrupt_image_inside_a_shard_is_counted_and_replaced(shards, tmp_path, 
     with open(dst / "shard-00003.tar", "r+b") as f:  # same length: offsets and checksums of others stay
         f.seek(m.offset_data)
         f.write(b"\0" * 16)
-    src = ShardCropSource(dst, PLAN, batch_size=4, workers=2)
+    src = ShardCropSource(dst, PLAN, batch_size=4, workers=2, decode=decode)
     ids, crops = collect(src)
     assert src.skipped == 1 and len(ids) == len(src)
     assert all(c.shape[0] == 4 for batch in crops for c in batch)
     err = capsys.readouterr().err
     assert err.count("skipped corrupt image") == 1
+
+
+def test_device_decode_path_yields_the_cpu_paths_images_and_crops(shards):
+    """decode="device" (workers only read; the batch's bytes cross as one tensor, decoded in the training
+    process) on the CPU: the same image ids per batch as the worker-decode path, crops a few grey levels
+    apart (roi_align's area average vs the triangle antialias when shrinking)."""
+    ref = collect(ShardCropSource(shards, PLAN, batch_size=8, seed=1, workers=2, verbose=False))
+    dev = collect(ShardCropSource(shards, PLAN, batch_size=8, seed=1, workers=2, decode="device", verbose=False))
+    assert len(dev[0]) == len(ref[0]) == N_IMAGES // 8
+    for a, b, ca, cb in zip(dev[0], ref[0], dev[1], ref[1]):
+        assert torch.equal(a, b)
+        assert [c.shape for c in ca] == [c.shape for c in cb]
+        assert all((x.float() - y.float()).abs().mean() < 12 for x, y in zip(ca, cb))  # noise images: sharp
+
+
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_next_epoch_started_ahead_gives_the_batches_of_a_fresh_start(shards, decode):
+    """The next epoch's workers start during this epoch's tail; what they yield equals a fresh iterator's."""
+    src = ShardCropSource(shards, PLAN, batch_size=4, seed=2, workers=2, decode=decode, verbose=False)
+    collect(src)
+    assert src._ahead is not None and src._ahead[0] == (1, 0)
+    src.set_epoch(1)
+    ids, crops = collect(src)
+    fresh = ShardCropSource(shards, PLAN, batch_size=4, seed=2, workers=2, decode=decode, verbose=False)
+    fresh.set_epoch(1)
+    ref_ids, ref_crops = collect(fresh)
+    assert len(ids) == len(ref_ids) == len(src)
+    for a, b, ca, cb in zip(ids, ref_ids, crops, ref_crops):
+        assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ca, cb))
+    resumed = ShardCropSource(shards, PLAN, batch_size=4, seed=2, workers=2, decode=decode, verbose=False)
+    collect(resumed)  # starts epoch 1 ahead; a resume elsewhere drops it and starts where it was asked
+    resumed.load_state_dict(dict(resumed.state_dict(), epoch=1, position=5))
+    assert torch.equal(torch.cat(collect(resumed)[0]), torch.cat(ref_ids[5:]))
 
 
 def _rank_worker(rank, port, root, out):

@@ -42,3 +42,7 @@ class DataSource(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict) -> None:
         """Resume: the next batch is the one after the saved position."""
+
+    def close(self) -> None:
+        """Stop what the source started ahead of use (worker processes of the next epoch); iterating
+        again restarts it. The trainer calls it when training ends."""

@@ -8,7 +8,9 @@ comes from worker k % workers, and each worker reads one contiguous stretch of t
 (seeking to each sample's byte range recorded in the index), passes it through a shuffle buffer of
 `shuffle_buffer` encoded images, and decodes each image once into all its views' crops
 (ssl_aug.data.crop_decode). Host memory is bounded by workers x (buffer + prefetched batches),
-independent of the data set's size (plus 16 bytes per image of index).
+independent of the data set's size (plus 16 bytes per image of index). Once the workers hold every
+remaining batch of an epoch, the next epoch's workers start, so their start-up and shuffle-buffer
+fill overlap the epoch's tail instead of stalling the training step (briefly 2 x workers processes).
 
 Resume: `position` counts batches handed out; the worker that owns batch `position` starts first
 and every worker discards (without decoding) the batches of its stream that were already handed
@@ -19,22 +21,29 @@ size; the order of every later batch is unchanged).
 Yields (indices (B,) int64, crops) with crops a list of V uint8 tensors (B, 3, s_v, s_v), one per
 view of the crop plan, on `device`: the view engine makes the rest of each view from them
 (ssl_aug.augment.crop_views). With decode="device" the workers only read and shuffle; the batch
-is decoded on the device (nvjpeg on CUDA) and cropped there.
+is decoded on the device (nvjpeg on CUDA) and cropped there; a batch's encoded bytes cross from the
+worker as one shared-memory uint8 tensor (not B pickled byte strings).
 """
 
 from __future__ import annotations
 
+import multiprocessing.util
 import sys
 
 import numpy as np
 import torch
 
 from ssl_aug.data.batch import _check_common, _Resumable, epoch_generator
-from ssl_aug.data.crop_decode import crop_plan, decode_crops, decode_crops_device, image_generator, sample_boxes
+from ssl_aug.data.crop_decode import crop_plan, decode_crops, decode_crops_device, image_generator, sample_boxes_batch
 from ssl_aug.data.shard_read import iter_rows, read_index
 from ssl_aug.errors import SslAugError
 
 DECODES = ("auto", "cpu", "device")
+
+
+def _stop_workers(loader_iter) -> None:
+    if hasattr(loader_iter, "_shutdown_workers"):  # a multi-process DataLoader iterator
+        loader_iter._shutdown_workers()
 
 
 def epoch_order(index, seed: int, epoch: int) -> np.ndarray:
@@ -87,9 +96,10 @@ class _Epoch(torch.utils.data.IterableDataset):
         s = self.s
         sizes = [v.size for v in s.plan]
         ids = torch.tensor([c[0] for c in chunk], dtype=torch.int64)
-        boxes = torch.stack([sample_boxes(c[4], c[5], s.plan, image_generator(s.seed, self.epoch, c[0])) for c in chunk])
+        boxes = sample_boxes_batch(torch.tensor([c[4] for c in chunk]), torch.tensor([c[5] for c in chunk]), s.plan,
+                                   [image_generator(s.seed, self.epoch, c[0]) for c in chunk])
         if not self.decode_here:
-            return ids, [c[2] for c in chunk], boxes
+            return ids, _pack_bytes([c[2] for c in chunk]), boxes
         crops = [torch.empty((len(chunk), 3, z, z), dtype=torch.uint8) for z in sizes]
         bad, skips = [], []
         for i, c in enumerate(chunk):
@@ -109,6 +119,22 @@ class _Epoch(torch.utils.data.IterableDataset):
             for cv in crops:
                 cv[i] = cv[j]
         return ids, crops, skips
+
+
+def _pack_bytes(datas: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    """B encoded images -> (one uint8 tensor of all their bytes, (B + 1,) int64 offsets): a batch crosses from
+    the worker to the training process as one shared-memory tensor instead of B pickled byte strings."""
+    ends = np.cumsum([0] + [len(d) for d in datas])
+    blob = torch.empty(int(ends[-1]), dtype=torch.uint8)
+    view = blob.numpy()
+    for d, a, b in zip(datas, ends[:-1], ends[1:]):
+        view[a:b] = np.frombuffer(d, dtype=np.uint8)
+    return blob, torch.from_numpy(ends.astype(np.int64))
+
+
+def _unpack_bytes(blob: torch.Tensor, ends: torch.Tensor) -> list[torch.Tensor]:
+    """Inverse of _pack_bytes: B contiguous 1-D uint8 views of `blob` (no copy)."""
+    return list(torch.split(blob, torch.diff(ends).tolist()))
 
 
 def _chunks(it, n):
@@ -166,6 +192,7 @@ class ShardCropSource(_Resumable):  # a DataSource (ssl_aug.data.source) whose b
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.workers, self.shuffle_buffer, self.drop_last, self.verbose = workers, max(1, int(shuffle_buffer)), True, verbose
         self.epoch, self.position, self.skipped = 0, 0, 0
+        self._ahead = None  # ((epoch, position), started loader iterator, its finaliser): the next epoch
 
     def __len__(self) -> int:
         return (self.num_samples // self.world_size) // self.batch_size
@@ -178,26 +205,56 @@ class ShardCropSource(_Resumable):  # a DataSource (ssl_aug.data.source) whose b
             read_index(self.index.root, state["classes"], check_files=False)
         super().load_state_dict(state)
 
+    def __getstate__(self) -> dict:  # a worker started by spawn/forkserver gets the source without loaders
+        return dict(self.__dict__, _ahead=None)
+
+    def close(self) -> None:
+        """Stop the next epoch's workers if they were started ahead (see the module docstring)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[2]()  # the finaliser: stops the workers once
+
+    def _loader(self, epoch: int, position: int):
+        """A started DataLoader iterator over `epoch` from batch `position`: the one started ahead when it matches."""
+        if self._ahead is not None and self._ahead[0] == (epoch, position):
+            (_, loader_iter, finaliser), self._ahead = self._ahead, None
+            finaliser.cancel()
+            return loader_iter
+        self.close()  # started for another epoch or position (a resume): its workers stop
+        ds = _Epoch(self, epoch, position, decode_here=self.decode == "cpu")
+        return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.workers,
+                                                pin_memory=self.device.type == "cuda", persistent_workers=False))
+
+    def _start_ahead(self) -> None:
+        """Start the next epoch's workers now. Unless consumed or closed first, they are stopped when this
+        source is collected or when the process exits, before multiprocessing terminates its daemonic
+        children (a plain kill would make the DataLoader report a worker killed by a signal)."""
+        key = (self.epoch + 1, 0)
+        loader_iter = self._loader(*key)
+        self._ahead = (key, loader_iter, multiprocessing.util.Finalize(self, _stop_workers, args=(loader_iter,),
+                                                                       exitpriority=10))
+
     def __iter__(self):
         self._begin()
-        ds = _Epoch(self, self.epoch, self.position, decode_here=self.decode == "cpu")
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.workers,
-                                             pin_memory=self.device.type == "cuda",
-                                             persistent_workers=False)
+        batches = self._loader(self.epoch, self.position)
         sizes = [v.size for v in self.plan]
-        for batch in loader:
+        for batch in batches:
             if self.decode == "cpu":
                 ids, crops, skips = batch
                 crops = [c.to(self.device, non_blocking=True) for c in crops]
             else:
-                ids, datas, boxes = batch
-                crops, skips = self._device_decode(ids, datas, boxes, sizes)
+                ids, (blob, ends), boxes = batch
+                crops, skips = self._device_decode(ids, _unpack_bytes(blob, ends), boxes, sizes)
             for msg in skips:
                 self.skipped += 1
                 if self.verbose:
                     print(f"skipped corrupt {msg} (replaced by another image of its batch; {self.skipped} so far)",
                           file=sys.stderr)
             self.position += 1
+            if self.workers and self._ahead is None and len(self) - self.position <= 2 * self.workers:
+                # the current workers already hold every remaining batch (2 prefetched each): start the next
+                # epoch's workers now, so their start-up and shuffle-buffer fill overlap this epoch's tail
+                self._start_ahead()
             yield ids.to(self.device, non_blocking=True), crops
 
     def _device_decode(self, ids, datas, boxes, sizes):
@@ -209,7 +266,7 @@ class ShardCropSource(_Resumable):  # a DataSource (ssl_aug.data.source) whose b
             bad, skips = [], []
             for i, d in enumerate(datas):
                 try:
-                    decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8))
+                    decode_jpeg(d)
                 except RuntimeError as e:
                     bad.append(i)
                     skips.append(f"image id {int(ids[i])}: {' '.join(str(e).split())}")

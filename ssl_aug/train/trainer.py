@@ -165,7 +165,10 @@ class Trainer(EpochLoop):
         directory, if any) or a checkpoint path. On SIGTERM/SIGINT: checkpoint, one line, then
         TrainingInterrupted (exit code 143/130). The run folder is locked meanwhile (ssl_aug.runlock)."""
         with hold_run_folder(self.run_dir, enabled=self.is_main):
-            self.run(resume)
+            try:
+                self.run(resume)
+            finally:
+                self.source.close()  # e.g. workers a streaming source started for an epoch that will not run
         return {"step": self.step, "epoch": self.epoch, "loss": self._last_loss}
 
     def should_continue(self) -> bool:
