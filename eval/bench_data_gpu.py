@@ -11,7 +11,8 @@ ROI decode) per view -> resize -> colour twist with probability 0.8 -> grayscale
 Usage (on a CUDA machine):
   python eval/bench_data_gpu.py --images 20000 [--batch 256] [--batches 30] [--workers 8]
   python eval/bench_data_gpu.py --shards PACKED_FOLDER ...
-Prints images/s of each path (median of 3 interleaved rounds, first batch excluded).
+Prints images/s of each path (median of 3 interleaved rounds, first batch excluded), and of the training
+process's share alone (one batch of bytes in memory: decode, decode + crops).
 """
 
 from __future__ import annotations
@@ -153,7 +154,45 @@ def device_check_rows(device, dry: bool, tmp: Path) -> list[list]:
     target = "" if dry else " (target >= 8,000 img/s at 224 on an H200-class GPU, and >= DALI)"
     rows = [["shard stream", f"{k}, 2x{size}, batch {batch}, {workers} workers", f"{r:,.0f} img/s{target}", "ok"]
             for k, r in rates.items()]
+    parts = decode_alone(tmp / "stream_shards", batch, size, str(device), repeats=2 if dry else 10)
+    rows += [["shard stream", f"{k}, 2x{size}, batch {batch}, bytes in memory", f"{r:,.0f} img/s", "ok"]
+             for k, r in parts.items()]
     return rows + [["shard stream", note, "-", "skip"] for note in notes]
+
+
+def decode_alone(shards: Path, batch: int, size: int, device: str = "cuda", repeats: int = 10) -> dict:
+    """{part: images/s} of the training process's share, one batch of encoded bytes already in memory:
+    decode alone (batched decode_jpeg) and decode + crops (decode_crops_device); medians of `repeats`."""
+    from ssl_aug.data.crop_decode import crop_plan, decode_crops_device, image_generator, sample_boxes_batch
+    from ssl_aug.data.shard_read import iter_rows, read_index
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    idx = read_index(shards)
+    rows = []
+    for s in range(len(idx.names)):
+        lo, hi = idx.offsets[s], idx.offsets[s] + idx.counts[s]
+        rows += list(iter_rows(idx.path(s), idx.starts[lo:hi], idx.ends[lo:hi]))
+        if len(rows) >= batch:
+            break
+    rows = rows[:batch]
+    datas = [torch.frombuffer(bytearray(r[1]), dtype=torch.uint8) for r in rows]
+    plan = crop_plan([(size, (0.08, 1.0), (3 / 4, 4 / 3))] * 2)
+    boxes = sample_boxes_batch(torch.tensor([r[3] for r in rows]), torch.tensor([r[4] for r in rows]), plan,
+                               [image_generator(0, 0, i) for i in range(len(rows))])
+    fns = {"decode alone (batched decode_jpeg)": lambda: decode_jpeg(datas, mode=ImageReadMode.RGB, device=device),
+           "decode + crops (decode_crops_device)": lambda: decode_crops_device(datas, boxes, [size, size], device)}
+    out = {}
+    for k, fn in fns.items():
+        fn()
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        out[k] = len(rows) / statistics.median(times)
+    return out
 
 
 def main(argv=None) -> int:
@@ -179,11 +218,13 @@ def main(argv=None) -> int:
             shards = Path(tmp) / "shards"
             pack_shards(Path(tmp) / "tree", shards, shard_size=500, workers=args.workers, verbose=False)
         results, notes = side_by_side(shards, args.batch, args.batches, args.workers, args.size)
+        results.update(decode_alone(shards, args.batch, args.size))
     for note in notes:
         print(note, file=sys.stderr)
+    print(f"2 views at {args.size} px, batch {args.batch}, {args.workers} workers (the decode rows: one batch of "
+          "bytes in memory)")
     for k, v in results.items():
-        print(f"{k}: {v:.0f} img/s at {args.size} px (2 views, batch {args.batch}, "
-              f"{args.workers} workers)")
+        print(f"{k}: {v:,.0f} img/s")
     return 0
 
 
