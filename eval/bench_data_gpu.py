@@ -9,8 +9,9 @@ ROI decode) per view -> resize -> colour twist with probability 0.8 -> grayscale
 0.2 (saturation 0) -> Gaussian blur with probability 0.5 -> crop_mirror_normalize (flip 0.5).
 
 Usage (on a CUDA machine):
-  python eval/bench_data_gpu.py --images 20000 [--batch 256] [--batches 30] [--workers 8]
+  python eval/bench_data_gpu.py --images 20000 [--batch 256] [--batches 30] [--workers 8] [--size 224 96]
   python eval/bench_data_gpu.py --shards PACKED_FOLDER ...
+  python eval/bench_data_gpu.py --device cpu ...   (both paths on the CPU; DALI's CPU graph) [--write]
 Prints images/s of each path (median of 3 interleaved rounds, first batch excluded), and of the training
 process's share alone (one batch of bytes in memory: decode, decode + crops).
 """
@@ -33,20 +34,22 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def build_dali_simclr(shards: Path, batch_size: int, size: int = 224, views: int = 2, num_threads: int = 8,
-                      device_id: int = 0, seed: int = 0, shard_id: int = 0, num_shards: int = 1):
-    """A DALI iterator over a `--format shards` pack yielding {"view0": (B,3,size,size) float on
-    cuda:device_id, ..., "label": (B,1)} per batch: SimCLR views (jitter 0.8/0.8/0.8/0.2 p=0.8,
-    grayscale p=0.2, blur p=0.5 kernel 23 sigma 0.1-2, flip 0.5, ImageNet normalisation)."""
+                      device_id: int | None = 0, seed: int = 0, shard_id: int = 0, num_shards: int = 1):
+    """A DALI iterator over a `--format shards` pack yielding {"view0": (B,3,size,size) float, ...} per batch:
+    SimCLR views (jitter 0.8/0.8/0.8/0.2 p=0.8, grayscale p=0.2, blur p=0.5 kernel 23 sigma 0.1-2, flip
+    0.5, ImageNet normalisation), on cuda:device_id (ROI decode with nvjpeg), or all on the CPU with
+    device_id=None (the same graph; what a machine without a GPU can check)."""
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
     tars = sorted(str(p) for p in Path(shards).glob("shard-*.tar"))
+    on_gpu = device_id is not None
 
     def coin(p):
         return fn.cast(fn.random.coin_flip(probability=p), dtype=types.FLOAT)
 
     def view(jpegs):
-        img = fn.decoders.image_random_crop(jpegs, device="mixed", output_type=types.RGB,
+        img = fn.decoders.image_random_crop(jpegs, device="mixed" if on_gpu else "cpu", output_type=types.RGB,
                                             random_area=[0.08, 1.0], random_aspect_ratio=[0.75, 4 / 3],
                                             num_attempts=10)
         img = fn.resize(img, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
@@ -57,7 +60,7 @@ def build_dali_simclr(shards: Path, batch_size: int, size: int = 224, views: int
         h = on * fn.random.uniform(range=[-0.2 * 180, 0.2 * 180])  # degrees
         img = fn.color_twist(img, brightness=b, contrast=c, saturation=s, hue=h)
         img = fn.hsv(img, saturation=1 - coin(0.2))  # grayscale with probability 0.2
-        blur = coin(0.5).gpu()  # arithmetic with the GPU image: the per-sample coin moves to the GPU too
+        blur = coin(0.5).gpu() if on_gpu else coin(0.5)  # arithmetic with the image: the coin goes where it is
         blurred = fn.gaussian_blur(img, window_size=23, sigma=fn.random.uniform(range=[0.1, 2.0]))
         img = fn.cast(blur * fn.cast(blurred, dtype=types.FLOAT) + (1 - blur) * fn.cast(img, dtype=types.FLOAT),
                       dtype=types.UINT8)
@@ -67,14 +70,15 @@ def build_dali_simclr(shards: Path, batch_size: int, size: int = 224, views: int
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
     def pipe():
-        jpegs, labels = fn.readers.webdataset(paths=tars, ext=["jpg", "cls"], missing_component_behavior="error",
-                                              random_shuffle=True, initial_fill=1024, shard_id=shard_id,
-                                              num_shards=num_shards, name="Reader")
-        return (*[view(jpegs) for _ in range(views)], labels)
+        # the images only: a label is its .cls text (ragged bytes), which the views do not need
+        jpegs = fn.readers.webdataset(paths=tars, ext=["jpg"], missing_component_behavior="error",
+                                      random_shuffle=True, initial_fill=1024, shard_id=shard_id,
+                                      num_shards=num_shards, name="Reader")
+        return tuple(view(jpegs) for _ in range(views))
 
     p = pipe()
     p.build()
-    return DALIGenericIterator(p, [f"view{i}" for i in range(views)] + ["label"], reader_name="Reader",
+    return DALIGenericIterator(p, [f"view{i}" for i in range(views)], reader_name="Reader",
                                last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
 
 
@@ -98,6 +102,12 @@ def ours(shards: Path, batch: int, workers: int, size: int, views: int = 2, devi
         src.set_epoch(src.epoch + 1)
 
 
+def _endless(loader):
+    """Batches across epochs (a DALI iterator with auto_reset ends each epoch with StopIteration)."""
+    while True:
+        yield from loader
+
+
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -117,20 +127,20 @@ def rate(it, batch: int, batches: int, device: str = "cuda") -> float:
 
 def side_by_side(shards: Path, batch: int, batches: int, workers: int, size: int, device: str = "cuda",
                  rounds: int = 3) -> tuple[dict, list[str]]:
-    """{path: median images/s over `rounds` interleaved rounds} for ours and (on CUDA, where importable) DALI;
-    plus notes on what was skipped."""
+    """{path: median images/s over `rounds` interleaved rounds} for ours and, where importable, DALI (on the
+    CPU when `device` is: the graph the GPU run builds, checked without one); plus notes on what was skipped."""
     paths = {"ours: decode + crops + SimCLR views on the device": lambda: ours(shards, batch, workers, size,
                                                                                device=device)}
     notes = []
     try:
         import nvidia.dali  # noqa: F401
 
-        if torch.device(device).type != "cuda":
-            raise ImportError
-        paths["DALI: webdataset + ROI decode + SimCLR colour pipeline"] = lambda: iter(build_dali_simclr(
-            shards, batch, size, num_threads=workers, device_id=torch.device(device).index or 0))
+        cuda = torch.device(device).type == "cuda"
+        paths[f"DALI: webdataset + ROI decode + SimCLR colour pipeline{'' if cuda else ' on the CPU'}"] = \
+            lambda: _endless(build_dali_simclr(shards, batch, size, num_threads=max(1, workers),
+                                               device_id=(torch.device(device).index or 0) if cuda else None))
     except ImportError:
-        notes.append("DALI peer skipped (needs CUDA and `pip install nvidia-dali-cuda120`)")
+        notes.append("DALI peer skipped (`pip install nvidia-dali-cuda120`)")
     its = {k: f() for k, f in paths.items()}
     results = {k: [] for k in its}
     for _ in range(rounds):
@@ -202,11 +212,15 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--size", type=int, nargs="+", default=[224])
+    ap.add_argument("--device", default="cuda", help="cuda[:N], or cpu: both paths on this machine's CPU")
+    ap.add_argument("--write", action="store_true", help="rewrite the stream_peer section of BENCHMARKS.md")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("no CUDA device: nothing to measure", file=sys.stderr)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: nothing to measure (--device cpu compares the CPU paths)", file=sys.stderr)
         return 2
+    torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())  # the workers use the cores
+    rows, notes = [], []
     with tempfile.TemporaryDirectory(prefix="ssl_aug_bench_gpu_") as tmp:
         shards = args.shards
         if shards is None:
@@ -217,14 +231,27 @@ def main(argv=None) -> int:
             make_tree(Path(tmp) / "tree", args.images)
             shards = Path(tmp) / "shards"
             pack_shards(Path(tmp) / "tree", shards, shard_size=500, workers=args.workers, verbose=False)
-        results, notes = side_by_side(shards, args.batch, args.batches, args.workers, args.size)
-        results.update(decode_alone(shards, args.batch, args.size))
+        for size in args.size:
+            results, notes = side_by_side(shards, args.batch, args.batches, args.workers, size, args.device)
+            if torch.device(args.device).type == "cuda":
+                results.update(decode_alone(shards, args.batch, size, args.device))
+            dali = next((v for k, v in results.items() if k.startswith("DALI")), None)
+            rows += [[f"2 x {size}", k, f"{v:,.0f}", f"{v / dali:.2f}" if dali else "-"] for k, v in results.items()]
     for note in notes:
         print(note, file=sys.stderr)
-    print(f"2 views at {args.size} px, batch {args.batch}, {args.workers} workers (the decode rows: one batch of "
-          "bytes in memory)")
-    for k, v in results.items():
-        print(f"{k}: {v:,.0f} img/s")
+    from ssl_aug.benchmarks import markdown_table, update_benchmarks_md
+
+    body = (markdown_table(["views", "path", "images/s (median of 3)", "x DALI"], rows) + "\n\n"
+            + f"Batch {args.batch}, {args.workers} DataLoader workers for ours and {args.workers} DALI threads, "
+            f"{args.batches} timed batches after the first, 3 interleaved rounds, on {args.device}; the same generated "
+            f"JPEG shards ({args.images} images, 200-500 px) and the same SimCLR views (flip, jitter 0.8/0.8/0.8/0.2 "
+            "p 0.8, grayscale p 0.2, blur p 0.5 kernel 23). Ours decodes each image once into all its crops (in the "
+            "workers on a CPU, with nvjpeg in the training process on a GPU) and makes the views on the device; DALI "
+            "decodes only each crop's region (ROI decode) and makes the views in its own pipeline."
+            + (" The decode rows: one batch of bytes already in memory." if args.device != "cpu" else ""))
+    print(body)
+    if args.write:
+        update_benchmarks_md("stream_peer", f"Streaming shards beside NVIDIA DALI ({args.device})", body)
     return 0
 
 

@@ -2,7 +2,6 @@
 real process), corrupt images inside a shard, the one-line refusals; 2 ranks over gloo."""
 
 import datetime
-import io
 import json
 import os
 import socket
