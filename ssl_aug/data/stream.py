@@ -100,7 +100,7 @@ class _Epoch(torch.utils.data.IterableDataset):
                                    [image_generator(s.seed, self.epoch, c[0]) for c in chunk])
         if not self.decode_here:
             return ids, _pack_bytes([c[2] for c in chunk]), boxes
-        crops = [torch.empty((len(chunk), 3, z, z), dtype=torch.uint8) for z in sizes]
+        crops = [_batch_buffer((len(chunk), 3, z, z)) for z in sizes]
         bad, skips = [], []
         for i, c in enumerate(chunk):
             try:
@@ -121,11 +121,20 @@ class _Epoch(torch.utils.data.IterableDataset):
         return ids, crops, skips
 
 
+def _batch_buffer(shape: tuple) -> torch.Tensor:
+    """An empty uint8 tensor; in a DataLoader worker it lives in shared memory from the start, so handing the
+    batch to the training process copies nothing (as the DataLoader's own collate does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    elem = torch.empty(0, dtype=torch.uint8)
+    return elem.new(elem._typed_storage()._new_shared(int(np.prod(shape)), device="cpu")).view(shape)
+
+
 def _pack_bytes(datas: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
     """B encoded images -> (one uint8 tensor of all their bytes, (B + 1,) int64 offsets): a batch crosses from
     the worker to the training process as one shared-memory tensor instead of B pickled byte strings."""
     ends = np.cumsum([0] + [len(d) for d in datas])
-    blob = torch.empty(int(ends[-1]), dtype=torch.uint8)
+    blob = _batch_buffer((int(ends[-1]),))
     view = blob.numpy()
     for d, a, b in zip(datas, ends[:-1], ends[1:]):
         view[a:b] = np.frombuffer(d, dtype=np.uint8)
