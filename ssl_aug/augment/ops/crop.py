@@ -64,6 +64,15 @@ def resized_crops(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, size: 
     return out.view(n, c, v, size, size).permute(2, 0, 1, 3, 4).reshape(v * n, c, size, size)
 
 
+def _whole_images(x: torch.Tensor, size: int, host_box: torch.Tensor | None) -> bool:
+    """True when every box (host copy, no device read) is the whole size x size input, one per image: the
+    resample is the identity (what views_from_crops asks for), so grid_sample is skipped."""
+    n, _, height, width = x.shape
+    if host_box is None or height != size or width != size or host_box.shape[0] != n:
+        return False
+    return bool((host_box[:, :2] == 0).all() and (host_box[:, 2:] == size).all())
+
+
 class Crop(Op):
     """Always first (stage 0): maps the (N,3,H,W) input to (V*N,3,size,size) crops, V = rows / N."""
     name, config, stage, nested = "crop", CropFlip, 0, False
@@ -77,7 +86,10 @@ class Crop(Op):
 
     def apply(self, x, cfg, p, ctx):
         dev = x.device
-        return resized_crops(x, p.box.to(dev, non_blocking=True), p.flip.to(dev, non_blocking=True), cfg.size)
+        flip = p.flip.to(dev, non_blocking=True)
+        if _whole_images(x, cfg.size, ctx.host.box if ctx.host is not None else None):
+            return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)  # crops cut by the decoder: the flip only
+        return resized_crops(x, p.box.to(dev, non_blocking=True), flip, cfg.size)
 
     def probe(self) -> dict:
         return {"scale": (0.25, 0.25), "ratio": (1.0, 1.0)}
