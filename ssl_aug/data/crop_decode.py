@@ -149,8 +149,11 @@ CANVAS_FLOATS = 1 << 26  # float32 elements of one padded canvas (256 MiB): boun
 
 
 def canvas_groups(shapes: list[tuple[int, int]], budget: int = CANVAS_FLOATS) -> list[list[int]]:
-    """Image indices grouped (by ascending area) so that each group's padded canvas, 3 x group size x
-    max height x max width floats, stays within `budget` (a larger single image gets a group of its own)."""
+    """Image indices grouped so that each group's padded canvas, 3 x group size x max height x max width
+    floats, stays within `budget`: the whole batch in its order when it fits (the usual case), else groups
+    by ascending area (a larger single image gets a group of its own)."""
+    if shapes and 3 * len(shapes) * max(h for h, _ in shapes) * max(w for _, w in shapes) <= budget:
+        return [list(range(len(shapes)))]
     groups, cur, hm, wm = [], [], 0, 0
     for i in sorted(range(len(shapes)), key=lambda i: (shapes[i][0] * shapes[i][1], i)):
         h, w = shapes[i]
@@ -178,6 +181,11 @@ def _edge_padded(imgs: list, device) -> torch.Tensor:
     return canvas
 
 
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A small host tensor on `device` without waiting for the device's queued work (pinned, non-blocking)."""
+    return t.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else t.to(device)
+
+
 def decode_crops_device(datas: list, boxes: torch.Tensor, sizes, device,
                         canvas_floats: int = CANVAS_FLOATS) -> list[torch.Tensor]:
     """B encoded images (bytes or 1-D uint8 CPU tensors), boxes (B, V, 4) in original pixels -> V tensors
@@ -189,10 +197,11 @@ def decode_crops_device(datas: list, boxes: torch.Tensor, sizes, device,
     device = torch.device(device)
     enc = [d if isinstance(d, torch.Tensor) else torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     imgs = decode_jpeg(enc, mode=ImageReadMode.RGB, device=device)
-    b, bx = len(imgs), boxes.to(device=device, dtype=torch.float32)
+    b, bx = len(imgs), boxes.to(device, non_blocking=True).float()  # pinned by the loader: no host wait
     out = [torch.empty((b, 3, s, s), dtype=torch.uint8, device=device) for s in sizes]
     for group in canvas_groups([tuple(x.shape[1:]) for x in imgs], canvas_floats):
-        canvas, rows = _edge_padded([imgs[i] for i in group], device), torch.tensor(group, device=device)
+        canvas = _edge_padded([imgs[i] for i in group], device)
+        rows = slice(None) if len(group) == b else _to_device(torch.tensor(group), device)
         for s in sorted(set(sizes)):
             vs = [v for v, sv in enumerate(sizes) if sv == s]
             sel = bx[rows][:, vs].reshape(-1, 4)  # image-major
