@@ -75,9 +75,25 @@ def _shards(folder: Path, n: int, side: int = 32) -> dict:
     return {"name": "npz", "root": str(folder), "split": "train", "stream": True}
 
 
+def _jpeg_pack(folder: Path, n: int) -> dict:
+    """A `--format shards` pack of n small JPEGs (40-90 px, 4 classes): the nvjpeg stream's data."""
+    from PIL import Image
+
+    from ssl_aug.data.shard_pack import pack_shards
+
+    g = np.random.default_rng(1)
+    for i in range(n):
+        d = folder / "tree" / f"c{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        h, w = (int(v) for v in g.integers(40, 91, 2))
+        Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / f"{i:04d}.jpg", quality=85)
+    pack_shards(folder / "tree", folder / "pack", shard_size=max(1, n // 8), workers=1, verbose=False)
+    return {"name": "shards", "root": str(folder / "pack"), "options": {"workers": 1}}
+
+
 def check_method_sync(device: torch.device, batch: int, images: int, steps: int, tmp: Path, dataset) -> list[Row]:
-    """One row per registered method, plus the streamed-shard source and RandAugment views (SimCLR; the
-    latter when kornia is installed)."""
+    """One row per registered method, plus the streamed-shard source, JPEG shards decoded on the device (CUDA
+    only) and RandAugment views (SimCLR; the latter when kornia is installed)."""
     from ssl_aug.methods import METHODS
 
     cuda = device.type == "cuda"
@@ -90,6 +106,10 @@ def check_method_sync(device: torch.device, batch: int, images: int, steps: int,
     stream = _shards(tmp / "shards", images)
     cases.append(("simclr, streamed npz shards",
                   method_config(tmp / "sync_stream", "simclr", device.type, batch, data=stream, amp=amp), None))
+    if cuda:  # JPEG shards decoded by nvjpeg in the training process, crops cut there (no CPU meta twin)
+        cases.append(("simclr, JPEG shards decoded on the device", method_config(
+            tmp / "sync_nvjpeg", "simclr", device.type, 16, data=_jpeg_pack(tmp / "jpegs", 16 * (steps + 3)), amp=amp),
+            None))
     import importlib.util
 
     if importlib.util.find_spec("kornia") is not None:  # policy sub-policies as masks, kornia ops on the device
