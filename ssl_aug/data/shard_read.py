@@ -112,7 +112,7 @@ def iter_rows(path: Path, starts, ends):
 def tar_members(blob: bytes) -> tuple[str | None, dict]:
     """The regular files of one sample's tar records -> (key, {extension: bytes}).
 
-    Reads the ustar headers directly (name, prefix, size, type, header checksum; 2.5x faster than
+    Reads the ustar headers directly (name, prefix, size, type, header checksum; 2-3x faster than
     `tarfile` per sample); any other record type (pax, GNU long name) goes through `tarfile`.
     A header whose checksum does not match raises tarfile.TarError."""
     parts, key, off, n = {}, None, 0, len(blob)
