@@ -1,6 +1,7 @@
 """Random resized crop + horizontal flip (torchvision RandomResizedCrop + RandomHorizontalFlip), as one
 batched grid_sample. Flat view fields: size, scale, ratio, flip_p. Parameters: box (N,4) int64
-[top, left, height, width] in input pixels; flip (N,) bool (after the crop)."""
+[top, left, height, width] in input pixels; flip (N,) bool (after the crop). Boxes that are the whole
+size x size input (crops already cut by the decoder, augment.crop_views) skip the resample: only the flip."""
 
 from __future__ import annotations
 
