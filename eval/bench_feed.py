@@ -65,7 +65,8 @@ def per_image_costs(shards: Path, n: int = 1024, rounds: int = 5) -> dict:
             per(lambda: [_members_by_tarfile(b) for b in blobs], k), per(lambda: [tar_members(b) for b in blobs], k)),
         "crop boxes, 2 views (per image -> per batch of 256)": (
             per(lambda: [sample_boxes(w, h, plan, image_generator(0, 0, i)) for i, (w, h) in enumerate(dims)], 256),
-            per(lambda: sample_boxes_batch(widths, heights, plan, [image_generator(0, 0, i) for i in range(256)]), 256)),
+            per(lambda: sample_boxes_batch(widths, heights, plan, [image_generator(0, 0, i) for i in range(256)]),
+                256)),
     }
 
 
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         pack_shards(Path(tmp) / "tree", shards, shard_size=250, workers=2, verbose=False)
         costs = per_image_costs(shards, rounds=args.rounds + 2)
         load = os.getloadavg()[0]
-        cells = [(decode, w) for decode in ("device", "cpu") for w in args.workers if decode == "device" or w == max(args.workers)]
+        cells = [("device", w) for w in args.workers] + [("cpu", max(args.workers))]  # CPU decode: most workers
         runs = {(c, ahead): [] for c in cells for ahead in (False, True)}
         for _ in range(args.rounds):
             for (decode, w), ahead in runs:

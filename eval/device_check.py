@@ -7,10 +7,10 @@ clipping, channels_last, a checkpoint and a resume; two gloo ranks on one device
 two GPUs are present, against one rank on the global batch; features on the device into faiss kNN; export
 and reload; SimCLR cifar_resnet18 batch 512 img/s and the views' share of the step (CUDA events); views
 against torchvision v2 per sample and stock kornia; streamed shards (nvjpeg decode, crops and SimCLR views on
-the GPU) beside NVIDIA DALI's pipeline on one generated pack. Missing optional packages (faiss, kornia, torchvision, DALI)
-give skip rows; nothing needs the network. --cpu-dry-run: tiny sizes on the CPU (CI), the sync audit on
-the meta device, CUDA-only checks skipped. Prints one table; a device run rewrites the dated "device"
-section of BENCHMARKS.md. Exit status 1 when a check fails.
+the GPU) beside NVIDIA DALI's pipeline on one generated pack. Missing optional packages (faiss, kornia,
+torchvision, DALI) give skip rows; nothing needs the network. --cpu-dry-run: tiny sizes on the CPU (CI),
+the sync audit on the meta device, CUDA-only checks skipped. Prints one table; a device run rewrites the
+dated "device" section of BENCHMARKS.md. Exit status 1 when a check fails.
 """
 
 from __future__ import annotations
