@@ -21,14 +21,17 @@ size; the order of every later batch is unchanged).
 Yields (indices (B,) int64, crops) with crops a list of V uint8 tensors (B, 3, s_v, s_v), one per
 view of the crop plan, on `device`: the view engine makes the rest of each view from them
 (ssl_aug.augment.crop_views). With decode="device" the workers only read and shuffle; the batch
-is decoded on the device (nvjpeg on CUDA) and cropped there; a batch's encoded bytes cross from the
-worker as one shared-memory uint8 tensor (not B pickled byte strings).
+is decoded on the device (nvjpeg on CUDA) and cropped there, one batch ahead in a background thread of
+the training process; a batch's encoded bytes cross from the worker as one shared-memory uint8 tensor
+(not B pickled byte strings).
 """
 
 from __future__ import annotations
 
 import multiprocessing.util
 import sys
+import weakref
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -41,8 +44,12 @@ from ssl_aug.errors import SslAugError
 DECODES = ("auto", "cpu", "device")
 
 
-def _stop_workers(loader_iter) -> None:
-    if hasattr(loader_iter, "_shutdown_workers"):  # a multi-process DataLoader iterator
+def _stop_workers(loader_ref) -> None:
+    """Finaliser of a loader started ahead: it holds only a weak reference, so that forked children, whose
+    copy of the finaliser registry multiprocessing clears, do not drop the loader's last reference and run
+    its shutdown (which signals the parent's workers) from the wrong process."""
+    loader_iter = loader_ref()
+    if loader_iter is not None and hasattr(loader_iter, "_shutdown_workers"):  # a multi-process DataLoader iterator
         loader_iter._shutdown_workers()
 
 
@@ -65,7 +72,12 @@ class _Epoch(torch.utils.data.IterableDataset):
     """One epoch of one rank, resumed at `position`; each DataLoader worker runs one logical worker."""
 
     def __init__(self, src: "ShardCropSource", epoch: int, position: int, decode_here: bool):
-        self.s, self.epoch, self.position, self.decode_here = src, epoch, position, decode_here
+        # what the workers need, not the source itself: the source holds the loader started ahead, which holds
+        # this dataset, and that cycle would outlive the source (forked children would then collect their
+        # copies of it and shut its workers down from the wrong process)
+        keys = ("index", "plan", "seed", "rank", "world_size", "workers", "batch_size", "shuffle_buffer")
+        self.s = SimpleNamespace(**{k: getattr(src, k) for k in keys})
+        self.epoch, self.position, self.decode_here = epoch, position, decode_here
 
     def __iter__(self):
         s = self.s
@@ -214,9 +226,6 @@ class ShardCropSource(_Resumable):  # a DataSource (ssl_aug.data.source) whose b
             read_index(self.index.root, state["classes"], check_files=False)
         super().load_state_dict(state)
 
-    def __getstate__(self) -> dict:  # a worker started by spawn/forkserver gets the source without loaders
-        return dict(self.__dict__, _ahead=None)
-
     def close(self) -> None:
         """Stop the next epoch's workers if they were started ahead (see the module docstring)."""
         ahead, self._ahead = self._ahead, None
@@ -240,20 +249,12 @@ class ShardCropSource(_Resumable):  # a DataSource (ssl_aug.data.source) whose b
         children (a plain kill would make the DataLoader report a worker killed by a signal)."""
         key = (self.epoch + 1, 0)
         loader_iter = self._loader(*key)
-        self._ahead = (key, loader_iter, multiprocessing.util.Finalize(self, _stop_workers, args=(loader_iter,),
-                                                                       exitpriority=10))
+        self._ahead = (key, loader_iter, multiprocessing.util.Finalize(
+            self, _stop_workers, args=(weakref.ref(loader_iter),), exitpriority=10))
 
     def __iter__(self):
         self._begin()
-        batches = self._loader(self.epoch, self.position)
-        sizes = [v.size for v in self.plan]
-        for batch in batches:
-            if self.decode == "cpu":
-                ids, crops, skips = batch
-                crops = [c.to(self.device, non_blocking=True) for c in crops]
-            else:
-                ids, (blob, ends), boxes = batch
-                crops, skips = self._device_decode(ids, _unpack_bytes(blob, ends), boxes, sizes)
+        for ids, crops, skips in self._decoded(self._loader(self.epoch, self.position)):
             for msg in skips:
                 self.skipped += 1
                 if self.verbose:
@@ -265,6 +266,31 @@ class ShardCropSource(_Resumable):  # a DataSource (ssl_aug.data.source) whose b
                 # epoch's workers now, so their start-up and shuffle-buffer fill overlap this epoch's tail
                 self._start_ahead()
             yield ids.to(self.device, non_blocking=True), crops
+
+    def _decoded(self, batches):
+        """(ids, crops on the device, skip messages) per loader batch. decode="device": batch k + 1 is decoded
+        in a background thread while the caller works on batch k (the decoder releases the GIL, so the host
+        side of the decode overlaps the training step's launches); at most one batch is decoded ahead."""
+        sizes = [v.size for v in self.plan]
+        if self.decode == "cpu":
+            for ids, crops, skips in batches:
+                yield ids, [c.to(self.device, non_blocking=True) for c in crops], skips
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        def decode(batch):
+            ids, (blob, ends), boxes = batch
+            return (ids, *self._device_decode(ids, _unpack_bytes(blob, ends), boxes, sizes))
+
+        with ThreadPoolExecutor(1, thread_name_prefix="ssl_aug_decode") as pool:
+            pending = None
+            for batch in batches:
+                ahead = pool.submit(decode, batch)
+                if pending is not None:
+                    yield pending.result()
+                pending = ahead
+            if pending is not None:
+                yield pending.result()
 
     def _device_decode(self, ids, datas, boxes, sizes):
         try:
