@@ -10,11 +10,6 @@ import torch
 TRIES = 10  # torchvision's attempts before the central-crop fallback
 
 
-def uniform(lo: float, hi: float, shape, g: torch.Generator) -> torch.Tensor:
-    """Uniform draws in [lo, hi] (float64; the same arithmetic as the view engine's ops)."""
-    return torch.rand(shape, generator=g, dtype=torch.float64).mul_(hi - lo).add_(lo)
-
-
 def draws_per_box(tries: int = TRIES) -> int:
     """Uniform [0, 1) draws one box consumes: `tries` area fractions, `tries` log ratios, top and left."""
     return 2 * tries + 2
